@@ -1,0 +1,130 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) beam.hotswap contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Controller side of beam.hotswap.build: digest and pack a local source tree, upload it only when
+the build host has not published that content yet, run the build, fetch the artifacts back."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import json
+import os
+import tarfile
+import tempfile
+
+from ansible.errors import AnsibleActionFail
+from ansible.module_utils.common.text.converters import to_text
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.beam.hotswap.plugins.module_utils._build import (
+    SOURCE_EXCLUDE, manifest_errors, sha256_file, tree_digest)
+
+CONTROLLER_ARGS = ("source", "artifact_dir", "fetch")
+
+
+def _is_git_url(s):
+    return "://" in s or s.startswith("git@") or s.endswith(".git")
+
+
+class ActionModule(ActionBase):
+
+    TRANSFERS_FILES = True
+
+    def _pack(self, source):
+        fd, path = tempfile.mkstemp(suffix=".tar.gz")
+        os.close(fd)
+
+        def keep(ti):
+            parts = ti.name.split("/")
+            if any(p in SOURCE_EXCLUDE for p in parts):
+                return None
+            if ti.issym() or ti.islnk():
+                return None
+            ti.uid = ti.gid = 0
+            ti.uname = ti.gname = ""
+            return ti
+
+        with tarfile.open(path, "w:gz") as tar:
+            for name in sorted(os.listdir(source)):
+                if name in SOURCE_EXCLUDE:
+                    continue
+                tar.add(os.path.join(source, name), arcname=name, filter=keep)
+        return path
+
+    def _fetch(self, manifest, store_dir, artifact_dir):
+        """Copy the version's artifacts to the controller unless an identical copy is there."""
+        dest = os.path.join(artifact_dir, manifest["app"], manifest["version"])
+        os.makedirs(dest, exist_ok=True)
+        fetched = []
+        for art in manifest["artifacts"].values():
+            local = os.path.join(dest, art["file"])
+            if os.path.exists(local) and sha256_file(local) == art["sha256"]:
+                continue
+            tmp = local + ".part"
+            self._connection.fetch_file(os.path.join(store_dir, art["file"]), tmp)
+            if sha256_file(tmp) != art["sha256"]:
+                os.unlink(tmp)
+                raise AnsibleActionFail("fetched %s does not match its sha256 in the manifest" % art["file"])
+            os.replace(tmp, local)
+            fetched.append(art["file"])
+        mpath = os.path.join(dest, "manifest.json")
+        text = json.dumps(manifest, indent=2, sort_keys=True)
+        old = None
+        if os.path.exists(mpath):
+            with open(mpath) as f:
+                old = f.read()
+        if old != text:
+            with open(mpath + ".tmp", "w") as f:
+                f.write(text)
+            os.replace(mpath + ".tmp", mpath)
+            fetched.append("manifest.json")
+        return dest, fetched
+
+    def run(self, tmp=None, task_vars=None):
+        result = super(ActionModule, self).run(tmp, task_vars)
+        args = dict(self._task.args)
+        source = args.pop("source", None)
+        artifact_dir = args.pop("artifact_dir", None)
+        do_fetch = args.pop("fetch", True)
+        local_archive = None
+        try:
+            if source is None:
+                raise AnsibleActionFail("source is required: a mix project directory on the controller or a git URL "
+                                        "(set hotswap_source)")
+            source = os.path.expanduser(to_text(source))
+            if os.path.isdir(source):
+                if not os.path.isfile(os.path.join(source, "mix.exs")):
+                    raise AnsibleActionFail("no mix.exs in %s: hotswap_source must be the root of a mix project" % source)
+                args["source_digest"] = "sha256:" + tree_digest(source)
+            elif _is_git_url(source):
+                args["source_git"] = source
+            else:
+                raise AnsibleActionFail("hotswap_source %s is neither a directory on the controller nor a git URL" % source)
+
+            res = self._execute_module(module_name="beam.hotswap.build", module_args=args, task_vars=task_vars)
+            if res.get("need_source") and not self._task.check_mode and not res.get("failed"):
+                local_archive = self._pack(source)
+                tmpdir = self._make_tmp_path()
+                remote = self._connection._shell.join_path(tmpdir, "source.tar.gz")
+                self._transfer_file(local_archive, remote)
+                self._fixup_perms2((tmpdir, remote))
+                args["src_archive"] = remote
+                res = self._execute_module(module_name="beam.hotswap.build", module_args=args, task_vars=task_vars)
+            result.update(res)
+            if res.get("failed") or self._task.check_mode or "manifest" not in res:
+                return result
+            errs = manifest_errors(res["manifest"])
+            if errs:
+                raise AnsibleActionFail("the build host returned an unusable manifest: " + "; ".join(errs))
+            if artifact_dir and do_fetch:
+                dest, fetched = self._fetch(res["manifest"], res["store_dir"], os.path.expanduser(artifact_dir))
+                result["artifact_dir"] = dest
+                result["fetched"] = fetched
+        except AnsibleActionFail as e:
+            result.update(failed=True, msg=to_text(e))
+        finally:
+            if local_archive and os.path.exists(local_archive):
+                os.unlink(local_archive)
+            self._remove_tmp_path(self._connection._shell.tmpdir)
+        return result

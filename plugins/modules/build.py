@@ -1,0 +1,207 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) beam.hotswap contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: build
+short_description: Build a mix release with automatic appups and relups on the build host
+version_added: 0.1.0
+description:
+  - Runs C(MIX_ENV=prod mix release) for O(app) on the build host, keeps the release tree in a store,
+    generates an C(.appup) for every application whose version changed and a relup with an up and a
+    down edge from every base version the fleet runs, and writes the full tarball, the upgrade package
+    and a C(manifest.json).
+  - Published versions are immutable. Rebuilding the same source is a no-op; the same version with
+    different content is refused.
+  - Each edge carries a verdict V(hot) or V(cold) with the reasons.
+  - Normally used through the action plugin of the same name, which packs a controller directory,
+    uploads it only when needed and fetches the artifacts back.
+author: beam.hotswap developers
+attributes:
+  check_mode:
+    support: full
+    description: Reports whether a build would happen and never writes to the store.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+options:
+  app:
+    description: Release name (a key under C(releases:) in C(mix.exs)).
+    type: str
+    required: true
+  store:
+    description: Artifact store directory on the build host.
+    type: path
+    default: /var/lib/hotswap/store
+  src_archive:
+    description: A C(.tar.gz) of the project on the build host (uploaded by the action plugin).
+    type: path
+  source_digest:
+    description: Content digest of the source tree (computed by the action plugin).
+    type: str
+  source_git:
+    description: A git URL to clone instead of O(src_archive).
+    type: str
+  source_ref:
+    description: Git ref to check out when O(source_git) is used.
+    type: str
+    default: HEAD
+  bases:
+    description: Versions the targets run, have permanent or hold; the relup gets an edge from each.
+    type: list
+    elements: str
+    default: []
+  version:
+    description: When set, the version the project must build; a different version fails the build.
+    type: str
+  target_fingerprints:
+    description: OS fingerprints of the targets by host name, compared with the build host before building.
+    type: dict
+    default: {}
+  allow_os_mismatch:
+    description: Turn an OS fingerprint mismatch into a warning.
+    type: bool
+    default: false
+  source:
+    description:
+      - Handled by the action plugin on the controller. A mix project directory on the controller (packed
+        without C(_build), C(deps), C(.git) and uploaded only when its digest is not published) or a git URL.
+    type: str
+  artifact_dir:
+    description: Handled by the action plugin. Controller directory the artifacts are fetched to (C(APP/VSN/) below it).
+    type: path
+  fetch:
+    description: Handled by the action plugin. Fetch the artifacts to O(artifact_dir).
+    type: bool
+    default: true
+"""
+
+EXAMPLES = r"""
+- name: Build with edges from what the fleet runs (usually through the action plugin)
+  beam.hotswap.build:
+    app: sample
+    source_git: https://example.com/sample.git
+    source_ref: v2.0.0
+    bases: ["1.0.0"]
+"""
+
+RETURN = r"""
+version:
+  description: The version built or found published.
+  returned: success
+  type: str
+  sample: 2.0.0
+need_source:
+  description: True when the digest is not published and the source archive must be uploaded.
+  returned: when O(source_digest) is given without O(src_archive)
+  type: bool
+manifest:
+  description: The published manifest (app, version, runtime, OS fingerprint, artifacts with sha256, edges with verdicts).
+  returned: success
+  type: dict
+store_dir:
+  description: Directory of this version in the store.
+  returned: success
+  type: str
+build_fingerprint:
+  description: The build host's OS fingerprint.
+  returned: always
+  type: dict
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.beam.hotswap.plugins.module_utils import _build, _fingerprint
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            app=dict(type="str", required=True),
+            store=dict(type="path", default="/var/lib/hotswap/store"),
+            src_archive=dict(type="path"),
+            source_digest=dict(type="str"),
+            source_git=dict(type="str"),
+            source_ref=dict(type="str", default="HEAD"),
+            bases=dict(type="list", elements="str", default=[]),
+            version=dict(type="str"),
+            target_fingerprints=dict(type="dict", default={}),
+            allow_os_mismatch=dict(type="bool", default=False),
+            source=dict(type="str"),
+            artifact_dir=dict(type="path"),
+            fetch=dict(type="bool", default=True),
+        ),
+        mutually_exclusive=[("src_archive", "source_git")],
+        required_one_of=[("source_digest", "source_git")],
+        supports_check_mode=True,
+    )
+    p = module.params
+    fp = _fingerprint.gather()
+    result = dict(changed=False, build_fingerprint=fp)
+    warnings = []
+
+    def run(argv, cwd=None, env=None):
+        return module.run_command(argv, cwd=cwd, environ_update=env or {})
+
+    try:
+        builder = _build.Builder(run, p["store"], p["app"])
+        for b in p["bases"]:
+            _build.check_version(b, "base version")
+        if p["version"]:
+            _build.check_version(p["version"], "hotswap_version")
+        diffs = _fingerprint.compare(fp, p["target_fingerprints"])
+        if diffs:
+            msg = "OS mismatch: " + _fingerprint.describe_mismatch("this build host", diffs)
+            if not p["allow_os_mismatch"]:
+                module.fail_json(msg=msg + ". Build on a host whose OS matches the targets (or set "
+                                 "hotswap_allow_os_mismatch: true to only warn).", **result)
+            warnings.append(msg)
+        digest = p["source_digest"]
+        if digest and not p["source_git"]:
+            published = builder.published(digest)
+            if published:
+                have = set(e["from"] for e in builder.store.manifest(published).get("edges", []))
+                wanted = set(p["bases"]) - {published}
+                if module.check_mode or wanted <= have:
+                    result.update(version=published, manifest=builder.store.manifest(published),
+                                  store_dir=builder.store.vdir(published), would_extend=sorted(wanted - have))
+                    module.exit_json(warnings=warnings, **result)
+                changed, manifest = builder.extend_edges(published, p["bases"])
+                result.update(changed=changed, version=published, manifest=manifest,
+                              store_dir=builder.store.vdir(published))
+                module.exit_json(warnings=warnings, **result)
+            if module.check_mode or not p["src_archive"]:
+                result.update(need_source=True, would_build=True)
+                module.exit_json(warnings=warnings, **result)
+            src = builder.stage_archive(p["src_archive"])
+        else:
+            if module.check_mode:
+                result.update(would_build=True)
+                module.exit_json(warnings=warnings, **result)
+            src = builder.stage_git(p["source_git"], p["source_ref"])
+            rc, out, err = run(["git", "-C", src, "rev-parse", "HEAD"])
+            digest = "git:" + out.strip()
+        changed, manifest = builder.build(src, digest, bases=p["bases"], expect_version=p["version"])
+        result.update(changed=changed, version=manifest["version"], manifest=manifest,
+                      store_dir=builder.store.vdir(manifest["version"]))
+    except _build.BuildError as e:
+        module.fail_json(msg=str(e), **result)
+    except (OSError, ValueError) as e:
+        module.fail_json(msg="build failed: %s" % e, **result)
+    finally:
+        if p["src_archive"] and os.path.exists(p["src_archive"]) and not module.check_mode:
+            os.unlink(p["src_archive"])
+    module.exit_json(warnings=warnings, **result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+"""Shared pytest configuration: the sample-app builds and the test fleet are session fixtures."""
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+COLLECTIONS_ROOT = REPO / ".venv" / "collections"
+
+# Make `ansible_collections.beam.hotswap` importable (plugins/module_utils under test).
+if COLLECTIONS_ROOT.is_dir() and str(COLLECTIONS_ROOT) not in sys.path:
+    sys.path.insert(0, str(COLLECTIONS_ROOT))
+os.environ.setdefault("ANSIBLE_COLLECTIONS_PATH", str(COLLECTIONS_ROOT))
+
+pytest_plugins = [
+    "hotswap_testlib.pytest_sample",
+    "hotswap_testlib.pytest_fleet",
+]

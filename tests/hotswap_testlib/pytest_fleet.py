@@ -1,0 +1,36 @@
+"""pytest plugin: a session-scoped test fleet (3 targets + build1).
+
+Enable with ``pytest_plugins = ["hotswap_testlib.pytest_fleet"]`` (tests/ on sys.path) or
+``-p hotswap_testlib.pytest_fleet``.  Skips fleet tests only when not root or ``ip netns`` is
+unusable; any other failure to bring the fleet up is an error.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from hotswap_testlib.fleet import Fleet, usable
+
+
+def fleet_skip_reason() -> str | None:
+    ok, why = usable()
+    return None if ok else why
+
+
+@pytest.fixture(scope="session")
+def fleet_available():
+    """Skip (with the reason) if netns fleets can't be built here."""
+    why = fleet_skip_reason()
+    if why:
+        pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def fleet(fleet_available, tmp_path_factory):
+    """Session fleet: build1 + target1..3, prefix ``hsw``; torn down at session end."""
+    f = Fleet(tmp_path_factory.mktemp("fleet"), targets=3, build=True, prefix="hsw")
+    f.up()
+    try:
+        yield f
+    finally:
+        f.down()

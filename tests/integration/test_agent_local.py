@@ -1,0 +1,454 @@
+"""Real-node tests of the host agent (roles/agent/files/hotswap_agent.py) on loopback.
+
+A throwaway mix project (NOT the real sample app) is generated under a temp dir:
+a GenServer counter whose state shape changes between 1.0.0 (an integer) and
+2.0.0 (a map), `:sasl`, a hand-written appup, `:systools.make_relup/4` over the
+two release trees, and an upgrade package in release_handler's format.
+
+Run: .venv/bin/pytest -m integration tests/integration/test_agent_local.py
+Build the fixture only (for poking at it by hand):
+     .venv/bin/python tests/integration/test_agent_local.py /tmp/somedir
+"""
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+AGENT = REPO / "roles" / "agent" / "files" / "hotswap_agent.py"
+NODE_EXS = REPO / "roles" / "agent" / "files" / "hotswap_node.exs"
+APP = "demo"
+
+pytestmark = pytest.mark.integration
+
+# --------------------------------------------------------------------------- fixture app
+
+MIX_EXS = """
+defmodule Demo.MixProject do
+  use Mix.Project
+  def project do
+    [app: :demo, version: "@VSN@", elixir: "~> 1.14", start_permanent: true, deps: []]
+  end
+  def application do
+    [extra_applications: [:logger, :sasl], mod: {Demo.Application, []}]
+  end
+end
+"""
+
+APPLICATION_EX = """
+defmodule Demo.Application do
+  use Application
+  def start(_type, _args) do
+    Supervisor.start_link([Demo.Counter], strategy: :one_for_one, name: Demo.Supervisor)
+  end
+end
+"""
+
+COUNTER_V1 = """
+defmodule Demo.Counter do
+  use GenServer
+  @vsn "1"
+  def start_link(_), do: GenServer.start_link(__MODULE__, 0, name: __MODULE__)
+  def incr(n \\\\ 1), do: GenServer.call(__MODULE__, {:incr, n})
+  def get, do: GenServer.call(__MODULE__, :get)
+  def raw, do: :sys.get_state(__MODULE__)
+  def code_version, do: 1
+  @impl true
+  def init(n), do: {:ok, n}
+  @impl true
+  def handle_call({:incr, k}, _from, n), do: {:reply, n + k, n + k}
+  def handle_call(:get, _from, n), do: {:reply, n, n}
+  @impl true
+  def code_change({:down, _}, %{count: n}, _extra), do: {:ok, n}
+  def code_change(_old, state, _extra), do: {:ok, state}
+end
+"""
+
+COUNTER_V2 = """
+defmodule Demo.Counter do
+  use GenServer
+  @vsn "2"
+  def start_link(_), do: GenServer.start_link(__MODULE__, %{count: 0, upgraded: false}, name: __MODULE__)
+  def incr(n \\\\ 1), do: GenServer.call(__MODULE__, {:incr, n})
+  def get, do: GenServer.call(__MODULE__, :get)
+  def raw, do: :sys.get_state(__MODULE__)
+  def code_version, do: 2
+  @impl true
+  def init(s), do: {:ok, s}
+  @impl true
+  def handle_call({:incr, k}, _from, %{count: n} = s), do: {:reply, n + k, %{s | count: n + k}}
+  def handle_call(:get, _from, %{count: n} = s), do: {:reply, n, s}
+  @impl true
+  def code_change({:down, _}, %{count: n}, _extra), do: {:ok, n}
+  def code_change(_old, n, _extra) when is_integer(n), do: {:ok, %{count: n, upgraded: true}}
+  def code_change(_old, s, _extra), do: {:ok, s}
+end
+"""
+
+RUNTIME_EXS = """
+import Config
+config :demo, greeting: System.get_env("DEMO_GREETING", "unset")
+"""
+
+APPUP_V2 = """{"2.0.0",
+ [{"1.0.0", [{update, 'Elixir.Demo.Counter', {advanced, []}}]}],
+ [{"1.0.0", [{update, 'Elixir.Demo.Counter', {advanced, []}}]}]}.
+"""
+
+
+def _run(cmd, cwd=None, env=None, timeout=300):
+    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if p.returncode != 0:
+        raise RuntimeError(f"{cmd} failed rc={p.returncode}\n{p.stdout}\n{p.stderr}")
+    return p.stdout
+
+
+def _mix_release(src: Path, vsn: str, counter: str) -> Path:
+    (src / "lib" / "demo").mkdir(parents=True, exist_ok=True)
+    (src / "config").mkdir(exist_ok=True)
+    (src / "mix.exs").write_text(MIX_EXS.replace("@VSN@", vsn))
+    (src / "lib" / "demo" / "application.ex").write_text(APPLICATION_EX)
+    (src / "lib" / "demo" / "counter.ex").write_text(counter)
+    (src / "config" / "runtime.exs").write_text(RUNTIME_EXS)
+    env = dict(os.environ, MIX_ENV="prod", HEX_OFFLINE="1")
+    _run(["mix", "release", "--overwrite", "--quiet"], cwd=src, env=env)
+    return src / "_build" / "prod" / "rel" / APP
+
+
+def build_fixture(base: Path) -> dict:
+    """Build v1 + v2 release trees, relup and the v2 upgrade package under base."""
+    base.mkdir(parents=True, exist_ok=True)
+    rel1 = _mix_release(base / "src1", "1.0.0", COUNTER_V1)
+    rel2 = _mix_release(base / "src2", "2.0.0", COUNTER_V2)
+    (rel2 / "lib" / "demo-2.0.0" / "ebin" / "demo.appup").write_text(APPUP_V2)
+    paths = [str(p) for r in (rel1, rel2) for p in sorted((r / "lib").glob("*/ebin"))]
+    erl = (
+        "R = systools:make_relup(\"%s\", [\"%s\"], [\"%s\"], [{path, %s}, {outdir, \"%s\"}, silent]),"
+        "io:format(\"~p~n\", [R]), case R of {ok,_,_,_} -> halt(0); _ -> halt(1) end."
+        % (rel2 / "releases" / "2.0.0" / APP, rel1 / "releases" / "1.0.0" / APP,
+           rel1 / "releases" / "1.0.0" / APP, json.dumps(paths), rel2 / "releases" / "2.0.0")
+    )
+    _run(["erl", "-noshell", "-eval", erl])
+    assert (rel2 / "releases" / "2.0.0" / "relup").exists()
+    # upgrade package in release_handler's format: releases/APP-VSN.rel, releases/VSN/, new lib dirs
+    pkg = base / "demo-2.0.0.tar.gz"
+    with tarfile.open(pkg, "w:gz") as tf:
+        tf.add(rel2 / "releases" / "2.0.0" / f"{APP}.rel", arcname=f"releases/{APP}-2.0.0.rel")
+        tf.add(rel2 / "releases" / "2.0.0", arcname="releases/2.0.0")
+        tf.add(rel2 / "lib" / "demo-2.0.0", arcname="lib/demo-2.0.0")
+    info = {
+        "base": str(base), "rel1": str(rel1), "rel2": str(rel2), "package": str(pkg),
+        "sha256": hashlib.sha256(pkg.read_bytes()).hexdigest(),
+    }
+    (base / "fixture.json").write_text(json.dumps(info))
+    return info
+
+
+def make_bad_packages(info: dict, outdir: Path) -> dict:
+    pkg = Path(info["package"])
+    tampered = outdir / "tampered.tar.gz"
+    data = bytearray(pkg.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    tampered.write_bytes(bytes(data))
+    evil = outdir / "evil.tar.gz"
+    with tarfile.open(evil, "w:gz") as tf:
+        with tarfile.open(pkg, "r:gz") as src:
+            for m in src.getmembers():
+                tf.addfile(m, src.extractfile(m) if m.isfile() else None)
+        payload = b"pwned\n"
+        ti = tarfile.TarInfo("releases/2.0.0/../../../escape.txt")
+        ti.size = len(payload)
+        import io
+        tf.addfile(ti, io.BytesIO(payload))
+    return {
+        "tampered": str(tampered),
+        "evil": str(evil),
+        "evil_sha256": hashlib.sha256(evil.read_bytes()).hexdigest(),
+    }
+
+
+def deploy_v1(info: dict, root: Path, node: str):
+    """Lay out v1 as a first install would: tree, RELEASES, .hotswap/env."""
+    shutil.copytree(info["rel1"], root, symlinks=True)
+    erl = (
+        'ok = release_handler:create_RELEASES("", "%s/releases", "%s/releases/1.0.0/%s.rel", []), halt().'
+        % (root, root, APP)
+    )
+    _run(["erl", "-noshell", "-eval", erl])
+    hs = root / ".hotswap"
+    hs.mkdir(mode=0o750)
+    (hs / "env").write_text(f"RELEASE_NODE={node}\nDEMO_GREETING=hello-from-env\n")
+    os.chmod(hs / "env", 0o600)
+
+
+# --------------------------------------------------------------------------- helpers
+
+def agent(root, *args, timeout=120):
+    cmd = [sys.executable, str(AGENT), "--root", str(root), "--app", APP, *args]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    try:
+        out = json.loads(p.stdout)
+    except ValueError:
+        raise AssertionError(f"agent printed no JSON: rc={p.returncode}\n{p.stdout}\n{p.stderr}")
+    assert "Traceback" not in p.stderr, p.stderr
+    return p.returncode, out
+
+
+def rpc(root, node, expr):
+    env = dict(os.environ, RELEASE_NODE=node, DEMO_GREETING="hello-from-env")
+    p = subprocess.run([str(root / "bin" / APP), "rpc", expr], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return p.stdout.strip()
+
+
+def tree_digest(root: Path) -> dict:
+    """Paths + sizes + mtimes of the release tree (not .hotswap, not tmp/log)."""
+    out = {}
+    for dp, dns, fns in os.walk(root):
+        rel = os.path.relpath(dp, root)
+        if rel.split(os.sep)[0] in (".hotswap", "tmp", "log"):
+            continue
+        for fn in fns:
+            p = os.path.join(dp, fn)
+            st = os.lstat(p)
+            out[os.path.relpath(p, root)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory):
+    if not shutil.which("mix") or not shutil.which("erl"):
+        pytest.skip("elixir/erlang not installed")
+    base = tmp_path_factory.mktemp("hsfixture")
+    info = build_fixture(base)
+    info.update(make_bad_packages(info, base))
+    return info
+
+
+@pytest.fixture
+def node(built, tmp_path):
+    root = tmp_path / "root"
+    name = "hsd" + uuid.uuid4().hex[:8]
+    deploy_v1(built, root, name)
+    rc, out = agent(root, "start")
+    assert rc == 0, out
+    yield {"root": root, "name": name, **built}
+    rc, out = agent(root, "stop")
+    if rc != 0:  # last resort: kill only the pid the agent recorded for this root
+        pidf = root / ".hotswap" / "pid"
+        if pidf.exists():
+            try:
+                os.kill(int(pidf.read_text().strip()), 9)
+            except (OSError, ValueError):
+                pass
+
+
+def counter(n):
+    return rpc(n["root"], n["name"], "IO.puts(inspect({Demo.Counter.get(), Demo.Counter.code_version(), Demo.Counter.raw()}))")
+
+
+# --------------------------------------------------------------------------- tests
+
+def test_status_v1(node):
+    rc, st = agent(node["root"], "status")
+    assert rc == 0, st
+    assert st["node_up"] is True
+    assert st["running"] == "1.0.0" and st["permanent"] == "1.0.0"
+    assert isinstance(st["os_pid"], int) and st["os_pid"] > 0
+    assert st["agent_version"] == "1.0.0"
+
+
+def test_hot_keeps_state_then_revert(node):
+    root = node["root"]
+    rpc(root, node["name"], "Demo.Counter.incr(41)")
+    _, st0 = agent(root, "status")
+    t0 = time.monotonic()
+    rc, out = agent(root, "hot", "--package", node["package"], "--sha256", node["sha256"],
+                    "--version", "2.0.0")
+    wall = (time.monotonic() - t0) * 1000
+    assert rc == 0, out
+    print("\nHOT figures:", json.dumps({k: out.get(k) for k in ("total_ms", "install_ms", "rpc_calls")}),
+          "agent wall ms %.0f" % wall)
+    assert out["changed"] is True and out["host_version"] == "2.0.0"
+    assert out["rpc_calls"] == 1
+    assert counter(node) == "{41, 2, %{count: 41, upgraded: true}}"
+    # runtime config survived the hot upgrade
+    assert rpc(root, node["name"], "IO.puts(Application.get_env(:demo, :greeting))") == "hello-from-env"
+    _, st = agent(root, "status")
+    assert st["os_pid"] == st0["os_pid"]
+    assert st["running"] == "2.0.0" and st["permanent"] == "2.0.0"
+    assert (root / "releases" / "start_erl.data").read_text().split()[1] == "2.0.0"
+    assert (root / ".hotswap" / "unpacked" / "2.0.0.sha256").read_text().strip() == node["sha256"]
+    # idempotent: same package again is a no-op
+    rc, again = agent(root, "hot", "--package", node["package"], "--sha256", node["sha256"],
+                      "--version", "2.0.0")
+    assert rc == 0 and again["changed"] is False, again
+    rpc(root, node["name"], "Demo.Counter.incr(1)")
+    # hot revert keeps state (down code_change)
+    t0 = time.monotonic()
+    rc, rv = agent(root, "revert", "--version", "1.0.0")
+    assert rc == 0, rv
+    print("REVERT figures:", json.dumps({k: rv.get(k) for k in ("total_ms", "rpc_calls", "mode")}),
+          "agent wall ms %.0f" % ((time.monotonic() - t0) * 1000))
+    assert rv["mode"] == "hot"
+    assert counter(node) == "{42, 1, 42}"
+    _, st = agent(root, "status")
+    assert st["os_pid"] == st0["os_pid"]
+    assert st["running"] == "1.0.0" and st["permanent"] == "1.0.0"
+    assert (root / "releases" / "start_erl.data").read_text().split()[1] == "1.0.0"
+    # second upgrade after a revert works too (distillery#495-style regressions)
+    rc, out = agent(root, "hot", "--package", node["package"], "--sha256", node["sha256"],
+                    "--version", "2.0.0")
+    assert rc == 0, out
+    assert counter(node) == "{42, 2, %{count: 42, upgraded: true}}"
+    # journal: one line per op, no env values
+    journal = (root / ".hotswap" / "journal.jsonl").read_text()
+    lines = [json.loads(x) for x in journal.splitlines()]
+    assert [x["op"] for x in lines if x["op"] in ("hot", "revert")] == ["hot", "hot", "revert", "hot"]
+    assert "hello-from-env" not in journal
+    cookie = (root / "releases" / "COOKIE").read_text().strip()
+    assert cookie not in journal
+
+
+def test_tampered_package_refused(node):
+    root = node["root"]
+    rpc(root, node["name"], "Demo.Counter.incr(5)")
+    before = tree_digest(root)
+    rc, out = agent(root, "hot", "--package", node["tampered"], "--sha256", node["sha256"],
+                    "--version", "2.0.0")
+    assert rc == 1 and out["failed"] is True
+    assert "sha256" in out["msg"]
+    assert tree_digest(root) == before
+    assert counter(node) == "{5, 1, 5}"
+
+
+def test_traversal_package_refused(node):
+    root = node["root"]
+    before = tree_digest(root)
+    rc, out = agent(root, "unpack", "--package", node["evil"], "--sha256", node["evil_sha256"],
+                    "--version", "2.0.0")
+    assert rc == 1 and out["failed"] is True, out
+    assert ".." in out["msg"]
+    assert tree_digest(root) == before
+    assert not (root.parent / "escape.txt").exists()
+    assert not (root / "escape.txt").exists()
+
+
+def test_failing_check_stays_on_v1(node):
+    root = node["root"]
+    rpc(root, node["name"], "Demo.Counter.incr(7)")
+    _, st0 = agent(root, "status")
+    rc, out = agent(root, "hot", "--package", node["package"], "--sha256", node["sha256"],
+                    "--version", "2.0.0", "--check", "cmd:false", "--timeout", "2")
+    assert rc == 1, out
+    assert out["failed"] is True and out["reverted"] is True and out["host_version"] == "1.0.0", out
+    assert counter(node) == "{7, 1, 7}"
+    _, st = agent(root, "status")
+    assert st["os_pid"] == st0["os_pid"]
+    assert st["running"] == "1.0.0" and st["permanent"] == "1.0.0"
+    assert (root / "releases" / "start_erl.data").read_text().split()[1] == "1.0.0"
+    # and a retry with a passing check goes through
+    rc, out = agent(root, "hot", "--package", node["package"], "--sha256", node["sha256"],
+                    "--version", "2.0.0", "--check", "cmd:true")
+    assert rc == 0, out
+    assert counter(node) == "{7, 2, %{count: 7, upgraded: true}}"
+
+
+def test_rpc_check_and_health(node):
+    root = node["root"]
+    rc, out = agent(root, "hot", "--package", node["package"], "--sha256", node["sha256"],
+                    "--version", "2.0.0", "--check", "rpc:Demo.Counter.code_version() == 2")
+    assert rc == 0, out
+    rc, h = agent(root, "health", "--version", "2.0.0")
+    assert rc == 0, h
+    rc, h = agent(root, "health", "--version", "1.0.0", "--timeout", "1")
+    assert rc == 1 and h["failed"], h
+
+
+def test_lock_fails_fast(node):
+    root = node["root"]
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl,os,sys,time\n"
+         "f=open(sys.argv[1],'a+'); fcntl.flock(f, fcntl.LOCK_EX|fcntl.LOCK_NB)\n"
+         "f.truncate(0); f.write('{\"pid\": %d, \"cmd\": \"hot\", \"since\": 0}' % os.getpid()); f.flush()\n"
+         "print('locked', flush=True); time.sleep(30)",
+         str(root / ".hotswap" / "lock")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        t0 = time.monotonic()
+        rc, out = agent(root, "hot", "--package", node["package"], "--sha256", node["sha256"],
+                        "--version", "2.0.0")
+        assert time.monotonic() - t0 < 5
+        assert rc == 1 and out["failed"] is True
+        assert str(holder.pid) in out["msg"]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert counter(node) == "{0, 1, 0}"
+
+
+def test_stepwise_and_prune(node):
+    root = node["root"]
+    rpc(root, node["name"], "Demo.Counter.incr(3)")
+    rc, u = agent(root, "unpack", "--package", node["package"], "--sha256", node["sha256"],
+                  "--version", "2.0.0")
+    assert rc == 0 and u["changed"] is True, u
+    rc, u2 = agent(root, "unpack", "--package", node["package"], "--sha256", node["sha256"],
+                   "--version", "2.0.0")
+    assert rc == 0 and u2["changed"] is False, u2
+    _, st = agent(root, "status")
+    assert "2.0.0" in st["unpacked"]
+    rc, i = agent(root, "install", "--version", "2.0.0")
+    assert rc == 0, i
+    assert isinstance(i["install_ms"], (int, float))
+    rc, h = agent(root, "health", "--version", "2.0.0")
+    assert rc == 0, h
+    rc, c = agent(root, "commit", "--version", "2.0.0")
+    assert rc == 0, c
+    assert counter(node) == "{3, 2, %{count: 3, upgraded: true}}"
+    # keep 1: 1.0.0 is the rollback target of permanent 2.0.0, so nothing goes
+    rc, p = agent(root, "prune", "--keep", "1")
+    assert rc == 0, p
+    assert (root / "lib" / "demo-1.0.0").is_dir()
+
+
+def test_unpack_and_status_with_node_down(built, tmp_path):
+    root = tmp_path / "root"
+    deploy_v1(built, root, "hsd" + uuid.uuid4().hex[:8])
+    rc, st = agent(root, "status")
+    assert rc == 0 and st["node_up"] is False and st["running"] is None, st
+    rc, u = agent(root, "unpack", "--package", built["package"], "--sha256", built["sha256"],
+                  "--version", "2.0.0")
+    assert rc == 0 and u["changed"] is True, u
+    rc, st = agent(root, "status")
+    assert st["unpacked"] == ["2.0.0"] and st["permanent"] == "1.0.0", st
+    rc, p = agent(root, "prune", "--keep", "1")
+    assert rc == 0, p
+    assert "2.0.0" in p.get("removed", []), p
+    assert not (root / "releases" / "2.0.0").exists()
+    assert not (root / "lib" / "demo-2.0.0").exists()
+
+
+def test_bad_input(tmp_path):
+    rc, out = agent(tmp_path, "install", "--version", "1.0.0; rm -rf /")
+    assert rc == 2 and out["failed"] is True
+
+
+if __name__ == "__main__":
+    dest = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/hotswap-agent-fixture")
+    info = build_fixture(dest)
+    info.update(make_bad_packages(info, dest))
+    print(json.dumps(info, indent=2))

@@ -1,0 +1,227 @@
+"""Appup generation from two sets of real compiled modules (compiled here with elixirc)."""
+import shutil
+import subprocess
+import textwrap
+
+import pytest
+
+from ansible_collections.beam.hotswap.plugins.module_utils import _appup, _beam, _erlterm
+
+A = _beam.Atom
+
+V1 = {
+    "worker.ex": """
+        defmodule W.Worker do
+          use GenServer
+          @vsn 1
+          def start_link(_), do: GenServer.start_link(__MODULE__, 0, name: __MODULE__)
+          def init(n), do: {:ok, n}
+          def handle_call(:get, _f, n), do: {:reply, W.Util.fmt(n), n}
+        end
+    """,
+    "util.ex": """
+        defmodule W.Util do
+          def fmt(n), do: "n=#{n}"
+        end
+    """,
+    "stable.ex": """
+        defmodule W.Stable do
+          def hello, do: :world
+        end
+    """,
+    "old.ex": """
+        defmodule W.Old do
+          def bye, do: :bye
+        end
+    """,
+    "sup.ex": """
+        defmodule W.Sup do
+          use Supervisor
+          def start_link(a), do: Supervisor.start_link(__MODULE__, a, name: __MODULE__)
+          def init(_), do: Supervisor.init([W.Worker], strategy: :one_for_one)
+        end
+    """,
+    "proto.ex": """
+        defprotocol W.Show do
+          def show(x)
+        end
+        defimpl W.Show, for: Map do
+          def show(m), do: map_size(m)
+        end
+    """,
+}
+
+V2 = dict(V1)
+V2.update({
+    "worker.ex": """
+        defmodule W.Worker do
+          use GenServer
+          @vsn 2
+          def start_link(_), do: GenServer.start_link(__MODULE__, %{n: 0}, name: __MODULE__)
+          def init(s), do: {:ok, s}
+          def handle_call(:get, _f, s), do: {:reply, W.Util.fmt(s.n), s}
+          def code_change(1, n, _), do: {:ok, %{n: n}}
+        end
+    """,
+    "util.ex": """
+        defmodule W.Util do
+          def fmt(n), do: "value=#{n}"
+        end
+    """,
+    "audit.ex": """
+        defmodule W.Audit do
+          use GenServer
+          def start_link(_), do: GenServer.start_link(__MODULE__, 0, name: __MODULE__)
+          def init(n), do: {:ok, n}
+        end
+    """,
+    "sup.ex": """
+        defmodule W.Sup do
+          use Supervisor
+          def start_link(a), do: Supervisor.start_link(__MODULE__, a, name: __MODULE__)
+          def init(_), do: Supervisor.init([W.Worker, W.Audit], strategy: :one_for_one)
+        end
+    """,
+    "proto.ex": V1["proto.ex"] + """
+        defimpl W.Show, for: Tuple do
+          def show(t), do: tuple_size(t)
+        end
+    """,
+})
+del V2["old.ex"]
+
+
+def _compile(tmp, name, sources):
+    src = tmp / (name + "_src")
+    out = tmp / (name + "_ebin")
+    src.mkdir()
+    out.mkdir()
+    for fn, text in sources.items():
+        (src / fn).write_text(textwrap.dedent(text))
+    subprocess.run(["elixirc", "--ignore-module-conflict", "-o", str(out)] + sorted(str(p) for p in src.iterdir()),
+                   check=True, capture_output=True, cwd=str(tmp))
+    return _beam.read_ebin(str(out))
+
+
+@pytest.fixture(scope="module")
+def ebins(tmp_path_factory):
+    if not shutil.which("elixirc"):
+        pytest.skip("elixirc not installed (run make setup)")
+    tmp = tmp_path_factory.mktemp("appup")
+    return _compile(tmp, "v1", V1), _compile(tmp, "v2", V2)
+
+
+def _names(instrs, kind):
+    return [str(i[1]) for i in instrs if i[0] == kind]
+
+
+def test_unchanged_modules_get_no_instruction(ebins):
+    old, new = ebins
+    e = _appup.app_edge("w", "1", "2", old, new)
+    named = _appup.instruction_modules(e.up)
+    assert "Elixir.W.Stable" not in named
+    assert "Elixir.W.Stable" not in _appup.changed_modules(old, new)
+
+
+def test_added_and_deleted_modules(ebins):
+    old, new = ebins
+    e = _appup.app_edge("w", "1", "2", old, new)
+    assert "Elixir.W.Audit" in _names(e.up, "add_module")
+    assert "Elixir.W.Old" in _names(e.up, "delete_module")
+    assert "Elixir.W.Old" in _names(e.down, "add_module")
+    assert "Elixir.W.Audit" in _names(e.down, "delete_module")
+
+
+def test_genserver_with_code_change_is_updated_advanced_and_plain_module_loaded(ebins):
+    old, new = ebins
+    e = _appup.app_edge("w", "1", "2", old, new)
+    assert (A("update"), A("Elixir.W.Worker"), (A("advanced"), [])) in e.up
+    assert (A("load_module"), A("Elixir.W.Util")) in e.up
+    assert e.updated == ["Elixir.W.Worker"] and e.loaded == ["Elixir.W.Util"]
+
+
+def test_callees_come_before_callers(ebins):
+    old, new = ebins
+    e = _appup.app_edge("w", "1", "2", old, new)
+    mods = [str(i[1]) for i in e.up if i[0] in ("update", "load_module")]
+    assert mods.index("Elixir.W.Util") < mods.index("Elixir.W.Worker")
+
+
+def test_supervisor_gaining_a_child_up_and_down(ebins):
+    old, new = ebins
+    e = _appup.app_edge("w", "1", "2", old, new)
+    up_idx = e.up.index((A("update"), A("Elixir.W.Sup"), A("supervisor")))
+    after = e.up[up_idx + 1]
+    assert after[0] == "apply" and b":after_up" in after[1][2][0]          # starts the new child
+    assert e.up.index((A("add_module"), A("Elixir.W.Audit"))) < up_idx
+    d = e.down.index((A("update"), A("Elixir.W.Sup"), A("supervisor")))
+    before = e.down[d - 1]
+    assert before[0] == "apply" and b":before_down" in before[1][2][0]    # drops Audit before
+    assert b"Elixir.W.Audit" in before[1][2][0]
+    assert e.down.index((A("delete_module"), A("Elixir.W.Audit"))) > d
+
+
+def test_new_defimpl_is_added_and_protocol_left_to_consolidation(ebins):
+    old, new = ebins
+    skip = frozenset(["Elixir.W.Show"])       # the consolidated protocol is reloaded separately
+    e = _appup.app_edge("w", "1", "2", old, new, skip=skip)
+    assert "Elixir.W.Show.Tuple" in _names(e.up, "add_module")
+    assert "Elixir.W.Show" not in _appup.instruction_modules(e.up)
+    step = _appup.consolidated_step("2", ["Elixir.W.Show"])
+    assert step[0] == "apply" and b'"releases", "2", "consolidated"' in step[1][2][0]
+
+
+def test_dependency_bumped_without_appup_gets_one(ebins):
+    """A dependency app is just another set of modules: its appup is generated the same way."""
+    old, new = ebins
+    dep_old = dict((k, v) for k, v in old.items() if k == "Elixir.W.Util")
+    dep_new = dict((k, v) for k, v in new.items() if k == "Elixir.W.Util")
+    e = _appup.app_edge("dep", "0.1.0", "0.2.0", dep_old, dep_new)
+    assert e.up == [(A("load_module"), A("Elixir.W.Util"))]
+    assert _appup.coverage_gaps(dep_old, dep_new, e.up) == []
+
+
+def test_coverage_check_finds_a_changed_module_missing_from_a_user_appup(ebins):
+    old, new = ebins
+    gaps = _appup.coverage_gaps(old, new, [(A("load_module"), A("Elixir.W.Util"))])
+    assert "Elixir.W.Worker" in gaps and "Elixir.W.Audit" in gaps and "Elixir.W.Util" not in gaps
+
+
+def test_appup_text_round_trips_through_the_term_parser(ebins):
+    old, new = ebins
+    e = _appup.app_edge("w", "1.0.0", "2.0.0", old, new)
+    text = _erlterm.to_erl(("2.0.0", [("1.0.0", e.up)], [("1.0.0", e.down)])) + "."
+    back = _erlterm.parse_terms(text)[0]
+    assert back[0] == "2.0.0" and back[1][0][1] == e.up
+
+
+def test_appup_text_is_accepted_by_erlang(ebins, tmp_path):
+    old, new = ebins
+    e = _appup.app_edge("w", "1.0.0", "2.0.0", old, new)
+    p = tmp_path / "w.appup"
+    p.write_text(_erlterm.to_erl(("2.0.0", [("1.0.0", e.up)], [("1.0.0", e.down)])) + ".\n")
+    out = subprocess.run(["erl", "-noshell", "-eval",
+                          '{ok, [{"2.0.0", [{"1.0.0", Up}], _}]} = file:consult("%s"), '
+                          'io:format("~p", [length(Up)]), halt().' % p], capture_output=True, text=True)
+    assert out.stdout.strip() == str(len(e.up))
+
+
+@pytest.mark.parametrize("old,new,expect", [
+    ({"erts": "13.1.5"}, {"erts": "13.2"}, "ERTS changed"),
+    ({"apps": {"elixir": "1.14.0"}}, {"apps": {"elixir": "1.15.0"}}, "Elixir application elixir changed"),
+    ({"files": {"releases/VSN/vm.args": "a"}}, {"files": {"releases/VSN/vm.args": "b"}}, "vm.args changed"),
+    ({"nifs": {"lib/x/priv/x.so": "a"}}, {"nifs": {"lib/x/priv/x.so": "b"}}, "NIF library"),
+])
+def test_verdict_reasons_for_what_otp_cannot_do_hot(old, new, expect):
+    base = {"erts": "13.1.5", "apps": {"sample": "1"}, "files": {}, "nifs": {}}
+    o, n = dict(base), dict(base)
+    o.update(old)
+    n.update(new)
+    reasons = _appup.verdict(o, n)
+    assert any(expect in r for r in reasons), reasons
+
+
+def test_verdict_hot_when_only_own_code_changed():
+    o = {"erts": "13.1.5", "apps": {"sample": "1", "kernel": "8.5.3"}, "files": {"bin/x": "a"}, "nifs": {}}
+    n = {"erts": "13.1.5", "apps": {"sample": "2", "kernel": "8.5.3"}, "files": {"bin/x": "a"}, "nifs": {}}
+    assert _appup.verdict(o, n) == []
