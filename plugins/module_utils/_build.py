@@ -24,8 +24,8 @@ import time
 
 from ansible_collections.beam.hotswap.plugins.module_utils import _appup, _beam, _erlterm, _fingerprint
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$")
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}\Z")
+VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}\Z")
 SOURCE_EXCLUDE = frozenset(["_build", "deps", ".git", ".elixir_ls", "node_modules", ".hotswap"])
 SCHEMA = 1
 
@@ -582,7 +582,7 @@ def manifest_errors(m):
     if not VERSION_RE.match(m["version"]) or ".." in m["version"]:
         errs.append("manifest version %r is not a valid version" % m["version"])
     for kind, art in m["artifacts"].items():
-        if not isinstance(art, dict) or not re.match(r"^[0-9a-f]{64}$", str(art.get("sha256", ""))) \
+        if not isinstance(art, dict) or not re.match(r"^[0-9a-f]{64}\Z", str(art.get("sha256", ""))) \
                 or not isinstance(art.get("file"), str) or "/" in art["file"]:
             errs.append("manifest artifact %r needs a plain file name and a sha256" % kind)
     if "release" not in m["artifacts"]:

@@ -117,6 +117,7 @@ build_fingerprint:
 """
 
 import os
+import socket
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -147,7 +148,6 @@ def main():
     p = module.params
     fp = _fingerprint.gather()
     result = dict(changed=False, build_fingerprint=fp)
-    warnings = []
 
     def run(argv, cwd=None, env=None):
         return module.run_command(argv, cwd=cwd, environ_update=env or {})
@@ -160,11 +160,11 @@ def main():
             _build.check_version(p["version"], "hotswap_version")
         diffs = _fingerprint.compare(fp, p["target_fingerprints"])
         if diffs:
-            msg = "OS mismatch: " + _fingerprint.describe_mismatch("this build host", diffs)
+            msg = "OS mismatch: " + _fingerprint.describe_mismatch(socket.gethostname(), diffs)
             if not p["allow_os_mismatch"]:
                 module.fail_json(msg=msg + ". Build on a host whose OS matches the targets (or set "
                                  "hotswap_allow_os_mismatch: true to only warn).", **result)
-            warnings.append(msg)
+            module.warn(msg)
         digest = p["source_digest"]
         if digest and not p["source_git"]:
             published = builder.published(digest)
@@ -174,19 +174,19 @@ def main():
                 if module.check_mode or wanted <= have:
                     result.update(version=published, manifest=builder.store.manifest(published),
                                   store_dir=builder.store.vdir(published), would_extend=sorted(wanted - have))
-                    module.exit_json(warnings=warnings, **result)
+                    module.exit_json(**result)
                 changed, manifest = builder.extend_edges(published, p["bases"])
                 result.update(changed=changed, version=published, manifest=manifest,
                               store_dir=builder.store.vdir(published))
-                module.exit_json(warnings=warnings, **result)
+                module.exit_json(**result)
             if module.check_mode or not p["src_archive"]:
                 result.update(need_source=True, would_build=True)
-                module.exit_json(warnings=warnings, **result)
+                module.exit_json(**result)
             src = builder.stage_archive(p["src_archive"])
         else:
             if module.check_mode:
                 result.update(would_build=True)
-                module.exit_json(warnings=warnings, **result)
+                module.exit_json(**result)
             src = builder.stage_git(p["source_git"], p["source_ref"])
             rc, out, err = run(["git", "-C", src, "rev-parse", "HEAD"])
             digest = "git:" + out.strip()
@@ -200,7 +200,7 @@ def main():
     finally:
         if p["src_archive"] and os.path.exists(p["src_archive"]) and not module.check_mode:
             os.unlink(p["src_archive"])
-    module.exit_json(warnings=warnings, **result)
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

@@ -95,6 +95,17 @@ defmodule Demo.Counter do
 end
 """
 
+# v3: code_change from "2" raises -> release_handler restarts the VM in place (init:restart)
+COUNTER_V3 = COUNTER_V2.replace('@vsn "2"', '@vsn "3"').replace(
+    "  def code_change(_old, s, _extra), do: {:ok, s}",
+    '  def code_change("2", _s, _extra), do: raise("boom in code_change")\n'
+    "  def code_change(_old, s, _extra), do: {:ok, s}")
+
+APPUP_V3 = """{"3.0.0",
+ [{"2.0.0", [{update, 'Elixir.Demo.Counter', {advanced, []}}]}],
+ [{"2.0.0", [{update, 'Elixir.Demo.Counter', {advanced, []}}]}]}.
+"""
+
 RUNTIME_EXS = """
 import Config
 config :demo, greeting: System.get_env("DEMO_GREETING", "unset")
@@ -125,30 +136,38 @@ def _mix_release(src: Path, vsn: str, counter: str) -> Path:
     return src / "_build" / "prod" / "rel" / APP
 
 
-def build_fixture(base: Path) -> dict:
-    """Build v1 + v2 release trees, relup and the v2 upgrade package under base."""
-    base.mkdir(parents=True, exist_ok=True)
-    rel1 = _mix_release(base / "src1", "1.0.0", COUNTER_V1)
-    rel2 = _mix_release(base / "src2", "2.0.0", COUNTER_V2)
-    (rel2 / "lib" / "demo-2.0.0" / "ebin" / "demo.appup").write_text(APPUP_V2)
-    paths = [str(p) for r in (rel1, rel2) for p in sorted((r / "lib").glob("*/ebin"))]
+def _relup_and_package(base: Path, old: Path, new: Path, old_vsn: str, vsn: str, appup: str) -> Path:
+    (new / "lib" / f"demo-{vsn}" / "ebin" / "demo.appup").write_text(appup)
+    paths = [str(p) for r in (old, new) for p in sorted((r / "lib").glob("*/ebin"))]
     erl = (
         "R = systools:make_relup(\"%s\", [\"%s\"], [\"%s\"], [{path, %s}, {outdir, \"%s\"}, silent]),"
         "io:format(\"~p~n\", [R]), case R of {ok,_,_,_} -> halt(0); _ -> halt(1) end."
-        % (rel2 / "releases" / "2.0.0" / APP, rel1 / "releases" / "1.0.0" / APP,
-           rel1 / "releases" / "1.0.0" / APP, json.dumps(paths), rel2 / "releases" / "2.0.0")
+        % (new / "releases" / vsn / APP, old / "releases" / old_vsn / APP,
+           old / "releases" / old_vsn / APP, json.dumps(paths), new / "releases" / vsn)
     )
     _run(["erl", "-noshell", "-eval", erl])
-    assert (rel2 / "releases" / "2.0.0" / "relup").exists()
+    assert (new / "releases" / vsn / "relup").exists()
     # upgrade package in release_handler's format: releases/APP-VSN.rel, releases/VSN/, new lib dirs
-    pkg = base / "demo-2.0.0.tar.gz"
+    pkg = base / f"demo-{vsn}.tar.gz"
     with tarfile.open(pkg, "w:gz") as tf:
-        tf.add(rel2 / "releases" / "2.0.0" / f"{APP}.rel", arcname=f"releases/{APP}-2.0.0.rel")
-        tf.add(rel2 / "releases" / "2.0.0", arcname="releases/2.0.0")
-        tf.add(rel2 / "lib" / "demo-2.0.0", arcname="lib/demo-2.0.0")
+        tf.add(new / "releases" / vsn / f"{APP}.rel", arcname=f"releases/{APP}-{vsn}.rel")
+        tf.add(new / "releases" / vsn, arcname=f"releases/{vsn}")
+        tf.add(new / "lib" / f"demo-{vsn}", arcname=f"lib/demo-{vsn}")
+    return pkg
+
+
+def build_fixture(base: Path) -> dict:
+    """Build v1, v2, v3 release trees, relups (1->2, 2->3) and upgrade packages under base."""
+    base.mkdir(parents=True, exist_ok=True)
+    rel1 = _mix_release(base / "src1", "1.0.0", COUNTER_V1)
+    rel2 = _mix_release(base / "src2", "2.0.0", COUNTER_V2)
+    rel3 = _mix_release(base / "src3", "3.0.0", COUNTER_V3)
+    pkg = _relup_and_package(base, rel1, rel2, "1.0.0", "2.0.0", APPUP_V2)
+    pkg3 = _relup_and_package(base, rel2, rel3, "2.0.0", "3.0.0", APPUP_V3)
     info = {
         "base": str(base), "rel1": str(rel1), "rel2": str(rel2), "package": str(pkg),
         "sha256": hashlib.sha256(pkg.read_bytes()).hexdigest(),
+        "package3": str(pkg3), "sha256_3": hashlib.sha256(pkg3.read_bytes()).hexdigest(),
     }
     (base / "fixture.json").write_text(json.dumps(info))
     return info
@@ -440,6 +459,25 @@ def test_unpack_and_status_with_node_down(built, tmp_path):
     assert "2.0.0" in p.get("removed", []), p
     assert not (root / "releases" / "2.0.0").exists()
     assert not (root / "lib" / "demo-2.0.0").exists()
+
+
+def test_code_change_crash_reports_restart_and_lost_state(node):
+    """code_change raises past the point of no return: release_handler reboots the VM in place
+    from the permanent release.  The agent must say so (not claim a clean revert of state)."""
+    root = node["root"]
+    rc, out = agent(root, "hot", "--package", node["package"], "--sha256", node["sha256"], "--version", "2.0.0")
+    assert rc == 0, out
+    rpc(root, node["name"], "Demo.Counter.incr(9)")
+    rc, out = agent(root, "hot", "--package", node["package3"], "--sha256", node["sha256_3"],
+                    "--version", "3.0.0", "--timeout", "20")
+    assert rc == 1 and out["failed"] is True, out
+    print("\nCRASH result:", json.dumps(out))
+    assert out["host_version"] == "2.0.0"
+    assert out.get("state_lost") is True
+    assert counter(node) == "{0, 2, %{count: 0, upgraded: false}}"
+    _, st = agent(root, "status")
+    assert st["running"] == "2.0.0" and st["permanent"] == "2.0.0" and st["node_up"] is True
+    assert (root / "releases" / "start_erl.data").read_text().split()[1] == "2.0.0"
 
 
 def test_bad_input(tmp_path):

@@ -9,6 +9,7 @@
 #   "install"  -> ensure RELEASES, [set_unpacked], merge runtime config, install_release, verify
 #                 and (when hs["commit"]) make_permanent; revert to hs["old"] on failure
 #                 (hs["revert_on_failure"]).  "hot" is the same op with everything switched on.
+#   "unpack"   -> ensure RELEASES + set_unpacked(rel_file)
 #   "verify"   -> default health check (+ optional rpc check expression)
 #   "commit"   -> make_permanent
 #   "revert"   -> install_release(old) (down edge) + make_permanent(old)
@@ -194,7 +195,7 @@ hs_result =
              "consolidated_reloaded" => reload_consolidated.(vsn)}}
 
         other ->
-          {:error, %{"install_ms" => div(us, 100) / 10, "error" => inspect(other)}}
+          {:error, %{"install_ms" => div(us, 100) / 10, "error" => inspect(other, limit: 12, printable_limit: 200)}}
       end
     end
 
@@ -286,6 +287,7 @@ hs_result =
       Map.merge(
         %{"ok" => true, "running" => running, "permanent" => perm, "app_vsn" => app_vsn.(),
           "os_pid" => String.to_integer(System.pid()),
+          "rh_pid" => inspect(Process.whereis(:release_handler)),
           "releases" => Enum.map(rels, &Map.take(&1, ["version", "status"])),
           "node_ms" => ms.(t0)},
         extra
@@ -302,7 +304,9 @@ hs_result =
         ok =
           Enum.reduce_while(Stream.repeatedly(fn -> nil end), false, fn _, _ ->
             cond do
-              Enum.any?(Application.started_applications(), fn {a, _, _} -> a == app end) -> {:halt, true}
+              match?({:started, _}, :init.get_status()) and
+                  Enum.any?(Application.started_applications(), fn {a, _, _} -> a == app end) ->
+                {:halt, true}
               System.monotonic_time(:millisecond) >= deadline -> {:halt, false}
               true -> Process.sleep(50) && {:cont, false}
             end
@@ -310,9 +314,23 @@ hs_result =
 
         state.(%{"ok" => ok, "error" => if(!ok, do: "#{app_s} did not start in time")})
 
+      "unpack" ->
+        vsn = hs["vsn"]
+        created = ensure_releases.()
+
+        r =
+          if Enum.find(releases.(), &(&1["version"] == vsn)),
+            do: :present,
+            else: :release_handler.set_unpacked(String.to_charlist(hs["rel_file"]), [])
+
+        state.(%{"ok" => not match?({:error, _}, r), "changed" => match?({:ok, _}, r),
+                 "created_releases" => created, "error" => if(match?({:error, _}, r), do: inspect(r))})
+
       "install" ->
         vsn = hs["vsn"]
         created = ensure_releases.()
+        rh0 = inspect(Process.whereis(:release_handler))
+        state = fn extra -> state.(Map.put(extra, "rh_pid_before", rh0)) end
         rels0 = releases.()
         {running0, perm0} = running_of.(rels0)
         old = hs["old"] || running0
@@ -329,7 +347,7 @@ hs_result =
             state.(%{"ok" => false, "stage" => "unpack", "error" => inspect(unpack),
                      "created_releases" => created, "old" => old})
 
-          running0 == vsn and (not hs["commit"] or perm0 == vsn) ->
+          running0 == vsn and (!hs["commit"] or perm0 == vsn) ->
             state.(%{"changed" => false, "stage" => "done", "old" => old, "created_releases" => created})
 
           true ->

@@ -1,0 +1,292 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) beam.hotswap contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: release
+short_description: Move one release root to a release, hot when OTP can, cold when it must
+version_added: 0.1.0
+description:
+  - Plans from the host's state and the build manifest (first install, hot relup, cold restart, commit,
+    start or nothing), then drives the installed reload agent to carry the plan out in one agent run.
+  - A hot upgrade is unpack, install, health check and commit; a failure in install, health or commit
+    reverts the host to the release it had, before the task fails. The result says what happened and
+    which release the host ended on.
+  - With O(state=rolled_back) the host returns to O(version) (default the release it ran before) using
+    only what it holds: the running release's relup down edge when there is one, a cold switch otherwise.
+  - The action plugin of the same name uploads the package the plan needs, only when the host lacks it.
+author: beam.hotswap developers
+attributes:
+  check_mode:
+    support: full
+    description: Prints the plan (from, to, hot or cold, why) and changes nothing.
+  diff_mode:
+    support: full
+    description: Shows the release before and after.
+  idempotent:
+    support: full
+options:
+  app:
+    description: Release name.
+    type: str
+    required: true
+  root:
+    description: Release root on the host. Absolute, not C(/).
+    type: path
+    required: true
+  user:
+    description: Unprivileged user the node runs as (created on first install if missing).
+    type: str
+  state:
+    description: V(deployed) moves the host to the manifest's version; V(rolled_back) to O(version) or the previous release.
+    type: str
+    choices: [deployed, rolled_back]
+    default: deployed
+  manifest:
+    description: The build manifest (required for O(state=deployed)).
+    type: dict
+  version:
+    description: With O(state=rolled_back), the release to return to (default the previous one).
+    type: str
+  mode:
+    description: V(auto) goes hot when the manifest has a hot edge from the running release, cold otherwise.
+    type: str
+    choices: [auto, hot, cold]
+    default: auto
+  package_src:
+    description: Path on the host of an uploaded package (set by the action plugin); moved into the agent's package store.
+    type: path
+  health_check:
+    description:
+      - What must hold after install and before commit. An C(http://) or C(https://) URL (2xx), C(cmd:ARGV)
+        (a command on the host, exit 0) or C(rpc:EXPR) (an Elixir expression evaluated on the node, must be true).
+      - Default, the node answers and runs the new release.
+    type: str
+  health_timeout:
+    description: Seconds the health check may take to pass.
+    type: int
+    default: 30
+  keep_releases:
+    description: Releases kept on the host after a successful deploy (never the running, permanent or previous one).
+    type: int
+    default: 5
+  service_manager:
+    description: V(systemd) (a generated unit), V(daemon) (the release's own C(bin/APP daemon)/C(stop)) or V(auto).
+    type: str
+    choices: [auto, systemd, daemon]
+    default: auto
+  env:
+    description: Environment of the node (C(KEY=VALUE)), written to the agent's env file (mode 0600). Never printed.
+    type: dict
+    default: {}
+  cookie:
+    description: Erlang cookie written to C(releases/COOKIE) (mode 0400, the run user). Never printed.
+    type: str
+  artifact_dir:
+    description: Handled by the action plugin. Controller directory holding C(APP/VSN/) artifacts.
+    type: path
+"""
+
+EXAMPLES = r"""
+- name: Deploy what the build published (hot when possible)
+  beam.hotswap.release:
+    app: sample
+    root: /opt/sample
+    manifest: "{{ hostvars[groups['hotswap_build'][0]].hotswap_manifest }}"
+    artifact_dir: ~/.cache/beam.hotswap/artifacts
+    health_check: http://127.0.0.1:4000/health
+
+- name: Roll back to the previous release
+  beam.hotswap.release:
+    app: sample
+    root: /opt/sample
+    state: rolled_back
+"""
+
+RETURN = r"""
+plan:
+  description: What was (or in check mode would be) done.
+  returned: always
+  type: dict
+  contains:
+    action:
+      description: One of V(noop), V(install), V(hot), V(cold), V(start), V(commit).
+      type: str
+    from:
+      description: Release before.
+      type: str
+    to:
+      description: Release asked for.
+      type: str
+    reasons:
+      description: Why this action (for cold, why not hot).
+      type: list
+      elements: str
+  sample: {action: hot, from: 1.0.0, to: 2.0.0, reasons: ["relup has a hot edge from 1.0.0"]}
+summary:
+  description: The plan in one line.
+  returned: always
+  type: str
+  sample: "1.0.0 -> 2.0.0: hot (relup has a hot edge from 1.0.0)"
+host_version:
+  description: The release the host runs at the end.
+  returned: always
+  type: str
+agent:
+  description: The agent's answer (durations such as C(install_ms), C(total_ms), C(downtime_ms); C(reverted)).
+  returned: when the agent ran
+  type: dict
+reverted:
+  description: True when a failure made the agent return the host to its previous release.
+  returned: on failure
+  type: bool
+timing:
+  description: The agent's figures in one line.
+  returned: when the agent ran
+  type: str
+  sample: install 11 ms, downtime 0 ms, total 612 ms
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.beam.hotswap.plugins.module_utils import _plan
+from ansible_collections.beam.hotswap.plugins.module_utils._agent_client import AgentClient, AgentError
+from ansible_collections.beam.hotswap.plugins.module_utils._build import VERSION_RE, manifest_errors
+
+
+def _write_private(module, path, text, mode):
+    """Write a file atomically (temp + atomic_move) with a mode; returns True when it changed."""
+    if os.path.exists(path):
+        with open(path) as f:
+            if f.read() == text:
+                return False
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, mode)
+    module.atomic_move(tmp, path)
+    return True
+
+
+def _timing(out):
+    """``install 12 ms, total 640 ms, downtime 0 ms`` from the agent's figures."""
+    parts = []
+    for key, label in (("install_ms", "install"), ("downtime_ms", "downtime"), ("total_ms", "total")):
+        if isinstance(out.get(key), (int, float)):
+            parts.append("%s %d ms" % (label, out[key]))
+    return ", ".join(parts)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            app=dict(type="str", required=True),
+            root=dict(type="path", required=True),
+            user=dict(type="str"),
+            state=dict(type="str", default="deployed", choices=["deployed", "rolled_back"]),
+            manifest=dict(type="dict"),
+            version=dict(type="str"),
+            mode=dict(type="str", default="auto", choices=["auto", "hot", "cold"]),
+            package_src=dict(type="path"),
+            health_check=dict(type="str"),
+            health_timeout=dict(type="int", default=30),
+            keep_releases=dict(type="int", default=5),
+            service_manager=dict(type="str", default="auto", choices=["auto", "systemd", "daemon"]),
+            env=dict(type="dict", default={}, no_log=True),
+            cookie=dict(type="str", no_log=True),
+            artifact_dir=dict(type="path"),
+        ),
+        required_if=[("state", "deployed", ("manifest",))],
+        supports_check_mode=True,
+    )
+    p = module.params
+    result = dict(changed=False)
+    try:
+        client = AgentClient(module, p["root"], p["app"], p["user"])
+        if p["keep_releases"] < 2:
+            module.fail_json(msg="hotswap_keep_releases must be at least 2 (the running release and the one a "
+                             "rollback returns to)")
+        if p["state"] == "deployed":
+            errs = manifest_errors(p["manifest"])
+            if errs:
+                module.fail_json(msg="the manifest is not usable: %s" % "; ".join(errs))
+            if p["manifest"]["app"] != p["app"]:
+                module.fail_json(msg="the manifest is for release %s, not %s: check hotswap_app"
+                                 % (p["manifest"]["app"], p["app"]))
+        elif p["version"] is not None and (not VERSION_RE.match(p["version"]) or ".." in p["version"]):
+            module.fail_json(msg="hotswap_version %r is not a valid release version (letters, digits, . _ + -)"
+                             % p["version"])
+        status = client.status()
+        if p["state"] == "deployed":
+            plan = _plan.deploy(status, p["manifest"], p["mode"])
+        else:
+            plan = _plan.rollback(status, p["version"], p["mode"])
+    except (AgentError, _plan.PlanError) as e:
+        module.fail_json(msg=str(e), **result)
+
+    summary = _plan.describe(plan)
+    result.update(plan=plan, summary=summary, host_version=plan["from"])
+    changed = plan["action"] != _plan.NOOP
+    if module._diff:
+        result["diff"] = dict(before="%s: %s\n" % (p["app"], plan["from"] or "(none)"),
+                              after="%s: %s (%s)\n" % (p["app"], plan["to"], plan["action"]))
+    if module.check_mode or not changed:
+        module.exit_json(changed=changed, **result)
+
+    # carry the plan out
+    try:
+        hs = os.path.join(client.root, ".hotswap")
+        if p["env"]:
+            lines = "".join("%s=%s\n" % (k, v) for k, v in sorted(p["env"].items()))
+            _write_private(module, os.path.join(hs, "env"), lines, 0o600)
+        if p["cookie"]:
+            _write_private(module, os.path.join(hs, "cookie"), p["cookie"], 0o400)
+        common = ["--keep", p["keep_releases"], "--timeout", p["health_timeout"],
+                  "--service-manager", p["service_manager"]]
+        if p["health_check"]:
+            common += ["--check", p["health_check"]]
+        pkg = []
+        if plan["package"]:
+            art = p["manifest"]["artifacts"][plan["package"]]
+            path = os.path.join(hs, "packages", "%s-%s" % (art["sha256"], art["file"]))
+            if p["package_src"] and not os.path.exists(path):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                module.atomic_move(p["package_src"], path)
+            if not os.path.exists(path):
+                module.fail_json(msg="the package %s is not on the host (expected %s); the run's facts were stale: "
+                                 "re-run the play" % (art["file"], path), **result)
+            pkg = ["--package", path, "--sha256", art["sha256"]]
+        action = plan["action"]
+        if action == _plan.HOT and plan["direction"] == "up":
+            out = client.run("hot", "--version", plan["to"], *(pkg + common))
+        elif action == _plan.HOT:
+            out = client.run("rollback", "--version", plan["to"], "--mode", "hot", *common)
+        elif action == _plan.COLD and plan["direction"] == "down":
+            out = client.run("rollback", "--version", plan["to"], "--mode", "cold", *common)
+        elif action == _plan.COLD:
+            out = client.run("cold", "--version", plan["to"], *(pkg + common))
+        elif action == _plan.INSTALL:
+            out = client.run("first-install", "--version", plan["to"], *(pkg + common))
+        elif action == _plan.START:
+            out = client.run("start", "--version", plan["to"], *common)
+        else:  # COMMIT
+            out = client.run("commit", "--version", plan["to"], *common)
+    except AgentError as e:
+        r = e.result
+        result.update(agent=r, reverted=bool(r.get("reverted")), host_version=r.get("host_version"))
+        module.fail_json(msg="%s failed on this host: %s" % (summary, e), changed=bool(r.get("changed", True)), **result)
+    result.update(agent=out, host_version=out.get("host_version", plan["to"]), timing=_timing(out))
+    module.exit_json(changed=True, **result)
+
+
+if __name__ == "__main__":
+    main()

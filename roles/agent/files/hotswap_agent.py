@@ -1,0 +1,1632 @@
+#!/usr/bin/env python3
+"""beam.hotswap host agent: moves one mix release root from one state to another.
+
+    python3 agent.py --root /opt/APP --app APP [--user U] COMMAND [options]
+
+Commands: status, unpack, install, health, commit, revert, hot, prune, start, stop.
+Prints exactly one JSON object on stdout.  Exit 0 ok, 1 operation failed, 2 bad input.
+Python 3 standard library only.  The node-side code lives in node.exs (installed next to
+this file; `hotswap_node.exs` in the repository) and is evaluated by ONE `bin/APP rpc`
+call per phase.
+"""
+import argparse
+import datetime
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import pwd
+import re
+import shlex
+import shutil
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.error
+import urllib.request
+
+AGENT_VERSION = "1.0.0"
+
+VSN_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$")
+APP_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\$?$")
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class BadInput(Exception):
+    """exit 2"""
+
+
+class OpFailed(Exception):
+    """exit 1; extra goes into the JSON result"""
+
+    def __init__(self, msg, **extra):
+        super().__init__(msg)
+        self.msg = msg
+        self.extra = extra
+
+
+def now_ms():
+    return time.monotonic() * 1000.0
+
+
+# =========================================================================== validation
+
+def check_vsn(v, what="version"):
+    if not isinstance(v, str) or not VSN_RE.match(v) or ".." in v:
+        raise BadInput(f"invalid {what} {v!r}: must match {VSN_RE.pattern} without '..'")
+    return v
+
+
+def check_app(a):
+    if not isinstance(a, str) or not APP_RE.match(a):
+        raise BadInput(f"invalid app name {a!r}: must match {APP_RE.pattern}")
+    return a
+
+
+def check_sha(s):
+    s = (s or "").lower()
+    if not SHA_RE.match(s):
+        raise BadInput(f"invalid sha256 {s!r}: need 64 hex digits")
+    return s
+
+
+def vsn_key(v):
+    """Sort key for versions: numeric parts numerically, pre-releases before releases."""
+    main, _, pre = v.partition("-")
+    parts = []
+    for p in re.split(r"[.+]", main):
+        parts.append((0, int(p), "") if p.isdigit() else (1, 0, p))
+    return (parts, 0 if pre else 1, pre)
+
+
+# =========================================================================== Erlang terms
+
+class Atom(str):
+    """An Erlang atom (a str subclass so it compares with plain strings)."""
+
+    def __repr__(self):
+        return f"Atom({str.__repr__(self)})"
+
+
+class TermError(ValueError):
+    pass
+
+
+_ESC = {"n": "\n", "t": "\t", "r": "\r", "s": " ", "b": "\b", "f": "\f", "v": "\v",
+        "e": "\x1b", "d": "\x7f", "\\": "\\", '"': '"', "'": "'"}
+
+
+def parse_terms(text):
+    """Parse a file of Erlang terms each ending with '.' (file:consult subset):
+    atoms, quoted atoms, strings, integers (incl. base#), floats, tuples, lists,
+    binaries of strings/ints, maps.  Returns the list of terms."""
+    pos = 0
+    n = len(text)
+    out = []
+
+    def skip():
+        nonlocal pos
+        while pos < n:
+            c = text[pos]
+            if c in " \t\r\n":
+                pos += 1
+            elif c == "%":
+                while pos < n and text[pos] != "\n":
+                    pos += 1
+            else:
+                break
+
+    def quoted(q):
+        nonlocal pos
+        pos += 1
+        buf = []
+        while True:
+            if pos >= n:
+                raise TermError("unterminated quoted text")
+            c = text[pos]
+            if c == q:
+                pos += 1
+                return "".join(buf)
+            if c == "\\":
+                pos += 1
+                if pos >= n:
+                    raise TermError("bad escape")
+                c = text[pos]
+                if c in "01234567":
+                    m = re.match(r"[0-7]{1,3}", text[pos:])
+                    buf.append(chr(int(m.group(0), 8)))
+                    pos += len(m.group(0))
+                    continue
+                if c == "x":
+                    m = re.match(r"x\{([0-9a-fA-F]+)\}|x([0-9a-fA-F]{2})", text[pos:])
+                    if not m:
+                        raise TermError("bad \\x escape")
+                    buf.append(chr(int(m.group(1) or m.group(2), 16)))
+                    pos += len(m.group(0))
+                    continue
+                if c == "^":
+                    buf.append(chr(ord(text[pos + 1]) % 32))
+                    pos += 2
+                    continue
+                buf.append(_ESC.get(c, c))
+                pos += 1
+                continue
+            buf.append(c)
+            pos += 1
+
+    def seq(close):
+        nonlocal pos
+        items = []
+        skip()
+        if pos < n and text[pos] == close:
+            pos += 1
+            return items, None
+        while True:
+            items.append(value())
+            skip()
+            if pos >= n:
+                raise TermError("unterminated sequence")
+            c = text[pos]
+            if c == ",":
+                pos += 1
+                continue
+            if c == close:
+                pos += 1
+                return items, None
+            if c == "|" and close == "]":
+                pos += 1
+                tail = value()
+                skip()
+                if pos >= n or text[pos] != "]":
+                    raise TermError("bad improper list")
+                pos += 1
+                return items, tail
+            raise TermError(f"unexpected {c!r} at {pos}")
+
+    def value():
+        nonlocal pos
+        skip()
+        if pos >= n:
+            raise TermError("unexpected end of input")
+        c = text[pos]
+        if c == "[":
+            pos += 1
+            items, tail = seq("]")
+            if tail is not None:
+                if isinstance(tail, list):
+                    return items + tail
+                if isinstance(tail, str) and not isinstance(tail, Atom):
+                    return items + list(tail)
+                raise TermError("improper list")
+            return items
+        if c == "{":
+            pos += 1
+            items, _ = seq("}")
+            return tuple(items)
+        if c == '"':
+            s = quoted('"')
+            skip()
+            while pos < n and text[pos] == '"':  # adjacent string literals concatenate
+                s += quoted('"')
+                skip()
+            return s
+        if c == "'":
+            return Atom(quoted("'"))
+        if text.startswith("<<", pos):
+            pos += 2
+            skip()
+            if text.startswith(">>", pos):
+                pos += 2
+                return b""
+            buf = bytearray()
+            while True:
+                skip()
+                v = value()
+                if isinstance(v, str) and not isinstance(v, Atom):
+                    buf += v.encode("utf-8")
+                elif isinstance(v, int):
+                    buf.append(v & 0xFF)
+                else:
+                    raise TermError("unsupported binary segment")
+                skip()
+                if text.startswith("/utf8", pos):
+                    pos += 5
+                    skip()
+                if text.startswith(">>", pos):
+                    pos += 2
+                    return bytes(buf)
+                if pos < n and text[pos] == ",":
+                    pos += 1
+                    continue
+                raise TermError(f"bad binary at {pos}")
+        if text.startswith("#{", pos):
+            pos += 2
+            d = {}
+            skip()
+            if pos < n and text[pos] == "}":
+                pos += 1
+                return d
+            while True:
+                k = value()
+                skip()
+                if not text.startswith("=>", pos):
+                    raise TermError(f"expected => at {pos}")
+                pos += 2
+                v = value()
+                d[k if not isinstance(k, list) else tuple(k)] = v
+                skip()
+                if pos < n and text[pos] == ",":
+                    pos += 1
+                    continue
+                if pos < n and text[pos] == "}":
+                    pos += 1
+                    return d
+                raise TermError(f"bad map at {pos}")
+        if c == "$":
+            if text[pos + 1] == "\\":
+                pos += 1
+                s = quoted_char()
+                return s
+            pos += 2
+            return ord(text[pos - 1])
+        m = re.compile(r"-?\d+(\.\d+([eE][-+]?\d+)?|#[0-9a-zA-Z]+)?").match(text, pos)
+        if m and m.group(0) not in ("-",):
+            tok = m.group(0)
+            pos = m.end()
+            if "#" in tok:
+                base, digits = tok.split("#")
+                return int(digits, int(base.lstrip("-"))) * (-1 if base.startswith("-") else 1)
+            if "." in tok:
+                return float(tok)
+            return int(tok)
+        m = re.compile(r"[a-z][A-Za-z0-9_@]*").match(text, pos)
+        if m:
+            pos = m.end()
+            return Atom(m.group(0))
+        raise TermError(f"unexpected {c!r} at offset {pos}")
+
+    def quoted_char():
+        nonlocal pos
+        # pos at backslash of $\x
+        c = text[pos + 1]
+        pos += 2
+        return ord(_ESC.get(c, c))
+
+    while True:
+        skip()
+        if pos >= n:
+            return out
+        out.append(value())
+        skip()
+        if pos >= n or text[pos] != ".":
+            raise TermError(f"expected '.' after term at offset {pos}")
+        pos += 1
+
+
+def _estr(s):
+    out = ['"']
+    for ch in s:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append("\\x{%x}" % ord(ch))
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _eatom(a):
+    if re.match(r"^[a-z][A-Za-z0-9_@]*$", a) and a not in ("after", "and", "andalso", "band", "begin",
+                                                             "bnot", "bor", "bsl", "bsr", "bxor", "case",
+                                                             "catch", "cond", "div", "end", "fun", "if",
+                                                             "let", "not", "of", "or", "orelse",
+                                                             "receive", "rem", "try", "when", "xor"):
+        return a
+    return "'" + a.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def format_term(t):
+    if isinstance(t, Atom):
+        return _eatom(t)
+    if isinstance(t, bool):
+        return "true" if t else "false"
+    if isinstance(t, str):
+        return _estr(t)
+    if isinstance(t, int):
+        return str(t)
+    if isinstance(t, tuple):
+        return "{" + ",".join(format_term(x) for x in t) + "}"
+    if isinstance(t, list):
+        return "[" + ",".join(format_term(x) for x in t) + "]"
+    raise TermError(f"cannot format {type(t).__name__}")
+
+
+def _s(v):
+    """Erlang string (str or list of ints) -> str."""
+    if isinstance(v, list) and all(isinstance(x, int) for x in v):
+        return "".join(chr(x) for x in v)
+    if isinstance(v, (str, bytes)):
+        return v.decode() if isinstance(v, bytes) else str(v)
+    raise TermError(f"expected a string, got {v!r}")
+
+
+def parse_releases(text):
+    """releases/RELEASES -> [{"name","version","erts","libs":[(app,vsn,dir)],"status"}]"""
+    terms = parse_terms(text)
+    if len(terms) != 1 or not isinstance(terms[0], list):
+        raise TermError("RELEASES must hold one list")
+    rels = []
+    for r in terms[0]:
+        if not (isinstance(r, tuple) and len(r) == 6 and r[0] == "release"):
+            raise TermError(f"bad release entry {r!r}")
+        _, name, vsn, erts, libs, status = r
+        rels.append({
+            "name": _s(name), "version": _s(vsn), "erts": _s(erts), "status": str(status),
+            "libs": [(str(l[0]), _s(l[1]), _s(l[2])) for l in libs],
+        })
+    return rels
+
+
+def format_releases(rels):
+    body = [(Atom("release"), r["name"], r["version"], r["erts"],
+             [(Atom(a), v, d) for a, v, d in r["libs"]], Atom(r["status"])) for r in rels]
+    return "%% coding: utf-8\n" + format_term(body) + ".\n"
+
+
+def parse_rel(text):
+    """APP.rel -> {"name","version","erts","apps":[(app,vsn)]}"""
+    terms = parse_terms(text)
+    if len(terms) != 1:
+        raise TermError(".rel must hold one term")
+    t = terms[0]
+    if not (isinstance(t, tuple) and len(t) == 4 and t[0] == "release"):
+        raise TermError("not a release resource term")
+    _, (name, vsn), (_erts_tag, erts), apps = t
+    return {"name": _s(name), "version": _s(vsn), "erts": _s(erts),
+            "apps": [(str(a[0]), _s(a[1])) for a in apps]}
+
+
+# =========================================================================== env file, epmd
+
+def parse_env(text):
+    """KEY=VALUE lines; '#' comments, blank lines, optional 'export ', optional quotes."""
+    env = {}
+    for i, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[7:].lstrip()
+        key, sep, val = line.partition("=")
+        key = key.strip()
+        if not sep or not ENV_KEY_RE.match(key):
+            raise ValueError(f"env line {i}: expected KEY=VALUE")
+        val = val.strip()
+        if len(val) >= 2 and val[0] == val[-1] and val[0] in "\"'":
+            val = val[1:-1]
+        env[key] = val
+    return env
+
+
+def epmd_names(host="127.0.0.1", port=None, timeout=1.0):
+    """{name: port} registered with epmd (NAMES_REQ); None when epmd is not reachable."""
+    port = port or int(os.environ.get("ERL_EPMD_PORT") or 4369)
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.sendall(struct.pack(">HB", 1, 110))
+            data = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return None
+    names = {}
+    for line in data[4:].decode("utf-8", "replace").splitlines():
+        m = re.match(r"^name (\S+) at port (\d+)$", line.strip())
+        if m:
+            names[m.group(1)] = int(m.group(2))
+    return names
+
+
+# =========================================================================== tar safety
+
+def _inside(root, path):
+    root = os.path.normpath(root)
+    path = os.path.normpath(path)
+    return path == root or path.startswith(root + os.sep)
+
+
+def check_member(m, app, vsn):
+    """Raise OpFailed unless the tar member is safe and belongs in an upgrade package."""
+    name = m.name
+    if name.startswith("/") or name.startswith("\\") or re.match(r"^[A-Za-z]:", name):
+        raise OpFailed(f"package refused: absolute path entry {name!r}; nothing changed")
+    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+    if ".." in name.replace("\\", "/").split("/"):
+        raise OpFailed(f"package refused: entry {name!r} contains '..'; nothing changed")
+    if not parts:
+        return None
+    if m.ischr() or m.isblk() or m.isfifo() or not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
+        raise OpFailed(f"package refused: entry {name!r} is a device/fifo/special file; nothing changed")
+    rel = "/".join(parts)
+    top_rel = f"releases/{app}-{vsn}.rel"
+    if not (rel == "releases" or rel == "lib" or rel == top_rel or rel == f"releases/{vsn}"
+            or rel.startswith(f"releases/{vsn}/") or re.match(r"^lib/[^/]+-[^/]+(/|$)", rel)):
+        raise OpFailed(f"package refused: unexpected entry {name!r} (an upgrade package holds only "
+                       f"{top_rel}, releases/{vsn}/ and lib/NAME-VSN/); nothing changed")
+    if m.issym() or m.islnk():
+        target = m.linkname
+        if target.startswith("/") or (m.islnk() and ".." in target.split("/")):
+            raise OpFailed(f"package refused: link {name!r} -> {target!r} leads outside the root; nothing changed")
+        base = "/r"
+        dest = os.path.normpath(os.path.join(base, os.path.dirname(rel), target)) if m.issym() \
+            else os.path.normpath(os.path.join(base, target))
+        if not _inside(base, dest):
+            raise OpFailed(f"package refused: link {name!r} -> {target!r} leads outside the root; nothing changed")
+    return rel
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def safe_extract(tf, members, dest):
+    """Extract pre-checked members under dest ourselves: no owners, no setuid bits."""
+    for m, rel in members:
+        target = os.path.join(dest, rel)
+        if not _inside(dest, target):
+            raise OpFailed(f"package refused: {m.name!r} escapes the staging dir")
+        parent = os.path.dirname(target)
+        os.makedirs(parent, exist_ok=True)
+        if os.path.islink(parent) or not _inside(dest, os.path.realpath(parent)):
+            raise OpFailed(f"package refused: {m.name!r} would be written through a link")
+        if m.isdir():
+            os.makedirs(target, exist_ok=True)
+            os.chmod(target, (m.mode & 0o755) | 0o700)
+        elif m.issym():
+            if os.path.lexists(target):
+                os.unlink(target)
+            os.symlink(m.linkname, target)
+        elif m.islnk():
+            src = os.path.join(dest, os.path.normpath(m.linkname))
+            if not _inside(dest, src) or not os.path.isfile(src) or os.path.islink(src):
+                raise OpFailed(f"package refused: hard link {m.name!r} -> {m.linkname!r} has no safe target")
+            shutil.copy2(src, target)
+        else:
+            if os.path.lexists(target):
+                os.unlink(target)
+            f = tf.extractfile(m)
+            with open(target, "xb") as out:
+                shutil.copyfileobj(f, out)
+            os.chmod(target, (m.mode & 0o755) | 0o600)
+
+
+def chown_tree(path, uid, gid):
+    if os.geteuid() != 0:
+        return
+    for dp, dns, fns in os.walk(path):
+        os.lchown(dp, uid, gid)
+        for x in dns + fns:
+            os.lchown(os.path.join(dp, x), uid, gid)
+
+
+def rmtree(path):
+    if os.path.islink(path) or os.path.isfile(path):
+        os.unlink(path)
+    elif os.path.isdir(path):
+        shutil.rmtree(path)
+
+
+# =========================================================================== Elixir literals
+
+def ex_lit(v):
+    """Python value -> Elixir literal (str/int/bool/None/list/dict with str keys)."""
+    if v is None:
+        return "nil"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, str):
+        out = ['"']
+        for ch in v:
+            o = ord(ch)
+            if ch in '"\\#':
+                out.append("\\" + ch)
+            elif ch == "\n":
+                out.append("\\n")
+            elif ch == "\t":
+                out.append("\\t")
+            elif o < 0x20 or o == 0x7F or 0xD800 <= o <= 0xDFFF:
+                out.append("\\u{%x}" % (o if not 0xD800 <= o <= 0xDFFF else 0xFFFD))
+            else:
+                out.append(ch)
+        out.append('"')
+        return "".join(out)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(ex_lit(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "%{" + ", ".join(ex_lit(str(k)) + " => " + ex_lit(x) for k, x in v.items()) + "}"
+    raise BadInput(f"cannot pass {type(v).__name__} to the node")
+
+
+# =========================================================================== the host
+
+class Host:
+    def __init__(self, root, app, user=None):
+        self.root = os.path.abspath(root)
+        self.app = app
+        self.user = user
+        self.hs = os.path.join(self.root, ".hotswap")
+        self.rel_dir = os.path.join(self.root, "releases")
+        self.rpc_calls = 0
+        self.rpc_ms = 0.0
+        self._pw = None
+        if user:
+            try:
+                self._pw = pwd.getpwnam(user)
+            except KeyError:
+                raise BadInput(f"no such user {user!r}")
+
+    # ---------------------------------------------------------------- files
+    def p(self, *parts):
+        return os.path.join(self.root, *parts)
+
+    def ensure_hs(self):
+        os.makedirs(self.hs, mode=0o750, exist_ok=True)
+        for d in ("packages", "unpacked"):
+            os.makedirs(os.path.join(self.hs, d), mode=0o750, exist_ok=True)
+
+    def env_file(self):
+        f = os.path.join(self.hs, "env")
+        if not os.path.exists(f):
+            return {}
+        try:
+            with open(f, encoding="utf-8") as fh:
+                return parse_env(fh.read())
+        except (OSError, ValueError) as e:
+            raise OpFailed(f"cannot read {f}: {e}")
+
+    def node_name(self):
+        return self.env_file().get("RELEASE_NODE") or self.app
+
+    def releases(self):
+        f = os.path.join(self.rel_dir, "RELEASES")
+        if not os.path.exists(f):
+            return None
+        try:
+            with open(f, encoding="utf-8") as fh:
+                return parse_releases(fh.read())
+        except (OSError, TermError, ValueError) as e:
+            raise OpFailed(f"cannot parse {f}: {e}")
+
+    def owner(self):
+        st = os.stat(self.rel_dir)
+        return st.st_uid, st.st_gid
+
+    def write_owned(self, path, text):
+        tmp = path + ".hotswap-tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if os.geteuid() == 0:
+            os.chown(tmp, *self.owner())
+        os.replace(tmp, path)
+
+    def write_releases(self, rels):
+        self.write_owned(os.path.join(self.rel_dir, "RELEASES"), format_releases(rels))
+
+    def start_erl(self):
+        f = os.path.join(self.rel_dir, "start_erl.data")
+        try:
+            with open(f) as fh:
+                parts = fh.read().split()
+            return {"erts": parts[0], "version": parts[1]} if len(parts) >= 2 else None
+        except OSError:
+            return None
+
+    def sha_record(self, vsn):
+        try:
+            with open(os.path.join(self.hs, "unpacked", vsn + ".sha256")) as fh:
+                return fh.read().strip()
+        except OSError:
+            return None
+
+    def set_sha_record(self, vsn, sha):
+        self.ensure_hs()
+        f = os.path.join(self.hs, "unpacked", vsn + ".sha256")
+        if sha is None:
+            if os.path.exists(f):
+                os.unlink(f)
+        else:
+            with open(f, "w") as fh:
+                fh.write(sha + "\n")
+
+    def installed_record(self):
+        try:
+            with open(os.path.join(self.hs, "installed.json")) as fh:
+                return json.load(fh)
+        except (OSError, ValueError):
+            return None
+
+    def set_installed_record(self, rec):
+        f = os.path.join(self.hs, "installed.json")
+        if rec is None:
+            if os.path.exists(f):
+                os.unlink(f)
+        else:
+            self.ensure_hs()
+            with open(f, "w") as fh:
+                json.dump(rec, fh)
+
+    # ---------------------------------------------------------------- processes
+    def run_kwargs(self, as_user=True):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RELEASE_")}
+        env.update(self.env_file())
+        env["RELEASE_ROOT"] = self.root
+        kw = {"env": env, "cwd": self.root}
+        if as_user and self._pw and os.geteuid() == 0 and self._pw.pw_uid != 0:
+            kw.update(user=self._pw.pw_uid, group=self._pw.pw_gid, extra_groups=[])
+            env.update(HOME=self._pw.pw_dir, USER=self._pw.pw_name, LOGNAME=self._pw.pw_name)
+        return kw
+
+    def bin(self):
+        b = self.p("bin", self.app)
+        if not os.path.exists(b):
+            raise OpFailed(f"{b} is missing: is {self.root} a release root for {self.app}?")
+        return b
+
+    def node_up(self):
+        names = epmd_names()
+        if not names:
+            return False
+        return self.node_name().split("@")[0] in names
+
+    def _beam_pids(self):
+        pids = []
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as fh:
+                    args = [a.decode("utf-8", "replace") for a in fh.read().split(b"\0") if a]
+            except OSError:
+                continue
+            if args and os.path.basename(args[0]).startswith("beam") and self._beam_matches(args):
+                pids.append((int(d), args))
+        return pids
+
+    def _beam_matches(self, args):
+        if not any(a == self.root or a.startswith(self.root + "/") for a in args):
+            return False
+        node = self.node_name().split("@")[0]
+        for i, a in enumerate(args[:-1]):
+            if a in ("-sname", "-name") and args[i + 1].split("@")[0] == node:
+                return True
+        return False
+
+    def os_pid(self):
+        """(pid, boot_version) of the node's beam process, or (None, None)."""
+        pf = os.path.join(self.hs, "pid")
+        cands = []
+        try:
+            with open(pf) as fh:
+                pid = int(fh.read().strip())
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                args = [a.decode("utf-8", "replace") for a in fh.read().split(b"\0") if a]
+            if args and os.path.basename(args[0]).startswith("beam") and self._beam_matches(args):
+                cands = [(pid, args)]
+        except (OSError, ValueError):
+            pass
+        if not cands:
+            cands = self._beam_pids()
+        if not cands:
+            return None, None
+        pid, args = cands[0]
+        boot = None
+        for i, a in enumerate(args[:-1]):
+            if a == "-boot":
+                m = re.search(r"/releases/([^/]+)/[^/]+$", args[i + 1])
+                boot = m.group(1) if m else None
+        return pid, boot
+
+    def node_exs(self):
+        here = os.path.dirname(os.path.abspath(__file__))
+        for n in ("node.exs", "hotswap_node.exs"):
+            f = os.path.join(here, n)
+            if os.path.exists(f):
+                with open(f, encoding="utf-8") as fh:
+                    return fh.read()
+        raise OpFailed(f"node.exs is missing next to {__file__}: reinstall the agent (role beam.hotswap.agent)")
+
+    def rpc(self, op, timeout=120, **args):
+        """One `bin/APP rpc` evaluating node.exs with hs = args; returns the node's result map."""
+        args = dict(args, op=op, app=self.app)
+        code = "hs = " + ex_lit(args) + "\n" + self.node_exs()
+        t0 = now_ms()
+        self.rpc_calls += 1
+        try:
+            p = subprocess.run([self.bin(), "rpc", code], capture_output=True, text=True,
+                               timeout=timeout, **self.run_kwargs())
+        except subprocess.TimeoutExpired:
+            raise OpFailed(f"bin/{self.app} rpc ({op}) timed out after {timeout}s", rpc_transport=True)
+        finally:
+            self.rpc_ms += now_ms() - t0
+        for line in reversed(p.stdout.splitlines()):
+            if line.startswith("HOTSWAP_RESULT "):
+                try:
+                    return json.loads(line[len("HOTSWAP_RESULT "):])
+                except ValueError:
+                    break
+        tail = (p.stdout + p.stderr).strip()[-600:]
+        raise OpFailed(f"bin/{self.app} rpc ({op}) gave no result (exit {p.returncode}): {tail}",
+                       rpc_transport=True)
+
+
+# =========================================================================== lock + journal
+
+class Lock:
+    def __init__(self, host, cmd):
+        self.host = host
+        self.cmd = cmd
+        self.fh = None
+
+    def __enter__(self):
+        self.host.ensure_hs()
+        path = os.path.join(self.host.hs, "lock")
+        fh = open(path, "a+")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            fh.seek(0)
+            holder = fh.read().strip()
+            fh.close()
+            try:
+                h = json.loads(holder)
+                who = f"pid {h.get('pid')} running {h.get('cmd')!r} since {h.get('since')}"
+            except ValueError:
+                who = "an unknown process"
+            raise OpFailed(f"another agent holds {path}: {who}; wait for it to finish (do not delete the lock)",
+                           lock_holder=holder)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(json.dumps({"pid": os.getpid(), "cmd": self.cmd,
+                             "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}))
+        fh.flush()
+        self.fh = fh
+        return self
+
+    def __exit__(self, *exc):
+        if self.fh:
+            try:
+                self.fh.seek(0)
+                self.fh.truncate()
+                fcntl.flock(self.fh.fileno(), fcntl.LOCK_UN)
+            finally:
+                self.fh.close()
+        return False
+
+
+JOURNAL_KEYS = ("op", "version", "from", "to", "result", "changed", "failed", "reverted", "mode",
+                "host_version", "total_ms", "install_ms", "rpc_calls", "stage", "removed", "msg")
+
+
+def journal(host, entry):
+    if not os.path.isdir(host.hs):
+        return
+    rec = {"ts": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")}
+    rec.update({k: entry[k] for k in JOURNAL_KEYS if k in entry and entry[k] is not None})
+    try:
+        with open(os.path.join(host.hs, "journal.jsonl"), "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(rec, sort_keys=True) + "\n")
+    except OSError:
+        pass
+
+
+# =========================================================================== commands
+
+def cmd_status(h, a):
+    rels = h.releases()
+    se = h.start_erl()
+    up = h.node_up()
+    pid, boot = h.os_pid() if up else (None, None)
+    perm = next((r["version"] for r in rels or [] if r["status"] == "permanent"), None)
+    running = current = None
+    if up:
+        rec = h.installed_record()
+        if rec and rec.get("version") != perm and rec.get("os_pid") == pid:
+            try:  # an uncommitted install: RELEASES on disk never says 'current', ask the node
+                info = h.rpc("info", timeout=30)
+                running = info.get("running")
+                perm = info.get("permanent") or perm
+            except OpFailed:
+                running = None
+        if running is None:
+            running = perm or boot or (se or {}).get("version")
+        if running != perm:
+            current = running
+    pk = {}
+    pdir = os.path.join(h.hs, "packages")
+    if os.path.isdir(pdir):
+        for f in sorted(os.listdir(pdir)):
+            m = re.match(r"^([0-9a-f]{8,64})", f)
+            pk[m.group(1) if m else f] = f
+    return {
+        "changed": False,
+        "installed": os.path.exists(h.p("bin", h.app)),
+        "node": h.node_name(),
+        "node_up": up, "os_pid": pid, "boot_version": boot,
+        "running": running, "permanent": perm, "current": current,
+        "host_version": running if up else perm,
+        "unpacked": [r["version"] for r in rels or [] if r["status"] == "unpacked" and r["version"] != current],
+        "old": [r["version"] for r in rels or [] if r["status"] == "old"],
+        "releases": [{"version": r["version"], "status": r["status"], "erts": r["erts"],
+                      "sha256": h.sha_record(r["version"])} for r in rels or []],
+        "releases_file": rels is not None,
+        "start_erl": se,
+        "agent_version": AGENT_VERSION,
+        "packages": pk,
+        "rpc_calls": h.rpc_calls,
+    }
+
+
+# ---------------------------------------------------------------- unpack
+
+def _referenced_libs(rels, skip_vsn=None):
+    return {os.path.basename(d.rstrip("/")) for r in rels or [] if r["version"] != skip_vsn for _, _, d in r["libs"]}
+
+
+def _remove_files_of(h, vsn, rels, lib_names):
+    """Python removal of a release's dirs not used by any other release."""
+    keep = _referenced_libs(rels, skip_vsn=vsn)
+    removed = []
+    for ln in lib_names:
+        if ln not in keep and os.path.isdir(h.p("lib", ln)):
+            rmtree(h.p("lib", ln))
+            removed.append("lib/" + ln)
+    for x in (h.p("releases", vsn), h.p("releases", f"{h.app}-{vsn}.rel")):
+        if os.path.lexists(x):
+            rmtree(x)
+            removed.append(os.path.relpath(x, h.root))
+    return removed
+
+
+def prepare_unpack(h, package, sha, vsn, node_up, running=None):
+    """Verify + stage + move the package into the root.  Returns a dict:
+    {"changed", "noop", "rel_file" (to register, or None), "moved": [...], "cleaned": [...]}.
+    Registration with release_handler is the caller's job (rpc or write_releases)."""
+    if not os.path.isfile(package):
+        raise OpFailed(f"package {package} does not exist; nothing changed")
+    got = sha256_file(package)
+    if got != sha:
+        raise OpFailed(f"package {package} refused: sha256 is {got}, expected {sha}; nothing changed",
+                       sha256_actual=got)
+    try:
+        tf = tarfile.open(package, "r:*")
+    except (tarfile.TarError, OSError) as e:
+        raise OpFailed(f"package {package} is not a readable tar archive ({e}); nothing changed")
+    with tf:
+        members = []
+        for m in tf.getmembers():
+            rel = check_member(m, h.app, vsn)
+            if rel:
+                members.append((m, rel))
+        names = {rel for _, rel in members}
+        top_rel = f"releases/{h.app}-{vsn}.rel"
+        if top_rel not in names:
+            raise OpFailed(f"package refused: {top_rel} missing (release_handler format); nothing changed")
+        if not any(n.startswith(f"releases/{vsn}/") for n in names):
+            raise OpFailed(f"package refused: releases/{vsn}/ missing; nothing changed")
+        relm = next(m for m, rel in members if rel == top_rel)
+        try:
+            rel = parse_rel(tf.extractfile(relm).read().decode("utf-8"))
+        except (TermError, ValueError, UnicodeDecodeError, AttributeError) as e:
+            raise OpFailed(f"package refused: {top_rel} unreadable ({e}); nothing changed")
+        if rel["version"] != vsn or rel["name"] != h.app:
+            raise OpFailed(f"package refused: {top_rel} describes {rel['name']} {rel['version']}, "
+                           f"expected {h.app} {vsn}; nothing changed")
+        if not os.path.isdir(h.p("erts-" + rel["erts"])):
+            raise OpFailed(f"package needs ERTS {rel['erts']} which {h.root} lacks: not hot-upgradable, "
+                           f"use the cold path; nothing changed")
+        lib_names = [f"{a}-{v}" for a, v in rel["apps"]]
+        pkg_libs = sorted({rel_.split("/")[1] for rel_ in names if rel_.startswith("lib/") and rel_.count("/") >= 1
+                           and rel_ != "lib"})
+        rels = h.releases()
+        entry = next((r for r in rels or [] if r["version"] == vsn), None)
+        recorded = h.sha_record(vsn)
+        cleaned = []
+        if entry is not None:
+            installed = entry["status"] in ("permanent", "current") or running == vsn
+            if recorded == sha or (recorded is None and installed):
+                missing = [ln for ln in lib_names if not os.path.isdir(h.p("lib", ln))]
+                if not missing and os.path.isdir(h.p("releases", vsn)):
+                    return {"changed": False, "noop": True, "rel_file": None, "moved": [], "cleaned": [],
+                            "status": entry["status"]}
+            if installed:
+                raise OpFailed(f"{vsn} is installed ({entry['status']}) from another package "
+                               f"(sha256 {recorded}); a running release cannot be replaced: "
+                               f"publish a new version", sha256_recorded=recorded)
+            # stale unpack (other checksum or missing dirs): remove so it can be retried
+            if node_up:
+                r = h.rpc("remove", remove=[vsn], timeout=60)
+                if not r.get("ok"):
+                    raise OpFailed(f"cannot remove stale unpacked {vsn}: {r.get('error')}")
+                cleaned.append(f"release_handler:remove_release({vsn})")
+                rels = h.releases()
+            else:
+                rels = [r for r in rels if r["version"] != vsn]
+                h.write_releases(rels)
+            cleaned += _remove_files_of(h, vsn, rels, set(lib_names) | set(pkg_libs))
+        elif os.path.lexists(h.p("releases", vsn)) or os.path.lexists(h.p("releases", f"{h.app}-{vsn}.rel")):
+            cleaned += _remove_files_of(h, vsn, rels, set(pkg_libs))
+        h.set_sha_record(vsn, None)
+
+        referenced = _referenced_libs(rels)
+        staging = os.path.join(h.hs, f"staging-{os.getpid()}")
+        rmtree(staging)
+        os.makedirs(staging, mode=0o700)
+        moved = []
+        try:
+            safe_extract(tf, members, staging)
+            uid, gid = h.owner()
+            chown_tree(staging, uid, gid)
+            for ln in pkg_libs:
+                dst = h.p("lib", ln)
+                if os.path.lexists(dst):
+                    if ln in referenced:
+                        continue  # never overwrite a lib dir another release uses
+                    rmtree(dst)
+                    cleaned.append("lib/" + ln)
+                os.rename(os.path.join(staging, "lib", ln), dst)
+                moved.append(dst)
+            os.rename(os.path.join(staging, "releases", vsn), h.p("releases", vsn))
+            moved.append(h.p("releases", vsn))
+            os.rename(os.path.join(staging, top_rel), h.p(top_rel))
+            moved.append(h.p(top_rel))
+        except BaseException:
+            for x in moved:
+                rmtree(x)
+            raise
+        finally:
+            rmtree(staging)
+        missing = [ln for ln in lib_names if not os.path.isdir(h.p("lib", ln))]
+        if missing:
+            for x in moved:
+                rmtree(x)
+            raise OpFailed(f"package refused: the release needs lib dirs that are neither on the host nor in "
+                           f"the package: {', '.join(missing)}; nothing changed")
+        return {"changed": True, "noop": False, "rel_file": h.p(top_rel), "moved": moved, "cleaned": cleaned,
+                "rel": rel}
+
+
+def register_offline(h, vsn, rel):
+    """Node down: add the release to RELEASES as release_handler:set_unpacked would."""
+    rels = h.releases()
+    if rels is None:
+        raise OpFailed(f"{h.rel_dir}/RELEASES is missing: first-install must create it before upgrades")
+    relative = all(not d.startswith("/") for r in rels for _, _, d in r["libs"]) and bool(rels)
+    libs = [(a, v, f"lib/{a}-{v}" if relative else h.p("lib", f"{a}-{v}")) for a, v in rel["apps"]]
+    rels.insert(0, {"name": rel["name"], "version": vsn, "erts": rel["erts"], "libs": libs, "status": "unpacked"})
+    h.write_releases(rels)
+
+
+def undo_unpack(h, prep):
+    for x in prep.get("moved", []):
+        rmtree(x)
+
+
+def cmd_unpack(h, a):
+    vsn = a.version
+    up = h.node_up()
+    with Lock(h, "unpack"):
+        prep = prepare_unpack(h, a.package, a.sha256, vsn, up)
+        if prep["noop"]:
+            return {"changed": False, "version": vsn, "status": prep["status"]}
+        if up:
+            r = h.rpc("unpack", vsn=vsn, rel_file=prep["rel_file"], timeout=60)
+            if not r.get("ok"):
+                undo_unpack(h, prep)
+                raise OpFailed(f"release_handler refused {vsn}: {r.get('error')}; files removed again, "
+                               f"nothing changed", node=r)
+        else:
+            try:
+                register_offline(h, vsn, prep["rel"])
+            except BaseException:
+                undo_unpack(h, prep)
+                raise
+        h.set_sha_record(vsn, a.sha256)
+        return {"changed": True, "version": vsn, "cleaned": prep["cleaned"], "registered": "rpc" if up else "file"}
+
+
+# ---------------------------------------------------------------- install / health / commit / revert
+
+def _need_up(h, what):
+    if not h.node_up():
+        raise OpFailed(f"node {h.node_name()} is not running: {what} needs a running node "
+                       f"(start it, or use the cold path)", node_up=False)
+
+
+def _after_failure(h, old, err, rh_pid_before=None, wait_s=60):
+    """install_release failed or the rpc died.  Past the relup's point of no return
+    release_handler replies {error, _} and then calls init:restart(): the VM reboots in place
+    from the permanent release, losing all in-memory state.  Find out which happened: wait until
+    the node answers with init 'started', and compare release_handler's pid with the one from
+    before the install (a new pid = the node restarted)."""
+    deadline = time.monotonic() + wait_s
+    info = None
+    while time.monotonic() < deadline:
+        if h.node_up():
+            try:
+                info = h.rpc("ready", timeout=max(5, int(deadline - time.monotonic()) + 5),
+                             timeout_ms=int(max(1, deadline - time.monotonic()) * 1000))
+                if info.get("ok"):
+                    break
+            except OpFailed:
+                info = None
+        time.sleep(0.3)
+    h.set_installed_record(None)
+    if info is None or not info.get("ok"):
+        return {"host_version": None, "node_up": h.node_up(), "reverted": False, "state_lost": None,
+                "msg": f"{err}; the node did not answer afterwards: check it (status), then start it"}
+    restarted = rh_pid_before is None or info.get("rh_pid") != rh_pid_before
+    running = info.get("running")
+    res = {"host_version": running, "node_up": True, "reverted": running == old, "os_pid": info.get("os_pid"),
+           "state_lost": restarted, "restarted_in_place": restarted}
+    if restarted:
+        res["msg"] = (f"{err}; release_handler restarted the node in place on {running} "
+                      f"(same OS pid, in-memory state LOST)")
+    else:
+        res["msg"] = f"{err}; node still runs {running}, state intact"
+    return res
+
+
+def cmd_install(h, a):
+    vsn = a.version
+    with Lock(h, "install"):
+        _need_up(h, "install")
+        rels = h.releases()
+        if rels is not None and not any(r["version"] == vsn for r in rels):
+            raise OpFailed(f"{vsn} is not unpacked on this host: run unpack first", releases=[r["version"] for r in rels])
+        pid, _ = h.os_pid()
+        perm = next((r["version"] for r in rels or [] if r["status"] == "permanent"), None)
+        try:
+            r = h.rpc("install", vsn=vsn, timeout=a.timeout + 60)
+        except OpFailed as e:
+            if e.extra.get("rpc_transport"):
+                raise OpFailed(**_after_failure(h, perm, e.msg))
+            raise
+        if not r.get("ok"):
+            msg = f"install_release({vsn}) failed at {r.get('stage')}: {r.get('error')}"
+            if r.get("stage") == "install":
+                raise OpFailed(**_after_failure(h, perm, msg, r.get("rh_pid_before")))
+            raise OpFailed(f"{msg}; node runs {r.get('running')}", host_version=r.get("running"))
+        if r.get("running") != r.get("permanent"):
+            h.set_installed_record({"version": r.get("running"), "os_pid": r.get("os_pid") or pid})
+        return {"changed": r.get("changed", True), "version": vsn, "from": r.get("from"),
+                "host_version": r.get("running"), "permanent": r.get("permanent"),
+                "install_ms": r.get("install_ms"), "runtime_keys": r.get("runtime_keys"),
+                "created_releases": r.get("created_releases"), "os_pid": r.get("os_pid")}
+
+
+def _http_check(url, timeout):
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return 200 <= resp.status < 300, f"HTTP {resp.status}"
+    except urllib.error.HTTPError as e:
+        return False, f"HTTP {e.code}"
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        return False, f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+
+
+def _cmd_check(argv, timeout):
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        return False, f"command not found: {argv[0]}"
+    except subprocess.TimeoutExpired:
+        return False, f"timed out after {timeout:.1f}s"
+    out = (p.stdout + p.stderr).strip()[-200:]
+    return p.returncode == 0, f"exit {p.returncode}" + (f": {out}" if out else "")
+
+
+def parse_check(spec):
+    if spec is None or spec == "":
+        return ("default", None)
+    if spec.startswith(("http://", "https://")):
+        return ("http", spec)
+    if spec.startswith("cmd:"):
+        try:
+            argv = shlex.split(spec[4:])
+        except ValueError as e:
+            raise BadInput(f"bad cmd check: {e}")
+        if not argv:
+            raise BadInput("empty cmd: check")
+        return ("cmd", argv)
+    if spec.startswith("rpc:"):
+        if not spec[4:].strip():
+            raise BadInput("empty rpc: check")
+        return ("rpc", spec[4:])
+    raise BadInput(f"unknown check {spec!r}: use http(s)://..., cmd:ARGV or rpc:EXPR")
+
+
+def run_health(h, vsn, check, timeout):
+    """Returns (ok, why).  rpc/default run inside the node (one rpc, retried there)."""
+    kind, arg = check
+    if kind in ("default", "rpc"):
+        try:
+            r = h.rpc("verify", vsn=vsn, check_rpc=arg, timeout_ms=int(timeout * 1000), timeout=timeout + 60)
+        except OpFailed as e:
+            return False, e.msg
+        return bool(r.get("ok")), r.get("error") or "ok"
+    deadline = time.monotonic() + timeout
+    why = "not run"
+    while True:
+        left = deadline - time.monotonic()
+        per = max(0.5, min(5.0, left))
+        ok, why = _http_check(arg, per) if kind == "http" else _cmd_check(arg, per)
+        if ok:
+            return True, why
+        if time.monotonic() + 0.5 >= deadline:
+            return False, why
+        time.sleep(0.5)
+
+
+def cmd_health(h, a):
+    check = parse_check(a.check)
+    if check[0] in ("default", "rpc"):
+        _need_up(h, "the health check")
+    ok, why = run_health(h, a.version, check, a.timeout)
+    if not ok:
+        raise OpFailed(f"health check ({check[0]}) of {a.version} failed: {why}", healthy=False, check=check[0])
+    return {"changed": False, "healthy": True, "version": a.version, "check": check[0]}
+
+
+def _verify_committed(h, vsn):
+    se = h.start_erl() or {}
+    rels = h.releases() or []
+    perm = next((r["version"] for r in rels if r["status"] == "permanent"), None)
+    problems = []
+    if se.get("version") != vsn:
+        problems.append(f"start_erl.data names {se.get('version')}")
+    if perm != vsn:
+        problems.append(f"RELEASES has {perm} permanent")
+    return problems
+
+
+def cmd_commit(h, a):
+    vsn = a.version
+    with Lock(h, "commit"):
+        _need_up(h, "commit")
+        r = h.rpc("commit", vsn=vsn, timeout=60)
+        if not r.get("ok"):
+            raise OpFailed(f"make_permanent({vsn}) failed: {r.get('error')}", host_version=r.get("running"))
+        problems = _verify_committed(h, vsn)
+        if problems:
+            raise OpFailed(f"{vsn} committed but the files disagree: {'; '.join(problems)}",
+                           host_version=r.get("running"))
+        h.set_installed_record(None)
+        return {"changed": r.get("changed", True), "version": vsn, "host_version": r.get("running"),
+                "permanent": r.get("permanent"), "commit_ms": r.get("commit_ms")}
+
+
+def _make_permanent_offline(h, old):
+    rels = h.releases()
+    if rels is None:
+        raise OpFailed("RELEASES is missing: cannot revert cold")
+    entry = next((r for r in rels if r["version"] == old), None)
+    if entry is None:
+        raise OpFailed(f"{old} is not in RELEASES: nothing to revert to")
+    for r in rels:
+        if r["version"] == old:
+            r["status"] = "permanent"
+        elif r["status"] in ("permanent", "current"):
+            r["status"] = "old"
+    h.write_releases(rels)
+    h.write_owned(os.path.join(h.rel_dir, "start_erl.data"), f"{entry['erts']} {old}\n")
+
+
+def do_revert(h, old, timeout):
+    """Hot revert to old; cold (stop, fix files, start) if that fails.  Returns a result dict."""
+    if not h.node_up():
+        _make_permanent_offline(h, old)
+        h.set_installed_record(None)
+        return {"changed": True, "mode": "files", "reverted": True, "host_version": old, "node_up": False}
+    hot_err = None
+    try:
+        r = h.rpc("revert", vsn=old, timeout=timeout + 60)
+        if r.get("ok") and not _verify_committed(h, old):
+            h.set_installed_record(None)
+            return {"changed": r.get("changed", True), "mode": "hot", "reverted": True,
+                    "host_version": r.get("running"), "from": r.get("from"),
+                    "install_ms": r.get("revert_install_ms")}
+        hot_err = r.get("error") or "; ".join(_verify_committed(h, old))
+    except OpFailed as e:
+        hot_err = e.msg
+    # cold: stop, fix start_erl.data / RELEASES, start
+    stop_node(h)
+    _make_permanent_offline(h, old)
+    h.set_installed_record(None)
+    st = start_node(h, timeout)
+    return {"changed": True, "mode": "cold", "reverted": st.get("running") == old, "state_lost": True,
+            "hot_error": hot_err, "host_version": st.get("running"), "os_pid": st.get("os_pid")}
+
+
+def cmd_revert(h, a):
+    with Lock(h, "revert"):
+        res = do_revert(h, a.version, a.timeout)
+        if not res.get("reverted"):
+            raise OpFailed(f"revert to {a.version} failed; node runs {res.get('host_version')}", **res)
+        return dict(res, version=a.version)
+
+
+# ---------------------------------------------------------------- hot
+
+def cmd_hot(h, a):
+    vsn = a.version
+    check = parse_check(a.check)
+    with Lock(h, "hot"):
+        _need_up(h, "a hot upgrade")
+        rels = h.releases()
+        perm = next((r["version"] for r in rels or [] if r["status"] == "permanent"), None)
+        rec = h.installed_record()
+        pid, boot = h.os_pid()
+        running = rec["version"] if rec and rec.get("os_pid") == pid else (perm or boot)
+        old = perm or running
+        if running == vsn and perm == vsn:
+            recorded = h.sha_record(vsn)
+            if recorded not in (None, a.sha256):
+                raise OpFailed(f"{vsn} already runs from another package (sha256 {recorded}); publish a new version",
+                               host_version=vsn)
+            got = sha256_file(a.package) if os.path.isfile(a.package) else None
+            if got != a.sha256:
+                raise OpFailed(f"package {a.package} refused: sha256 is {got}, expected {a.sha256}; nothing changed",
+                               host_version=vsn)
+            res = {"changed": False, "version": vsn, "host_version": vsn, "from": vsn}
+            if a.keep:
+                res["removed"] = do_prune(h, a.keep)
+            return res
+        t_unpack = now_ms()
+        prep = prepare_unpack(h, a.package, a.sha256, vsn, True, running=running)
+        unpack_ms = round(now_ms() - t_unpack, 1)
+        one_rpc = check[0] in ("default", "rpc")
+        try:
+            r = h.rpc("install", vsn=vsn, rel_file=prep["rel_file"], old=old, verify=one_rpc, commit=one_rpc,
+                      revert_on_failure=one_rpc, check_rpc=check[1] if check[0] == "rpc" else None,
+                      timeout_ms=int(a.timeout * 1000), timeout=a.timeout + 90)
+        except OpFailed as e:
+            if e.extra.get("rpc_transport"):
+                info = _after_failure(h, old, e.msg)
+                raise OpFailed(info.pop("msg"), version=vsn, changed=True, stage="install", **{"from": old}, **info)
+            raise
+        if not r.get("ok") and r.get("stage") == "unpack":
+            undo_unpack(h, prep)
+            raise OpFailed(f"release_handler refused to register {vsn}: {r.get('error')}; nothing changed",
+                           host_version=r.get("running"), stage="unpack")
+        h.set_sha_record(vsn, a.sha256)
+        base = {"version": vsn, "from": old, "install_ms": r.get("install_ms"), "unpack_ms": unpack_ms,
+                "runtime_keys": r.get("runtime_keys"), "os_pid": r.get("os_pid")}
+        if not r.get("ok") and r.get("stage") == "install":
+            info = _after_failure(h, old, f"hot upgrade to {vsn} failed at install: {r.get('error')}",
+                                  r.get("rh_pid_before"))
+            raise OpFailed(info.pop("msg"), stage="install", changed=True, **dict(base, **info))
+        if not r.get("ok"):
+            stage = r.get("stage")
+            reverted = r.get("running") == old and r.get("permanent") == old
+            if stage in ("health", "commit") and not r.get("reverted") and r.get("running") != old:
+                rv = do_revert(h, old, a.timeout)
+                reverted = rv.get("reverted")
+                base["revert_mode"] = rv.get("mode")
+            raise OpFailed(f"hot upgrade to {vsn} failed at {stage}: {r.get('error')}; "
+                           + (f"reverted to {old}" if reverted else f"node runs {r.get('running')}"),
+                           stage=stage, reverted=bool(reverted), host_version=old if reverted else r.get("running"),
+                           changed=True, **base)
+        if not r.get("changed", True):
+            return dict(base, changed=False, host_version=r.get("running"))
+        if not one_rpc:
+            h.set_installed_record({"version": vsn, "os_pid": r.get("os_pid")})
+            ok, why = run_health(h, vsn, check, a.timeout)
+            if not ok:
+                rv = do_revert(h, old, a.timeout)
+                raise OpFailed(f"health check ({check[0]}) of {vsn} failed: {why}; "
+                               + (f"reverted to {old} ({rv.get('mode')})" if rv.get("reverted")
+                                  else f"REVERT FAILED, node runs {rv.get('host_version')}"),
+                               stage="health", reverted=bool(rv.get("reverted")), revert_mode=rv.get("mode"),
+                               host_version=rv.get("host_version"), changed=True, **base)
+            c = h.rpc("commit", vsn=vsn, timeout=60)
+            if not c.get("ok"):
+                rv = do_revert(h, old, a.timeout)
+                raise OpFailed(f"make_permanent({vsn}) failed: {c.get('error')}; reverted={rv.get('reverted')}",
+                               stage="commit", reverted=bool(rv.get("reverted")),
+                               host_version=rv.get("host_version"), changed=True, **base)
+        h.set_installed_record(None)
+        problems = _verify_committed(h, vsn)
+        if problems:
+            raise OpFailed(f"{vsn} runs but the files disagree: {'; '.join(problems)}", host_version=vsn, **base)
+        res = dict(base, changed=True, host_version=vsn, permanent=vsn)
+        if a.keep:
+            res["removed"] = do_prune(h, a.keep)
+        return res
+
+
+# ---------------------------------------------------------------- prune
+
+def do_prune(h, keep):
+    rels = h.releases()
+    if not rels:
+        return []
+    up = h.node_up()
+    perm = next((r["version"] for r in rels if r["status"] == "permanent"), None)
+    protected = {perm}
+    pid, boot = h.os_pid() if up else (None, None)
+    rec = h.installed_record()
+    if up:
+        protected.add(boot)  # its consolidated dir stays on the code path
+        if rec:
+            protected.add(rec.get("version"))
+    if perm:
+        older = sorted((r["version"] for r in rels if vsn_key(r["version"]) < vsn_key(perm)), key=vsn_key)
+        if older:
+            protected.add(older[-1])  # rollback target
+    cands = sorted((r["version"] for r in rels if r["version"] not in protected), key=vsn_key)
+    remove = []
+    total = len(rels)
+    for v in cands:
+        if total <= keep:
+            break
+        remove.append(v)
+        total -= 1
+    if not remove:
+        return []
+    if up:
+        r = h.rpc("remove", remove=remove, timeout=60)
+        removed = r.get("removed") or []
+        for v in removed:
+            for x in (h.p("releases", f"{h.app}-{v}.rel"),):
+                if os.path.lexists(x):
+                    rmtree(x)
+            h.set_sha_record(v, None)
+        if not r.get("ok"):
+            raise OpFailed(f"prune: {r.get('error')}", removed=removed)
+        return removed
+    for v in remove:
+        entry = next(r for r in rels if r["version"] == v)
+        rels = [r for r in rels if r["version"] != v]
+        _remove_files_of(h, v, rels, [os.path.basename(d.rstrip("/")) for _, _, d in entry["libs"]])
+        h.write_releases(rels)
+        h.set_sha_record(v, None)
+    return remove
+
+
+def cmd_prune(h, a):
+    if a.keep < 1:
+        raise BadInput("--keep must be >= 1")
+    with Lock(h, "prune"):
+        removed = do_prune(h, a.keep)
+        return {"changed": bool(removed), "removed": removed}
+
+
+# ---------------------------------------------------------------- start / stop
+
+def _pid_alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return False
+
+
+def start_node(h, timeout=60):
+    if h.node_up():
+        pid, _ = h.os_pid()
+        return {"changed": False, "os_pid": pid, "running": None}
+    if not os.path.exists(os.path.join(h.rel_dir, "RELEASES")):
+        raise OpFailed(f"{h.rel_dir}/RELEASES is missing: create it before starting (first-install), "
+                       f"or downgrades will crash")
+    t0 = now_ms()
+    p = subprocess.run([h.bin(), "daemon"], capture_output=True, text=True, timeout=60,
+                       stdin=subprocess.DEVNULL, **h.run_kwargs())
+    if p.returncode != 0:
+        raise OpFailed(f"bin/{h.app} daemon exited {p.returncode}: {(p.stdout + p.stderr).strip()[-400:]}")
+    deadline = time.monotonic() + timeout
+    while not h.node_up():
+        if time.monotonic() > deadline:
+            raise OpFailed(f"node {h.node_name()} did not register with epmd within {timeout}s: "
+                           f"see {h.p('tmp', 'log')}", node_up=False)
+        time.sleep(0.05)
+    info = h.rpc("ready", timeout_ms=int(max(1, deadline - time.monotonic()) * 1000), timeout=timeout + 30)
+    pid, _ = h.os_pid()
+    pid = pid or info.get("os_pid")
+    if pid:
+        h.ensure_hs()
+        with open(os.path.join(h.hs, "pid"), "w") as fh:
+            fh.write(f"{pid}\n")
+    if not info.get("ok"):
+        raise OpFailed(f"node started but {h.app} is not running: {info.get('error')}", os_pid=pid)
+    h.set_installed_record(None)
+    return {"changed": True, "os_pid": pid, "running": info.get("running"), "boot_ms": round(now_ms() - t0, 1)}
+
+
+def stop_node(h, timeout=60):
+    pid, _ = h.os_pid()
+    if not h.node_up() and not pid:
+        return {"changed": False}
+    t0 = now_ms()
+    forced = None
+    if h.node_up():
+        try:
+            subprocess.run([h.bin(), "stop"], capture_output=True, text=True, timeout=30,
+                           stdin=subprocess.DEVNULL, **h.run_kwargs())
+        except subprocess.TimeoutExpired:
+            pass
+    deadline = time.monotonic() + timeout
+    while (pid and _pid_alive(pid)) or (not pid and h.node_up()):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    if pid and _pid_alive(pid):  # last resort: the recorded/identified pid only
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            forced = sig.name
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                break
+            end = time.monotonic() + 10
+            while _pid_alive(pid) and time.monotonic() < end:
+                time.sleep(0.1)
+            if not _pid_alive(pid):
+                break
+    if pid and _pid_alive(pid):
+        raise OpFailed(f"node pid {pid} did not exit", os_pid=pid)
+    pf = os.path.join(h.hs, "pid")
+    if os.path.exists(pf):
+        os.unlink(pf)
+    h.set_installed_record(None)
+    # epmd unregisters when the VM's connection closes
+    end = time.monotonic() + 5
+    while h.node_up() and time.monotonic() < end:
+        time.sleep(0.05)
+    return {"changed": True, "stop_ms": round(now_ms() - t0, 1), "forced": forced, "os_pid": pid}
+
+
+def cmd_start(h, a):
+    with Lock(h, "start"):
+        return start_node(h, a.timeout)
+
+
+def cmd_stop(h, a):
+    with Lock(h, "stop"):
+        return stop_node(h, a.timeout)
+
+
+# =========================================================================== CLI
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise BadInput(message)
+
+    def exit(self, status=0, message=None):
+        if status:
+            raise BadInput(message or "bad arguments")
+        raise SystemExit(status)
+
+
+def build_parser():
+    p = Parser(prog="agent.py", description=__doc__.split("\n")[0])
+    p.add_argument("--root", required=True)
+    p.add_argument("--app", required=True)
+    p.add_argument("--user")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    def add(name, fn, *opts):
+        s = sub.add_parser(name)
+        s.set_defaults(fn=fn)
+        for o in opts:
+            if o == "version":
+                s.add_argument("--version", required=True)
+            elif o == "package":
+                s.add_argument("--package", required=True)
+                s.add_argument("--sha256", required=True)
+            elif o == "check":
+                s.add_argument("--check")
+            elif o == "keep":
+                s.add_argument("--keep", type=int)
+        s.add_argument("--timeout", type=float, default=30.0)
+        return s
+
+    add("status", cmd_status)
+    add("unpack", cmd_unpack, "package", "version")
+    add("install", cmd_install, "version")
+    add("health", cmd_health, "version", "check")
+    add("commit", cmd_commit, "version")
+    add("revert", cmd_revert, "version")
+    add("hot", cmd_hot, "package", "version", "check", "keep")
+    add("prune", cmd_prune).add_argument("--keep", type=int, required=True)
+    add("start", cmd_start)
+    add("stop", cmd_stop)
+    return p
+
+
+def main(argv=None):
+    t0 = now_ms()
+    out = {"op": None, "agent_version": AGENT_VERSION}
+    code = 0
+    h = None
+    try:
+        a = build_parser().parse_args(argv)
+        out["op"] = a.command
+        check_app(a.app)
+        if a.user is not None and not USER_RE.match(a.user):
+            raise BadInput(f"invalid user {a.user!r}")
+        if getattr(a, "version", None) is not None:
+            check_vsn(a.version)
+            out["version"] = a.version
+        if getattr(a, "sha256", None) is not None:
+            a.sha256 = check_sha(a.sha256)
+        if getattr(a, "package", None) is not None:
+            a.package = os.path.abspath(a.package)
+        if getattr(a, "keep", None) is not None and a.keep < 1:
+            raise BadInput("--keep must be >= 1")
+        if not (0 < a.timeout <= 3600):
+            raise BadInput("--timeout must be in (0, 3600]")
+        if getattr(a, "check", None) is not None:
+            parse_check(a.check)
+        if not os.path.isabs(a.root) or a.root.rstrip("/") in ("", "/"):
+            raise BadInput(f"--root must be an absolute path below / (got {a.root!r})")
+        h = Host(a.root, a.app, a.user)
+        if a.command != "status" and not os.path.isdir(h.root):
+            raise OpFailed(f"release root {h.root} does not exist")
+        res = a.fn(h, a)
+        out.update(res)
+        out.setdefault("changed", False)
+        out["failed"] = False
+    except BadInput as e:
+        code = 2
+        out.update(failed=True, changed=False, msg=f"bad input: {e}")
+    except OpFailed as e:
+        code = 1
+        out.update(e.extra)
+        out.update(failed=True, msg=e.msg)
+        out.setdefault("changed", False)
+    except Exception as e:  # no tracebacks to the user
+        code = 1
+        out.update(failed=True, changed=out.get("changed", False),
+                   msg=f"internal error: {type(e).__name__}: {e}")
+    if h is not None:
+        out["rpc_calls"] = h.rpc_calls
+        out["rpc_ms"] = round(h.rpc_ms, 1)
+    out["total_ms"] = round(now_ms() - t0, 1)
+    if "host_version" not in out and h is not None and out.get("op") not in ("status",) and code != 2:
+        try:
+            rels = h.releases() or []
+            out["host_version"] = next((r["version"] for r in rels if r["status"] == "permanent"), None)
+        except Exception:
+            pass
+    out["result"] = "bad_input" if code == 2 else ("failed" if code else ("ok" if out.get("changed") else "noop"))
+    if h is not None and code != 2:
+        journal(h, out)
+    sys.stdout.write(json.dumps(out, sort_keys=True, default=str) + "\n")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
