@@ -43,8 +43,13 @@ test: setup ## the whole suite: unit + integration (real nodes, real fleet), san
 unit: setup ## fast unit tests only
 	$(VENV)/bin/pytest -m "not integration" tests/unit
 
-sanity: setup ## ansible-test sanity (from the collection path, tracked files only)
-	cd $(COLL_LINK) && PATH=$(CURDIR)/$(VENV)/bin:$$PATH ansible-test sanity --venv --python 3.11 -v
+SANITY_DIR  := $(CURDIR)/tests/output/.sanity-tree/ansible_collections/beam/hotswap
+
+sanity: setup ## ansible-test sanity on a copy of the tracked files laid out as ansible_collections/beam/hotswap
+	@rm -rf $(SANITY_DIR) && mkdir -p $(SANITY_DIR)
+	@git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | tar -xf - -C $(SANITY_DIR)
+	@cd $(SANITY_DIR) && git init -q && git add -A && git -c user.name=ci -c user.email=ci@invalid commit -qm sanity
+	cd $(SANITY_DIR) && PATH=$(CURDIR)/$(VENV)/bin:$$PATH ansible-test sanity --venv --python 3.11
 
 lint: setup ## ansible-lint, production profile
 	$(VENV)/bin/ansible-lint --profile production

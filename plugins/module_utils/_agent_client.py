@@ -13,7 +13,7 @@ import re
 
 # The agent version this collection was released with; an older agent on a host is refused.
 AGENT_VERSION = "1.0.0"
-ROOT_RE = re.compile(r"^/[A-Za-z0-9._/-]*$")
+ROOT_RE = re.compile(r"^/[A-Za-z0-9._/-]*\Z")
 
 
 class AgentError(Exception):

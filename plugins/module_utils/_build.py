@@ -335,7 +335,16 @@ class Builder(object):
         rc, out, err = self.run(["git", "clone", "--quiet", "--no-checkout", url, wd])
         if rc != 0:
             raise BuildError("git clone of %s failed: %s" % (url, (err or out).strip()))
-        rc, out, err = self.run(["git", "-C", wd, "checkout", "--quiet", "--detach", ref])
+        # a clone has local branches only for the default branch: other branches are origin/REF
+        commit = None
+        for cand in (ref, "origin/" + ref):
+            rc, out, err = self.run(["git", "-C", wd, "rev-parse", "--verify", "--quiet", "--end-of-options",
+                                     cand + "^{commit}"])
+            if rc == 0 and out.strip():
+                commit = out.strip()
+                break
+        rc, out, err = (1, "", "no such branch, tag or commit") if commit is None else \
+            self.run(["git", "-C", wd, "checkout", "--quiet", "--detach", commit])
         if rc != 0:
             raise BuildError("git ref %r does not exist in %s: pass an existing branch, tag or commit as "
                              "hotswap_source_ref (%s)" % (ref, url, (err or out).strip()))

@@ -188,8 +188,9 @@ def main():
                 result.update(would_build=True)
                 module.exit_json(**result)
             src = builder.stage_git(p["source_git"], p["source_ref"])
-            rc, out, err = run(["git", "-C", src, "rev-parse", "HEAD"])
-            digest = "git:" + out.strip()
+            # the same content digest as a controller directory (design: sha256 of the tree without
+            # _build, deps, .git), so one version built from either route is the same publication
+            digest = "sha256:" + _build.tree_digest(src)
         changed, manifest = builder.build(src, digest, bases=p["bases"], expect_version=p["version"])
         result.update(changed=changed, version=manifest["version"], manifest=manifest,
                       store_dir=builder.store.vdir(manifest["version"]))

@@ -83,3 +83,30 @@ def parse_recap(stdout: str) -> dict:
             counts.setdefault(k, 0)
         out[m.group(1)] = counts
     return out
+
+
+_RESULT_LINE = re.compile(r"^(ok|changed|fatal|failed|skipping|included): \[([^\]]+)\](?:: FAILED!)? => ", re.M)
+_TASK_LINE = re.compile(r"^TASK \[(.*)\] \**$", re.M)
+
+
+def task_results(stdout: str) -> list[dict]:
+    """Per-host task results printed with ``-v`` or more by the default callback:
+    ``[{"task": name, "host": h, "status": "ok"|"changed"|"fatal"|..., "result": {...}}]``."""
+    decoder = json.JSONDecoder()
+    tasks = [(m.start(), m.group(1)) for m in _TASK_LINE.finditer(stdout)]
+    out = []
+    for m in _RESULT_LINE.finditer(stdout):
+        try:
+            result, _end = decoder.raw_decode(stdout, m.end())
+        except ValueError:
+            result = None
+        task = next((name for pos, name in reversed(tasks) if pos < m.start()), None)
+        out.append({"task": task, "host": m.group(2), "status": m.group(1), "result": result})
+    return out
+
+
+def task_result(stdout: str, task_contains: str, host: str | None = None) -> dict | None:
+    """The last result of a task whose name contains ``task_contains`` (for ``host``), or None."""
+    found = [r for r in task_results(stdout)
+             if r["task"] and task_contains in r["task"] and (host is None or r["host"] == host)]
+    return found[-1] if found else None

@@ -7,6 +7,8 @@ unusable; any other failure to bring the fleet up is an error.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from hotswap_testlib.fleet import Fleet, usable
@@ -27,8 +29,10 @@ def fleet_available():
 
 @pytest.fixture(scope="session")
 def fleet(fleet_available, tmp_path_factory):
-    """Session fleet: build1 + target1..3, prefix ``hsw``; torn down at session end."""
-    f = Fleet(tmp_path_factory.mktemp("fleet"), targets=3, build=True, prefix="hsw")
+    """Session fleet: build1 + target1..3, prefix ``hsw`` (or $HOTSWAP_FLEET_PREFIX, so that concurrent
+    sessions do not tear down each other's fleet); torn down at session end."""
+    prefix = os.environ.get("HOTSWAP_FLEET_PREFIX", "hsw")
+    f = Fleet(tmp_path_factory.mktemp("fleet"), targets=3, build=True, prefix=prefix)
     f.up()
     try:
         yield f

@@ -433,6 +433,9 @@ def test_stepwise_and_prune(node):
     rc, i = agent(root, "install", "--version", "2.0.0")
     assert rc == 0, i
     assert isinstance(i["install_ms"], (int, float))
+    _, st = agent(root, "status")  # RELEASES never says 'current': the agent asks the node
+    assert (st["running"], st["current"], st["permanent"]) == ("2.0.0", "2.0.0", "1.0.0"), st
+    assert (root / "releases" / "start_erl.data").read_text().split()[1] == "1.0.0"
     rc, h = agent(root, "health", "--version", "2.0.0")
     assert rc == 0, h
     rc, c = agent(root, "commit", "--version", "2.0.0")
@@ -478,6 +481,58 @@ def test_code_change_crash_reports_restart_and_lost_state(node):
     _, st = agent(root, "status")
     assert st["running"] == "2.0.0" and st["permanent"] == "2.0.0" and st["node_up"] is True
     assert (root / "releases" / "start_erl.data").read_text().split()[1] == "2.0.0"
+
+
+def test_hot_creates_missing_releases_file(node):
+    """RELEASES deleted under a running node: install creates it (create_RELEASES) and restarts
+    release_handler under sasl_sup, so the later downgrade works."""
+    root = node["root"]
+    rpc(root, node["name"], "Demo.Counter.incr(2)")
+    (root / "releases" / "RELEASES").unlink()
+    rc, out = agent(root, "hot", "--package", node["package"], "--sha256", node["sha256"], "--version", "2.0.0")
+    assert rc == 0, out
+    assert (root / "releases" / "RELEASES").exists()
+    rc, rv = agent(root, "revert", "--version", "1.0.0")
+    assert rc == 0 and rv["mode"] == "hot", rv
+    assert counter(node) == "{2, 1, 2}"
+
+
+def test_stale_unpack_is_cleaned_and_prune_with_node_up(node):
+    root = node["root"]
+    pkg, sha = node["package"], node["sha256"]
+    rc, u = agent(root, "unpack", "--package", pkg, "--sha256", sha, "--version", "2.0.0")
+    assert rc == 0 and u["changed"] and u["registered"] == "rpc", u
+    # pretend an earlier unpack came from another package: it must be removed and redone
+    (root / ".hotswap" / "unpacked" / "2.0.0.sha256").write_text("0" * 64 + "\n")
+    rc, u = agent(root, "unpack", "--package", pkg, "--sha256", sha, "--version", "2.0.0")
+    assert rc == 0 and u["changed"], u
+    assert any("remove_release" in c for c in u["cleaned"]), u
+    # a release dir that release_handler does not know (crashed unpack) is cleaned too
+    rc, p = agent(root, "prune", "--keep", "1")
+    assert rc == 0 and p["removed"] == ["2.0.0"] and p["rpc_calls"] == 1, p
+    assert not (root / "lib" / "demo-2.0.0").exists() and not (root / "releases" / "2.0.0").exists()
+    shutil.copytree(Path(node["rel2"]) / "releases" / "2.0.0", root / "releases" / "2.0.0")
+    rc, out = agent(root, "hot", "--package", pkg, "--sha256", sha, "--version", "2.0.0")
+    assert rc == 0, out
+    assert counter(node) == "{0, 2, %{count: 0, upgraded: true}}"
+
+
+def test_rollback_cold(node):
+    """`rollback --mode cold` (the module's name for revert): real stop, files fixed, start on OLD."""
+    root = node["root"]
+    rc, out = agent(root, "hot", "--package", node["package"], "--sha256", node["sha256"], "--version", "2.0.0",
+                    "--keep", "3", "--service-manager", "daemon")
+    assert rc == 0, out
+    _, st0 = agent(root, "status")
+    rc, rv = agent(root, "rollback", "--version", "1.0.0", "--mode", "cold", "--timeout", "30")
+    assert rc == 0 and rv["mode"] == "cold" and rv["host_version"] == "1.0.0", rv
+    _, st = agent(root, "status")
+    assert st["os_pid"] != st0["os_pid"] and st["running"] == "1.0.0" and st["permanent"] == "1.0.0", st
+    assert (root / "releases" / "start_erl.data").read_text().split()[1] == "1.0.0"
+    assert counter(node) == "{0, 1, 0}"
+    # and hot forward again from the cold-booted 1.0.0
+    rc, out = agent(root, "hot", "--package", node["package"], "--sha256", node["sha256"], "--version", "2.0.0")
+    assert rc == 0, out
 
 
 def test_bad_input(tmp_path):

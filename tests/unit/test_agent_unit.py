@@ -116,14 +116,14 @@ def test_versions_ok(v):
     assert ag.check_vsn(v) == v
 
 
-@pytest.mark.parametrize("v", ["", "../1", "1..0", "1.0 ", "1;rm", "-1", ".1", 'a"b', "a#{x}", "x" * 65, "1/2"])
+@pytest.mark.parametrize("v", ["", "../1", "1..0", "1.0 ", "1;rm", "-1", ".1", 'a"b', "a#{x}", "x" * 65, "1/2", "1.0.0\n", "1.0.0\r\n"])
 def test_versions_bad(v):
     with pytest.raises(ag.BadInput):
         ag.check_vsn(v)
 
 
 @pytest.mark.parametrize("a,ok", [("demo", True), ("my_app", True), ("Demo", False), ("a-b", False),
-                                  ("1app", False), ("a" * 65, False)])
+                                  ("1app", False), ("a" * 65, False), ("demo\n", False)])
 def test_app_names(a, ok):
     if ok:
         assert ag.check_app(a) == a
@@ -134,8 +134,9 @@ def test_app_names(a, ok):
 
 def test_sha():
     assert ag.check_sha("A" * 64) == "a" * 64
-    with pytest.raises(ag.BadInput):
-        ag.check_sha("abc")
+    for bad in ("abc", "a" * 64 + "\n"):
+        with pytest.raises(ag.BadInput):
+            ag.check_sha(bad)
 
 
 def test_vsn_order():
@@ -269,7 +270,7 @@ def _cli(tmp_path, *args):
 
 def test_cli_bad_input_exit_2(tmp_path):
     for args in (["install", "--version", "1;x"], ["hot", "--package", "p", "--sha256", "zz", "--version", "1"],
-                 ["nosuchcmd"], ["prune", "--keep", "0"], ["health", "--version", "1", "--check", "ftp://x"]):
+                 ["nosuchcmd"], ["prune", "--keep", "0"], ["prune"], ["rollback", "--version", "1", "--mode", "warm"], ["health", "--version", "1", "--check", "ftp://x"]):
         rc, out, err = _cli(tmp_path, *args)
         assert rc == 2 and out["failed"] is True and out["msg"].startswith("bad input"), (args, out)
         assert "Traceback" not in err

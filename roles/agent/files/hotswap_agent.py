@@ -60,20 +60,20 @@ def now_ms():
 # =========================================================================== validation
 
 def check_vsn(v, what="version"):
-    if not isinstance(v, str) or not VSN_RE.match(v) or ".." in v:
+    if not isinstance(v, str) or not VSN_RE.fullmatch(v) or ".." in v:
         raise BadInput(f"invalid {what} {v!r}: must match {VSN_RE.pattern} without '..'")
     return v
 
 
 def check_app(a):
-    if not isinstance(a, str) or not APP_RE.match(a):
+    if not isinstance(a, str) or not APP_RE.fullmatch(a):
         raise BadInput(f"invalid app name {a!r}: must match {APP_RE.pattern}")
     return a
 
 
 def check_sha(s):
     s = (s or "").lower()
-    if not SHA_RE.match(s):
+    if not SHA_RE.fullmatch(s):
         raise BadInput(f"invalid sha256 {s!r}: need 64 hex digits")
     return s
 
@@ -327,7 +327,7 @@ def _estr(s):
 
 
 def _eatom(a):
-    if re.match(r"^[a-z][A-Za-z0-9_@]*$", a) and a not in ("after", "and", "andalso", "band", "begin",
+    if re.fullmatch(r"[a-z][A-Za-z0-9_@]*", a) and a not in ("after", "and", "andalso", "band", "begin",
                                                              "bnot", "bor", "bsl", "bsr", "bxor", "case",
                                                              "catch", "cond", "div", "end", "fun", "if",
                                                              "let", "not", "of", "or", "orelse",
@@ -410,7 +410,7 @@ def parse_env(text):
             line = line[7:].lstrip()
         key, sep, val = line.partition("=")
         key = key.strip()
-        if not sep or not ENV_KEY_RE.match(key):
+        if not sep or not ENV_KEY_RE.fullmatch(key):
             raise ValueError(f"env line {i}: expected KEY=VALUE")
         val = val.strip()
         if len(val) >= 2 and val[0] == val[-1] and val[0] in "\"'":
@@ -452,6 +452,8 @@ def _inside(root, path):
 def check_member(m, app, vsn):
     """Raise OpFailed unless the tar member is safe and belongs in an upgrade package."""
     name = m.name
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name + (m.linkname or "")):
+        raise OpFailed(f"package refused: entry {name!r} has control characters in its name; nothing changed")
     if name.startswith("/") or name.startswith("\\") or re.match(r"^[A-Za-z]:", name):
         raise OpFailed(f"package refused: absolute path entry {name!r}; nothing changed")
     parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
@@ -1245,14 +1247,16 @@ def _make_permanent_offline(h, old):
     h.write_owned(os.path.join(h.rel_dir, "start_erl.data"), f"{entry['erts']} {old}\n")
 
 
-def do_revert(h, old, timeout):
-    """Hot revert to old; cold (stop, fix files, start) if that fails.  Returns a result dict."""
+def do_revert(h, old, timeout, mode="hot"):
+    """Hot revert to old; cold (stop, fix files, start) if that fails or mode == "cold"."""
     if not h.node_up():
         _make_permanent_offline(h, old)
         h.set_installed_record(None)
         return {"changed": True, "mode": "files", "reverted": True, "host_version": old, "node_up": False}
     hot_err = None
     try:
+        if mode == "cold":
+            raise OpFailed("cold revert requested")
         r = h.rpc("revert", vsn=old, timeout=timeout + 60)
         if r.get("ok") and not _verify_committed(h, old):
             h.set_installed_record(None)
@@ -1268,12 +1272,12 @@ def do_revert(h, old, timeout):
     h.set_installed_record(None)
     st = start_node(h, timeout)
     return {"changed": True, "mode": "cold", "reverted": st.get("running") == old, "state_lost": True,
-            "hot_error": hot_err, "host_version": st.get("running"), "os_pid": st.get("os_pid")}
+            "hot_error": None if mode == "cold" else hot_err, "host_version": st.get("running"), "os_pid": st.get("os_pid")}
 
 
 def cmd_revert(h, a):
-    with Lock(h, "revert"):
-        res = do_revert(h, a.version, a.timeout)
+    with Lock(h, a.command):
+        res = do_revert(h, a.version, a.timeout, getattr(a, "mode", "hot"))
         if not res.get("reverted"):
             raise OpFailed(f"revert to {a.version} failed; node runs {res.get('host_version')}", **res)
         return dict(res, version=a.version)
@@ -1418,6 +1422,8 @@ def do_prune(h, keep):
 
 
 def cmd_prune(h, a):
+    if a.keep is None:
+        raise BadInput("prune needs --keep N")
     if a.keep < 1:
         raise BadInput("--keep must be >= 1")
     with Lock(h, "prune"):
@@ -1509,6 +1515,12 @@ def stop_node(h, timeout=60):
 
 
 def cmd_start(h, a):
+    if a.version:
+        perm = next((r["version"] for r in h.releases() or [] if r["status"] == "permanent"), None)
+        se = (h.start_erl() or {}).get("version")
+        if a.version not in (perm, se):
+            raise OpFailed(f"start boots the permanent release ({perm}, start_erl.data: {se}), not {a.version}: "
+                           f"commit/revert first")
     with Lock(h, "start"):
         return start_node(h, a.timeout)
 
@@ -1543,25 +1555,30 @@ def build_parser():
         for o in opts:
             if o == "version":
                 s.add_argument("--version", required=True)
+            elif o == "version?":
+                s.add_argument("--version")
             elif o == "package":
                 s.add_argument("--package", required=True)
                 s.add_argument("--sha256", required=True)
-            elif o == "check":
-                s.add_argument("--check")
-            elif o == "keep":
-                s.add_argument("--keep", type=int)
+        # options common to every command (the Ansible module passes them uniformly;
+        # commands that have no use for one ignore it)
+        s.add_argument("--check")
+        s.add_argument("--keep", type=int)
         s.add_argument("--timeout", type=float, default=30.0)
+        s.add_argument("--service-manager", dest="service_manager", default="auto",
+                       choices=["auto", "systemd", "daemon"])
         return s
 
     add("status", cmd_status)
     add("unpack", cmd_unpack, "package", "version")
     add("install", cmd_install, "version")
-    add("health", cmd_health, "version", "check")
+    add("health", cmd_health, "version")
     add("commit", cmd_commit, "version")
     add("revert", cmd_revert, "version")
-    add("hot", cmd_hot, "package", "version", "check", "keep")
-    add("prune", cmd_prune).add_argument("--keep", type=int, required=True)
-    add("start", cmd_start)
+    add("rollback", cmd_revert, "version").add_argument("--mode", choices=["hot", "cold"], default="hot")
+    add("hot", cmd_hot, "package", "version")
+    add("prune", cmd_prune)
+    add("start", cmd_start, "version?")
     add("stop", cmd_stop)
     return p
 
@@ -1575,7 +1592,7 @@ def main(argv=None):
         a = build_parser().parse_args(argv)
         out["op"] = a.command
         check_app(a.app)
-        if a.user is not None and not USER_RE.match(a.user):
+        if a.user is not None and not USER_RE.fullmatch(a.user):
             raise BadInput(f"invalid user {a.user!r}")
         if getattr(a, "version", None) is not None:
             check_vsn(a.version)
