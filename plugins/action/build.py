@@ -103,7 +103,7 @@ class ActionModule(ActionBase):
                 raise AnsibleActionFail("hotswap_source %s is neither a directory on the controller nor a git URL" % source)
 
             res = self._execute_module(module_name="beam.hotswap.build", module_args=args, task_vars=task_vars)
-            if res.get("need_source") and not self._task.check_mode and not res.get("failed"):
+            if res.get("need_source") and not res.get("failed"):
                 local_archive = self._pack(source)
                 tmpdir = self._make_tmp_path()
                 remote = self._connection._shell.join_path(tmpdir, "source.tar.gz")

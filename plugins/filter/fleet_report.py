@@ -29,7 +29,8 @@ options:
     description: The version the rollout aimed at, for the heading.
     type: str
     default: ""
-author: beam.hotswap developers
+author:
+  - beam.hotswap developers (@beam-hotswap)
 """
 
 EXAMPLES = r"""
@@ -87,8 +88,8 @@ def _table(rows, cols):
             return "yes" if v else "no"
         return str(v)
     widths = [max([len(c)] + [len(cell(r.get(c))) for r in rows]) for c in cols]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
-    lines += ["  ".join(cell(r.get(c)).ljust(w) for c, w in zip(cols, widths)) for r in rows]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip()]
+    lines += ["  ".join(cell(r.get(c)).ljust(w) for c, w in zip(cols, widths)).rstrip() for r in rows]
     return lines
 
 

@@ -69,12 +69,12 @@ def _atoms(chunks, path):
     pos = 4
     atoms = [None]  # atom indices are 1-based
     if count >= 0:
-        for _ in range(count):
+        for _dummy in range(count):
             n = raw[pos]
             atoms.append(raw[pos + 1:pos + 1 + n].decode(enc))
             pos += 1 + n
     else:
-        for _ in range(-count):
+        for _dummy in range(-count):
             n, pos = _read_compact_len(raw, pos)
             atoms.append(raw[pos:pos + n].decode(enc))
             pos += n
@@ -96,9 +96,9 @@ def decode_term(data):
         raise BeamError("not an external term (missing version byte 131)")
     if data[1] == 80:  # compressed
         inner = zlib.decompress(data[6:])
-        term, _ = _dec(inner, 0)
+        term, _end = _dec(inner, 0)
         return term
-    term, _ = _dec(data, 1)
+    term, _end = _dec(data, 1)
     return term
 
 
@@ -121,7 +121,7 @@ def _dec(b, p):
         else:
             n, p = struct.unpack(">I", b[p:p + 4])[0], p + 4
         items = []
-        for _ in range(n):
+        for _dummy in range(n):
             item, p = _dec(b, p)
             items.append(item)
         return tuple(items), p
@@ -134,7 +134,7 @@ def _dec(b, p):
         n = struct.unpack(">I", b[p:p + 4])[0]
         p += 4
         items = []
-        for _ in range(n):
+        for _dummy in range(n):
             item, p = _dec(b, p)
             items.append(item)
         tail, p = _dec(b, p)
@@ -161,7 +161,7 @@ def _dec(b, p):
         n = struct.unpack(">I", b[p:p + 4])[0]
         p += 4
         out = {}
-        for _ in range(n):
+        for _dummy in range(n):
             k, p = _dec(b, p)
             v, p = _dec(b, p)
             try:

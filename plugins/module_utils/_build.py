@@ -574,6 +574,21 @@ class Builder(object):
         return {"file": name, "sha256": sha256_file(out), "size": os.path.getsize(out), "bases": sorted(hot_bases)}
 
 
+def scratch_builder(builder, scratch_root):
+    """A Builder on a throwaway store that sees the published versions of ``builder``'s store
+    (symlinked, only read) and a copy of its compile cache. Used by check mode."""
+    real = builder.store
+    os.makedirs(os.path.join(scratch_root, builder.app, ".work"))
+    for v in real.versions():
+        os.symlink(real.vdir(v), os.path.join(scratch_root, builder.app, v))
+    cache = os.path.join(real.root, ".work", "src")
+    for name in ("_build", "deps"):
+        if os.path.isdir(os.path.join(cache, name)):
+            shutil.copytree(os.path.join(cache, name), os.path.join(scratch_root, builder.app, ".work", "src", name),
+                            symlinks=True)
+    return Builder(builder.run, scratch_root, builder.app, builder.log)
+
+
 def manifest_errors(m):
     """Problems with a manifest (a list of messages; empty when usable)."""
     errs = []
@@ -600,4 +615,3 @@ def manifest_errors(m):
         if not isinstance(e, dict) or e.get("verdict") not in ("hot", "cold") or not isinstance(e.get("from"), str):
             errs.append("manifest edge %r needs 'from' and a verdict hot or cold" % (e,))
     return errs
-

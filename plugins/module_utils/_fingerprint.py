@@ -31,7 +31,7 @@ def _os_release():
 def _openssl():
     """libcrypto's version (what crypto NIFs link against), from the openssl CLI or the library name."""
     try:
-        out = subprocess.run(["openssl", "version"], capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run(["openssl", "version"], capture_output=True, text=True, timeout=10, check=False).stdout
         m = re.match(r"OpenSSL (\S+)", out)
         if m:
             return m.group(1)

@@ -22,15 +22,18 @@ description:
   - Each edge carries a verdict V(hot) or V(cold) with the reasons.
   - Normally used through the action plugin of the same name, which packs a controller directory,
     uploads it only when needed and fetches the artifacts back.
-author: beam.hotswap developers
+author:
+  - beam.hotswap developers (@beam-hotswap)
 attributes:
   check_mode:
     support: full
     description: Reports whether a build would happen and never writes to the store.
   diff_mode:
     support: none
+    description: Nothing to diff.
   idempotent:
     support: full
+    description: Running it again with the same input changes nothing.
 options:
   app:
     description: Release name (a key under C(releases:) in C(mix.exs)).
@@ -117,6 +120,8 @@ build_fingerprint:
 """
 
 import os
+import shutil
+import tempfile
 import socket
 
 from ansible.module_utils.basic import AnsibleModule
@@ -148,6 +153,7 @@ def main():
     p = module.params
     fp = _fingerprint.gather()
     result = dict(changed=False, build_fingerprint=fp)
+    scratch = None
 
     def run(argv, cwd=None, env=None):
         return module.run_command(argv, cwd=cwd, environ_update=env or {})
@@ -179,14 +185,17 @@ def main():
                 result.update(changed=changed, version=published, manifest=manifest,
                               store_dir=builder.store.vdir(published))
                 module.exit_json(**result)
-            if module.check_mode or not p["src_archive"]:
+            if not p["src_archive"]:
                 result.update(need_source=True, would_build=True)
                 module.exit_json(**result)
+        if module.check_mode:
+            # a real build into a throwaway store, so the plan shows true verdicts; the store is untouched
+            scratch = tempfile.mkdtemp(prefix="hotswap-check-")
+            builder = _build.scratch_builder(builder, scratch)
+            result["would_build"] = True
+        if p["src_archive"]:
             src = builder.stage_archive(p["src_archive"])
         else:
-            if module.check_mode:
-                result.update(would_build=True)
-                module.exit_json(**result)
             src = builder.stage_git(p["source_git"], p["source_ref"])
             # the same content digest as a controller directory (design: sha256 of the tree without
             # _build, deps, .git), so one version built from either route is the same publication
@@ -199,8 +208,10 @@ def main():
     except (OSError, ValueError) as e:
         module.fail_json(msg="build failed: %s" % e, **result)
     finally:
-        if p["src_archive"] and os.path.exists(p["src_archive"]) and not module.check_mode:
+        if p["src_archive"] and os.path.exists(p["src_archive"]):
             os.unlink(p["src_archive"])
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
     module.exit_json(**result)
 
 

@@ -16,17 +16,21 @@ description:
   - Asks the installed reload agent for the status of one release root (running, permanent, unpacked
     and old releases, node up, OS pid, packages held) and adds the host's OS fingerprint.
   - Sets the fact C(hotswap_host).
-author: beam.hotswap developers
+author:
+  - beam.hotswap developers (@beam-hotswap)
 attributes:
   check_mode:
     support: full
     description: Only reads.
   diff_mode:
     support: none
+    description: Nothing to diff.
   idempotent:
     support: full
+    description: Running it again with the same input changes nothing.
   facts:
     support: full
+    description: Sets C(hotswap_host).
 options:
   app:
     description: Release name.

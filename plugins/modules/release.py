@@ -19,9 +19,10 @@ description:
     reverts the host to the release it had, before the task fails. The result says what happened and
     which release the host ended on.
   - With O(state=rolled_back) the host returns to O(version) (default the release it ran before) using
-    only what it holds: the running release's relup down edge when there is one, a cold switch otherwise.
+    only what it holds, that is the running release's relup down edge when there is one, a cold switch otherwise.
   - The action plugin of the same name uploads the package the plan needs, only when the host lacks it.
-author: beam.hotswap developers
+author:
+  - beam.hotswap developers (@beam-hotswap)
 attributes:
   check_mode:
     support: full
@@ -31,6 +32,7 @@ attributes:
     description: Shows the release before and after.
   idempotent:
     support: full
+    description: Running it again with the same input changes nothing.
 options:
   app:
     description: Release name.
@@ -209,7 +211,7 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    result = dict(changed=False)
+    result = {}
     try:
         client = AgentClient(module, p["root"], p["app"], p["user"])
         if p["keep_releases"] < 2:
@@ -231,7 +233,7 @@ def main():
         else:
             plan = _plan.rollback(status, p["version"], p["mode"])
     except (AgentError, _plan.PlanError) as e:
-        module.fail_json(msg=str(e), **result)
+        module.fail_json(msg=str(e), changed=False, **result)
 
     summary = _plan.describe(plan)
     result.update(plan=plan, summary=summary, host_version=plan["from"])
@@ -263,7 +265,7 @@ def main():
                 module.atomic_move(p["package_src"], path)
             if not os.path.exists(path):
                 module.fail_json(msg="the package %s is not on the host (expected %s); the run's facts were stale: "
-                                 "re-run the play" % (art["file"], path), **result)
+                                 "re-run the play" % (art["file"], path), changed=False, **result)
             pkg = ["--package", path, "--sha256", art["sha256"]]
         action = plan["action"]
         if action == _plan.HOT and plan["direction"] == "up":

@@ -449,8 +449,10 @@ def _inside(root, path):
     return path == root or path.startswith(root + os.sep)
 
 
-def check_member(m, app, vsn):
-    """Raise OpFailed unless the tar member is safe and belongs in an upgrade package."""
+def _member_rel(m):
+    """Generic tar entry checks (shared by upgrade packages and full tarballs): no control
+    characters, no absolute paths, no '..', no devices/fifos, no links leading outside.
+    Returns the normalised relative path ('' for the archive root)."""
     name = m.name
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name + (m.linkname or "")):
         raise OpFailed(f"package refused: entry {name!r} has control characters in its name; nothing changed")
@@ -460,15 +462,10 @@ def check_member(m, app, vsn):
     if ".." in name.replace("\\", "/").split("/"):
         raise OpFailed(f"package refused: entry {name!r} contains '..'; nothing changed")
     if not parts:
-        return None
+        return ""
     if m.ischr() or m.isblk() or m.isfifo() or not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
         raise OpFailed(f"package refused: entry {name!r} is a device/fifo/special file; nothing changed")
     rel = "/".join(parts)
-    top_rel = f"releases/{app}-{vsn}.rel"
-    if not (rel == "releases" or rel == "lib" or rel == top_rel or rel == f"releases/{vsn}"
-            or rel.startswith(f"releases/{vsn}/") or re.match(r"^lib/[^/]+-[^/]+(/|$)", rel)):
-        raise OpFailed(f"package refused: unexpected entry {name!r} (an upgrade package holds only "
-                       f"{top_rel}, releases/{vsn}/ and lib/NAME-VSN/); nothing changed")
     if m.issym() or m.islnk():
         target = m.linkname
         if target.startswith("/") or (m.islnk() and ".." in target.split("/")):
@@ -478,6 +475,38 @@ def check_member(m, app, vsn):
             else os.path.normpath(os.path.join(base, target))
         if not _inside(base, dest):
             raise OpFailed(f"package refused: link {name!r} -> {target!r} leads outside the root; nothing changed")
+    return rel
+
+
+def check_member(m, app, vsn):
+    """Raise OpFailed unless the tar member is safe and belongs in an upgrade package."""
+    rel = _member_rel(m)
+    if not rel:
+        return None
+    top_rel = f"releases/{app}-{vsn}.rel"
+    if not (rel == "releases" or rel == "lib" or rel == top_rel or rel == f"releases/{vsn}"
+            or rel.startswith(f"releases/{vsn}/") or re.match(r"^lib/[^/]+-[^/]+(/|$)", rel)):
+        raise OpFailed(f"package refused: unexpected entry {m.name!r} (an upgrade package holds only "
+                       f"{top_rel}, releases/{vsn}/ and lib/NAME-VSN/); nothing changed")
+    return rel
+
+
+def check_full_member(m, app, vsn):
+    """Raise OpFailed unless the tar member is safe and belongs in a full `mix release` tarball
+    of app vsn: bin/, erts-*/, lib/NAME-VSN/, releases/VSN/, releases/COOKIE, releases/start_erl.data."""
+    rel = _member_rel(m)
+    if not rel:
+        return None
+    if not (rel in ("bin", "lib", "releases", "releases/COOKIE", "releases/start_erl.data",
+                    f"releases/{vsn}", f"releases/{app}-{vsn}.rel")
+            or rel.startswith(("bin/", f"releases/{vsn}/"))
+            or re.match(r"^erts-[0-9][0-9A-Za-z._-]*(/|$)", rel)
+            or re.match(r"^lib/[^/]+-[^/]+(/|$)", rel)):
+        raise OpFailed(f"package refused: unexpected entry {m.name!r} (a full release of {app} {vsn} holds "
+                       f"bin/, erts-*/, lib/NAME-VSN/, releases/{vsn}/, releases/COOKIE and "
+                       f"releases/start_erl.data); nothing changed")
+    if rel in ("releases/COOKIE", "releases/start_erl.data") and not m.isfile():
+        raise OpFailed(f"package refused: {m.name!r} must be a regular file; nothing changed")
     return rel
 
 
