@@ -47,7 +47,7 @@ class ActionModule(ActionBase):
                     plan = {"package": None}  # the module reports the error
                 kind = plan.get("package")
                 art = (manifest.get("artifacts") or {}).get(kind) if kind else None
-                if art and art.get("sha256") not in (status.get("packages") or {}):
+                if art and art.get("sha256") not in (status.get("packages") or {}) and not args.get("artifact_url"):
                     adir = args.get("artifact_dir")
                     if not adir:
                         raise AnsibleActionFail("artifact_dir is required: the host lacks %s" % art.get("file"))

@@ -93,6 +93,16 @@ options:
   artifact_dir:
     description: Handled by the action plugin. Controller directory holding C(APP/VSN/) artifacts.
     type: path
+  artifact_url:
+    description:
+      - Pull mode. An HTTP(S) base URL; the host downloads C(BASE/APP/VSN/FILE) itself (verified against the
+        manifest's sha256) instead of the controller pushing it. Only the package the plan needs is fetched, and
+        only when the host does not hold it yet.
+    type: str
+  validate_certs:
+    description: Verify TLS certificates in pull mode.
+    type: bool
+    default: true
 """
 
 EXAMPLES = r"""
@@ -155,9 +165,11 @@ timing:
   sample: install 11 ms, downtime 0 ms, total 612 ms
 """
 
+import hashlib
 import os
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.urls import fetch_url
 
 from ansible_collections.beam.hotswap.plugins.module_utils import _plan
 from ansible_collections.beam.hotswap.plugins.module_utils._agent_client import AgentClient, AgentError
@@ -177,6 +189,27 @@ def _write_private(module, path, text, mode):
     os.chmod(tmp, mode)
     module.atomic_move(tmp, path)
     return True
+
+
+def _pull(module, base, manifest, art, path):
+    """Pull mode: download one artifact, verify its sha256, then move it into the package store."""
+    url = "%s/%s/%s/%s" % (base.rstrip("/"), manifest["app"], manifest["version"], art["file"])
+    resp, info = fetch_url(module, url, timeout=120)
+    if resp is None or info.get("status") != 200:
+        module.fail_json(msg="pulling %s failed (HTTP %s: %s): check hotswap_artifact_url and that the file is "
+                         "served there; nothing changed" % (url, info.get("status"), info.get("msg")), changed=False)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".part"
+    h = hashlib.sha256()
+    with open(tmp, "wb") as f:
+        for block in iter(lambda: resp.read(1 << 20), b""):
+            h.update(block)
+            f.write(block)
+    if h.hexdigest() != art["sha256"]:
+        os.unlink(tmp)
+        module.fail_json(msg="%s does not match its sha256 in the manifest (got %s): refused, nothing changed"
+                         % (url, h.hexdigest()), changed=False)
+    module.atomic_move(tmp, path)
 
 
 def _timing(out):
@@ -206,6 +239,8 @@ def main():
             env=dict(type="dict", default={}, no_log=True),
             cookie=dict(type="str", no_log=True),
             artifact_dir=dict(type="path"),
+            artifact_url=dict(type="str"),
+            validate_certs=dict(type="bool", default=True),
         ),
         required_if=[("state", "deployed", ("manifest",))],
         supports_check_mode=True,
@@ -263,6 +298,9 @@ def main():
             if p["package_src"] and not os.path.exists(path):
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 module.atomic_move(p["package_src"], path)
+            elif p["artifact_url"] and not os.path.exists(path):
+                _pull(module, p["artifact_url"], p["manifest"], art, path)
+                result["pulled"] = art["file"]
             if not os.path.exists(path):
                 module.fail_json(msg="the package %s is not on the host (expected %s); the run's facts were stale: "
                                  "re-run the play" % (art["file"], path), changed=False, **result)

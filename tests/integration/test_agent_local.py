@@ -535,6 +535,147 @@ def test_rollback_cold(node):
     assert rc == 0, out
 
 
+def test_status_previous_and_relup_after_hot(node):
+    root = node["root"]
+    _, st = agent(root, "status")
+    assert st["previous"] is None and st["relup_down"] == [] and st["relup_up"] == [], st
+    rc, out = agent(root, "hot", "--package", node["package"], "--sha256", node["sha256"], "--version", "2.0.0")
+    assert rc == 0, out
+    _, st = agent(root, "status")
+    assert (st["running"], st["previous"]) == ("2.0.0", "1.0.0"), st
+    assert st["relup_down"] == ["1.0.0"] and st["relup_up"] == ["1.0.0"], st
+    rc, rv = agent(root, "rollback", "--version", "1.0.0", "--mode", "hot")
+    assert rc == 0 and rv["mode"] == "hot" and rv["from"] == "2.0.0", rv
+    _, st = agent(root, "status")
+    assert (st["running"], st["previous"], st["relup_down"]) == ("1.0.0", "2.0.0", []), st
+
+
+# --------------------------------------------------------------------------- the sample app, full tarballs
+
+_FULL = {}
+
+
+def full_tarball(sample_builds, version, flags=()):
+    """The sample release of (version, flags) packed like `mix release` output: bin/, erts-*/, lib/,
+    releases/VSN/, releases/COOKIE, releases/start_erl.data at the top level."""
+    key = (version, tuple(flags))
+    if key not in _FULL:
+        rel = Path(sample_builds.get(version, flags))
+        out = rel.parent / f"sample-{version}{''.join('+' + f for f in flags)}-full.tar.gz"
+        with tarfile.open(out, "w:gz") as tf:
+            for name in sorted(os.listdir(rel)):
+                if name in ("bin", "lib") or name.startswith("erts-"):
+                    tf.add(rel / name, arcname=name)
+            tf.add(rel / "releases", arcname="releases", recursive=False)
+            for name in (version, "COOKIE", "start_erl.data"):
+                tf.add(rel / "releases" / name, arcname=f"releases/{name}")
+        _FULL[key] = (str(out), hashlib.sha256(out.read_bytes()).hexdigest())
+    return _FULL[key]
+
+
+def sagent(root, *args, timeout=180):
+    cmd = [sys.executable, str(AGENT), "--root", str(root), "--app", "sample", *args]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    try:
+        out = json.loads(p.stdout)
+    except ValueError:
+        raise AssertionError(f"agent printed no JSON: rc={p.returncode}\n{p.stdout}\n{p.stderr}")
+    assert "Traceback" not in p.stderr, p.stderr
+    return p.returncode, out
+
+
+def _vsn_over_tcp(port):
+    from hotswap_testlib import sample
+    sample.wait_ping("127.0.0.1", port, timeout=20)
+    with sample.SampleClient("127.0.0.1", port) as c:
+        return c.vsn()
+
+
+@pytest.fixture
+def sample_root(tmp_path):
+    from hotswap_testlib import sample
+    root = tmp_path / "sroot"
+    port = sample.free_port()
+    (root / ".hotswap").mkdir(parents=True, mode=0o750)
+    (root / ".hotswap" / "env").write_text(
+        f"SAMPLE_PORT={port}\nRELEASE_DISTRIBUTION=name\nRELEASE_NODE=sample_{port}@127.0.0.1\n")
+    (root / ".hotswap" / "env").chmod(0o600)
+    cookie = "hs_" + uuid.uuid4().hex
+    (root / ".hotswap" / "cookie").write_text(cookie)
+    (root / ".hotswap" / "cookie").chmod(0o400)
+    yield {"root": root, "port": port, "cookie": cookie}
+    rc, out = sagent(root, "stop", "--service-manager", "daemon")
+    if rc != 0:  # last resort: only the pid the agent recorded for this root
+        pidf = root / ".hotswap" / "pid"
+        if pidf.exists():
+            try:
+                os.kill(int(pidf.read_text().strip()), 9)
+            except (OSError, ValueError):
+                pass
+
+
+def test_first_install_cold_and_cold_rollback_of_sample(sample_builds, sample_root):
+    root, port = sample_root["root"], sample_root["port"]
+    sm = ("--service-manager", "daemon")
+    p1, s1 = full_tarball(sample_builds, "1.0.0")
+    p2, s2 = full_tarball(sample_builds, "1.1.0", ("vmargs",))
+    # -- first install into an empty root
+    rc, fi = sagent(root, "first-install", "--version", "1.0.0", "--package", p1, "--sha256", s1, *sm)
+    assert rc == 0 and fi["changed"] and fi["host_version"] == "1.0.0", fi
+    assert isinstance(fi["start_ms"], float)
+    _, st = sagent(root, "status")
+    assert (st["node_up"], st["running"], st["permanent"], st["previous"]) == (True, "1.0.0", "1.0.0", None), st
+    assert _vsn_over_tcp(port) == "1.0.0"
+    cookie = root / "releases" / "COOKIE"
+    assert cookie.read_text() == sample_root["cookie"] and (cookie.stat().st_mode & 0o777) == 0o400
+    assert "RELEASES" in os.listdir(root / "releases")
+    rc, again = sagent(root, "first-install", "--version", "1.0.0", "--package", p1, "--sha256", s1, *sm)
+    assert rc == 1 and "already installed" in again["msg"], again
+    pid1 = st["os_pid"]
+    # -- a cold deploy whose health check fails leaves the host on 1.0.0: running, permanent
+    rc, bad = sagent(root, "cold", "--version", "1.1.0", "--package", p2, "--sha256", s2,
+                     "--check", "cmd:false", "--timeout", "2", *sm)
+    assert rc == 1 and bad["reverted"] is True and bad["host_version"] == "1.0.0", bad
+    assert bad["stage"] == "health", bad
+    _, st = sagent(root, "status")
+    assert (st["running"], st["permanent"]) == ("1.0.0", "1.0.0") and st["os_pid"] != pid1, st
+    assert (root / "releases" / "start_erl.data").read_text().split()[1] == "1.0.0"
+    assert _vsn_over_tcp(port) == "1.0.0"
+    # -- the cold deploy (vm.args differs: not hot-upgradable)
+    rc, cold = sagent(root, "cold", "--version", "1.1.0", "--package", p2, "--sha256", s2, "--keep", "5", *sm)
+    assert rc == 0 and cold["host_version"] == "1.1.0" and cold["mode"] == "cold", cold
+    print("\nCOLD figures:", json.dumps({k: cold.get(k) for k in
+                                         ("downtime_ms", "stop_ms", "start_ms", "prep_ms", "total_ms", "rpc_calls")}))
+    assert 0 < cold["downtime_ms"] < 30000
+    assert _vsn_over_tcp(port) == "1.1.0"
+    assert (root / "releases" / "start_erl.data").read_text().split()[1] == "1.1.0"
+    assert "+sbwt none" in (root / "releases" / "1.1.0" / "vm.args").read_text()
+    _, st = sagent(root, "status")
+    args = (Path("/proc") / str(st["os_pid"]) / "cmdline").read_bytes().split(b"\0")
+    assert args[args.index(b"-sbwt") + 1] == b"none", args  # the VM booted with 1.1.0's vm.args
+    assert (st["running"], st["permanent"], st["previous"]) == ("1.1.0", "1.1.0", "1.0.0"), st
+    assert st["old"] == ["1.0.0"], st
+    assert cookie.read_text() == sample_root["cookie"]
+    # same deploy again: no-op
+    rc, noop = sagent(root, "cold", "--version", "1.1.0", "--package", p2, "--sha256", s2, *sm)
+    assert rc == 0 and noop["changed"] is False, noop
+    # -- cold rollback with the node down, from what is on disk
+    rc, stp = sagent(root, "stop", *sm)
+    assert rc == 0, stp
+    rc, rb = sagent(root, "rollback", "--version", "1.0.0", "--mode", "cold", *sm)
+    assert rc == 0 and rb["host_version"] == "1.0.0" and rb["from"] == "1.1.0", rb
+    assert _vsn_over_tcp(port) == "1.0.0"
+    _, st = sagent(root, "status")
+    assert (st["node_up"], st["running"], st["permanent"], st["previous"]) == (True, "1.0.0", "1.0.0", "1.1.0"), st
+    assert (root / "releases" / "start_erl.data").read_text().split()[1] == "1.0.0"
+    assert b"-sbwt" not in (Path("/proc") / str(st["os_pid"]) / "cmdline").read_bytes().split(b"\0")
+    journal = (root / ".hotswap" / "journal.jsonl").read_text()
+    assert sample_root["cookie"] not in journal
+    ops = [json.loads(x)["op"] for x in journal.splitlines()]
+    assert [o for o in ops if o != "status"] == ["first-install", "first-install", "cold", "cold", "cold", "stop",
+                                                 "rollback"]
+
+
 def test_bad_input(tmp_path):
     rc, out = agent(tmp_path, "install", "--version", "1.0.0; rm -rf /")
     assert rc == 2 and out["failed"] is True

@@ -3,7 +3,8 @@
 
     python3 agent.py --root /opt/APP --app APP [--user U] COMMAND [options]
 
-Commands: status, unpack, install, health, commit, revert, hot, prune, start, stop.
+Commands: status, unpack, install, health, commit, revert, rollback, hot, cold, first-install,
+prune, start, stop.
 Prints exactly one JSON object on stdout.  Exit 0 ok, 1 operation failed, 2 bad input.
 Python 3 standard library only.  The node-side code lives in node.exs (installed next to
 this file; `hotswap_node.exs` in the repository) and is evaluated by ONE `bin/APP rpc`
@@ -610,6 +611,7 @@ class Host:
         self.rpc_calls = 0
         self.rpc_ms = 0.0
         self._pw = None
+        self.service_manager = "daemon"
         if user:
             try:
                 self._pw = pwd.getpwnam(user)
@@ -651,6 +653,31 @@ class Host:
     def owner(self):
         st = os.stat(self.rel_dir)
         return st.st_uid, st.st_gid
+
+    def tree_owner(self):
+        """(uid, gid) the release tree belongs to: --user's, else the releases dir's, else ours."""
+        if self._pw:
+            return self._pw.pw_uid, self._pw.pw_gid
+        if os.path.isdir(self.rel_dir):
+            return self.owner()
+        return os.geteuid(), os.getegid()
+
+    def full_sha(self, vsn):
+        try:
+            with open(os.path.join(self.hs, "unpacked", vsn + ".full.sha256")) as fh:
+                return fh.read().strip()
+        except OSError:
+            return None
+
+    def set_full_sha(self, vsn, sha):
+        self.ensure_hs()
+        f = os.path.join(self.hs, "unpacked", vsn + ".full.sha256")
+        if sha is None:
+            if os.path.exists(f):
+                os.unlink(f)
+        else:
+            with open(f, "w") as fh:
+                fh.write(sha + "\n")
 
     def write_owned(self, path, text):
         tmp = path + ".hotswap-tmp"
@@ -859,7 +886,8 @@ class Lock:
 
 
 JOURNAL_KEYS = ("op", "version", "from", "to", "result", "changed", "failed", "reverted", "mode",
-                "host_version", "total_ms", "install_ms", "rpc_calls", "stage", "removed", "msg")
+                "host_version", "total_ms", "install_ms", "downtime_ms", "start_ms", "rpc_calls", "stage",
+                "removed", "msg")
 
 
 def journal(host, entry):
@@ -896,6 +924,16 @@ def cmd_status(h, a):
             running = perm or boot or (se or {}).get("version")
         if running != perm:
             current = running
+    rv = running if up else perm
+    relup_up, relup_down, relup_error = [], [], None
+    if rv:
+        try:
+            with open(h.p("releases", rv, "relup"), encoding="utf-8") as fh:
+                relup_up, relup_down = relup_edges(fh.read())
+        except FileNotFoundError:
+            pass
+        except (OSError, TermError, ValueError, UnicodeDecodeError) as e:
+            relup_error = f"releases/{rv}/relup: {e}"
     pk = {}
     pdir = os.path.join(h.hs, "packages")
     if os.path.isdir(pdir):
@@ -909,6 +947,9 @@ def cmd_status(h, a):
         "node_up": up, "os_pid": pid, "boot_version": boot,
         "running": running, "permanent": perm, "current": current,
         "host_version": running if up else perm,
+        "previous": previous_release(h, perm, rels) if perm else None,
+        "relup_up": relup_up, "relup_down": relup_down, "relup_error": relup_error,
+        "first_install_pending": os.path.exists(os.path.join(h.hs, "first-install.json")),
         "unpacked": [r["version"] for r in rels or [] if r["status"] == "unpacked" and r["version"] != current],
         "old": [r["version"] for r in rels or [] if r["status"] == "old"],
         "releases": [{"version": r["version"], "status": r["status"], "erts": r["erts"],
@@ -1296,11 +1337,12 @@ def do_revert(h, old, timeout, mode="hot"):
     except OpFailed as e:
         hot_err = e.msg
     # cold: stop, fix start_erl.data / RELEASES, start
+    frm = next((r["version"] for r in h.releases() or [] if r["status"] == "permanent"), None)
     stop_node(h)
     _make_permanent_offline(h, old)
     h.set_installed_record(None)
     st = start_node(h, timeout)
-    return {"changed": True, "mode": "cold", "reverted": st.get("running") == old, "state_lost": True,
+    return {"changed": True, "mode": "cold", "reverted": st.get("running") == old, "state_lost": True, "from": frm,
             "hot_error": None if mode == "cold" else hot_err, "host_version": st.get("running"), "os_pid": st.get("os_pid")}
 
 
@@ -1434,10 +1476,11 @@ def do_prune(h, keep):
         r = h.rpc("remove", remove=remove, timeout=60)
         removed = r.get("removed") or []
         for v in removed:
-            for x in (h.p("releases", f"{h.app}-{v}.rel"),):
+            for x in (h.p("releases", f"{h.app}-{v}.rel"), os.path.join(h.hs, "bin", v)):
                 if os.path.lexists(x):
                     rmtree(x)
             h.set_sha_record(v, None)
+            h.set_full_sha(v, None)
         if not r.get("ok"):
             raise OpFailed(f"prune: {r.get('error')}", removed=removed)
         return removed
@@ -1447,6 +1490,8 @@ def do_prune(h, keep):
         _remove_files_of(h, v, rels, [os.path.basename(d.rstrip("/")) for _, _, d in entry["libs"]])
         h.write_releases(rels)
         h.set_sha_record(v, None)
+        h.set_full_sha(v, None)
+        rmtree(os.path.join(h.hs, "bin", v))
     return remove
 
 
@@ -1460,6 +1505,88 @@ def cmd_prune(h, a):
         return {"changed": bool(removed), "removed": removed}
 
 
+# ---------------------------------------------------------------- service managers
+
+SYSTEMD_UNIT_DIR = "/etc/systemd/system"
+
+
+def resolve_service_manager(sm):
+    """auto = systemd where PID 1 is systemd (/run/systemd/system exists), else the release's daemon."""
+    if sm in (None, "", "auto"):
+        return "systemd" if os.path.isdir("/run/systemd/system") else "daemon"
+    if sm not in ("systemd", "daemon"):
+        raise BadInput(f"unknown service manager {sm!r}")
+    return sm
+
+
+def unit_name(app):
+    return f"hotswap-{app}.service"
+
+
+def systemd_unit(root, app, user=None):
+    """The unit text for ROOT/bin/APP (foreground `start`, so Type=exec)."""
+    lines = [
+        "# generated by beam.hotswap (the reload agent); local changes are overwritten",
+        "[Unit]",
+        f"Description=beam.hotswap release {app} ({root})",
+        "After=network-online.target",
+        "Wants=network-online.target",
+        "",
+        "[Service]",
+        "Type=exec",
+        f"WorkingDirectory={root}",
+        f"Environment=RELEASE_ROOT={root}",
+        f"EnvironmentFile=-{root}/.hotswap/env",
+        f"ExecStart={root}/bin/{app} start",
+        f"ExecStop={root}/bin/{app} stop",
+    ]
+    if user:
+        lines.append(f"User={user}")
+    lines += [
+        "Restart=on-failure",
+        "RestartSec=2",
+        "TimeoutStopSec=60",
+        # the VM starts epmd, which the host's other nodes use too: stop only the VM (ExecStop)
+        "KillMode=process",
+        "LimitNOFILE=65536",
+        f"SyslogIdentifier={app}",
+        "",
+        "[Install]",
+        "WantedBy=multi-user.target",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _systemctl(*args, run=None, check=True, timeout=120):
+    run = run or subprocess.run
+    p = run(["systemctl", *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    if check and p.returncode != 0:
+        raise OpFailed(f"systemctl {' '.join(args)} exited {p.returncode}: {(p.stdout + p.stderr).strip()[-400:]}")
+    return p
+
+
+def ensure_unit(h, unit_dir=SYSTEMD_UNIT_DIR, run=None):
+    """Write the unit only when its text changed; then daemon-reload + enable.  Returns changed."""
+    path = os.path.join(unit_dir, unit_name(h.app))
+    text = systemd_unit(h.root, h.app, h.user)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            if fh.read() == text:
+                return False
+    except OSError:
+        pass
+    os.makedirs(unit_dir, exist_ok=True)
+    tmp = path + ".hotswap-tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    _systemctl("daemon-reload", run=run)
+    _systemctl("enable", unit_name(h.app), run=run, check=False)
+    return True
+
+
 # ---------------------------------------------------------------- start / stop
 
 def _pid_alive(pid):
@@ -1471,22 +1598,40 @@ def _pid_alive(pid):
 
 
 def start_node(h, timeout=60):
+    """Start the node on the release start_erl.data names; wait until APP is started.
+    Returns {"changed", "os_pid", "running", "boot_ms", "service_manager"}."""
     if h.node_up():
         pid, _ = h.os_pid()
         return {"changed": False, "os_pid": pid, "running": None}
     if not os.path.exists(os.path.join(h.rel_dir, "RELEASES")):
         raise OpFailed(f"{h.rel_dir}/RELEASES is missing: create it before starting (first-install), "
                        f"or downgrades will crash")
+    h.bin()
+    sm = h.service_manager
     t0 = now_ms()
-    p = subprocess.run([h.bin(), "daemon"], capture_output=True, text=True, timeout=60,
-                       stdin=subprocess.DEVNULL, **h.run_kwargs())
-    if p.returncode != 0:
-        raise OpFailed(f"bin/{h.app} daemon exited {p.returncode}: {(p.stdout + p.stderr).strip()[-400:]}")
+    res = {"service_manager": sm}
+    if sm == "systemd":
+        res["unit_changed"] = ensure_unit(h)
+        _systemctl("start", unit_name(h.app), timeout=timeout + 30)
+    else:
+        p = subprocess.run([h.bin(), "daemon"], capture_output=True, text=True, timeout=60,
+                           stdin=subprocess.DEVNULL, **h.run_kwargs())
+        if p.returncode != 0:
+            raise OpFailed(f"bin/{h.app} daemon exited {p.returncode}: {(p.stdout + p.stderr).strip()[-400:]}")
     deadline = time.monotonic() + timeout
+    no_beam_since = None
     while not h.node_up():
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if now > deadline:
             raise OpFailed(f"node {h.node_name()} did not register with epmd within {timeout}s: "
                            f"see {h.p('tmp', 'log')}", node_up=False)
+        if sm == "daemon":  # a VM that died during boot (bad vm.args, missing ERTS...) fails fast
+            if h._beam_pids():
+                no_beam_since = None
+            elif no_beam_since is None:
+                no_beam_since = now
+            elif now - no_beam_since > 5:
+                raise OpFailed(f"node {h.node_name()} exited during boot: see {h.p('tmp', 'log')}", node_up=False)
         time.sleep(0.05)
     info = h.rpc("ready", timeout_ms=int(max(1, deadline - time.monotonic()) * 1000), timeout=timeout + 30)
     pid, _ = h.os_pid()
@@ -1498,16 +1643,24 @@ def start_node(h, timeout=60):
     if not info.get("ok"):
         raise OpFailed(f"node started but {h.app} is not running: {info.get('error')}", os_pid=pid)
     h.set_installed_record(None)
-    return {"changed": True, "os_pid": pid, "running": info.get("running"), "boot_ms": round(now_ms() - t0, 1)}
+    return dict(res, changed=True, os_pid=pid, running=info.get("running"), boot_ms=round(now_ms() - t0, 1))
 
 
 def stop_node(h, timeout=60):
     pid, _ = h.os_pid()
     if not h.node_up() and not pid:
+        if h.service_manager == "systemd":  # a unit restarting in a loop has no node to see
+            _systemctl("stop", unit_name(h.app), check=False, timeout=timeout + 30)
         return {"changed": False}
     t0 = now_ms()
     forced = None
-    if h.node_up():
+    stopped = False
+    if h.service_manager == "systemd":
+        active = _systemctl("is-active", "--quiet", unit_name(h.app), check=False).returncode == 0
+        if active:
+            _systemctl("stop", unit_name(h.app), check=False, timeout=timeout + 30)
+            stopped = True
+    if not stopped and h.node_up():  # NEVER `bin/APP restart` (init:restart keeps the old env)
         try:
             subprocess.run([h.bin(), "stop"], capture_output=True, text=True, timeout=30,
                            stdin=subprocess.DEVNULL, **h.run_kwargs())
@@ -1543,20 +1696,600 @@ def stop_node(h, timeout=60):
     return {"changed": True, "stop_ms": round(now_ms() - t0, 1), "forced": forced, "os_pid": pid}
 
 
+def _gate(h, vsn, check, timeout, started):
+    """Health gate after a cold start: default = the node answers and runs vsn (start_node's
+    `ready` rpc already said so); rpc/cmd/http checks run as run_health does."""
+    if started.get("running") != vsn:
+        return False, f"node runs {started.get('running')}, not {vsn}"
+    if check[0] == "default":
+        return True, "ok"
+    return run_health(h, vsn, check, timeout)
+
+
 def cmd_start(h, a):
+    check = parse_check(a.check)
+    perm = next((r["version"] for r in h.releases() or [] if r["status"] == "permanent"), None)
     if a.version:
-        perm = next((r["version"] for r in h.releases() or [] if r["status"] == "permanent"), None)
         se = (h.start_erl() or {}).get("version")
         if a.version not in (perm, se):
             raise OpFailed(f"start boots the permanent release ({perm}, start_erl.data: {se}), not {a.version}: "
                            f"commit/revert first")
+    vsn = a.version or perm
     with Lock(h, "start"):
-        return start_node(h, a.timeout)
+        was_up = h.node_up()
+        t0 = now_ms()
+        st = start_node(h, a.timeout)
+        if was_up:
+            info = h.rpc("info", timeout=30)
+            st["running"] = info.get("running")
+        ok, why = _gate(h, vsn, check, a.timeout, st)
+        res = dict(st, version=vsn, host_version=st.get("running"), healthy=ok, check=check[0])
+        if not was_up:
+            res["start_ms"] = round(now_ms() - t0, 1)
+        if not ok:
+            raise OpFailed(f"{h.app} {vsn} started but the health check ({check[0]}) failed: {why}",
+                           stage="health", **res)
+        return res
 
 
 def cmd_stop(h, a):
     with Lock(h, "stop"):
         return stop_node(h, a.timeout)
+
+
+# ---------------------------------------------------------------- full tarballs (first-install, cold)
+
+def stage_full(h, package, sha, vsn, owner):
+    """Verify the sha256 FIRST, check every entry, extract into a private staging dir.
+    Returns {"staging", "rel", "members"}; the caller removes the staging dir."""
+    if not os.path.isfile(package):
+        raise OpFailed(f"package {package} does not exist; nothing changed")
+    got = sha256_file(package)
+    if got != sha:
+        raise OpFailed(f"package {package} refused: sha256 is {got}, expected {sha}; nothing changed",
+                       sha256_actual=got)
+    try:
+        tf = tarfile.open(package, "r:*")
+    except (tarfile.TarError, OSError) as e:
+        raise OpFailed(f"package {package} is not a readable tar archive ({e}); nothing changed")
+    with tf:
+        members = []
+        for m in tf.getmembers():
+            rel = check_full_member(m, h.app, vsn)
+            if rel:
+                members.append((m, rel))
+        names = {rel for _, rel in members}
+        rel_name = f"releases/{vsn}/{h.app}.rel"
+        for need in (rel_name, f"bin/{h.app}"):
+            if need not in names:
+                raise OpFailed(f"package refused: {need} missing (not a full `mix release` tarball of "
+                               f"{h.app} {vsn}); nothing changed")
+        relm = next(m for m, r in members if r == rel_name)
+        try:
+            rel = parse_rel(tf.extractfile(relm).read().decode("utf-8"))
+        except (TermError, ValueError, UnicodeDecodeError, AttributeError) as e:
+            raise OpFailed(f"package refused: {rel_name} unreadable ({e}); nothing changed")
+        if rel["version"] != vsn or rel["name"] != h.app:
+            raise OpFailed(f"package refused: {rel_name} describes {rel['name']} {rel['version']}, "
+                           f"expected {h.app} {vsn}; nothing changed")
+        pkg_libs = {r.split("/")[1] for r in names if r.startswith("lib/")}
+        h.ensure_hs()
+        staging = os.path.join(h.hs, f"staging-{os.getpid()}")
+        rmtree(staging)
+        os.makedirs(staging, mode=0o700)
+        try:
+            safe_extract(tf, members, staging)
+            chown_tree(staging, *owner)
+        except BaseException:
+            rmtree(staging)
+            raise
+    return {"staging": staging, "rel": rel, "pkg_libs": sorted(pkg_libs),
+            "erts_dirs": sorted({r.split("/")[0] for r in names if r.startswith("erts-")})}
+
+
+def _rel_libs(rel):
+    return [f"{a}-{v}" for a, v in rel["apps"]]
+
+
+def _releases_entry(h, rel, status, relative=True):
+    libs = [(a, v, f"lib/{a}-{v}" if relative else h.p("lib", f"{a}-{v}")) for a, v in rel["apps"]]
+    return {"name": rel["name"], "version": rel["version"], "erts": rel["erts"], "libs": libs, "status": status}
+
+
+def install_cookie(h, owner):
+    """.hotswap/cookie (written by the module) -> releases/COOKIE, 0400, owned by the node's user.
+    Never printed or journalled.  Returns True when the file changed."""
+    src = os.path.join(h.hs, "cookie")
+    if not os.path.isfile(src):
+        return False
+    with open(src, "rb") as fh:
+        data = fh.read().strip()
+    if not data:
+        return False
+    dst = h.p("releases", "COOKIE")
+    try:
+        st = os.lstat(dst)
+        with open(dst, "rb") as fh:
+            same = fh.read().strip() == data
+        if same and stat.S_ISREG(st.st_mode) and (st.st_mode & 0o777) == 0o400 \
+                and (os.geteuid() != 0 or (st.st_uid, st.st_gid) == tuple(owner)):
+            return False
+    except OSError:
+        pass
+    tmp = dst + ".hotswap-tmp"
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+    try:
+        os.write(fd, data)
+        os.fchmod(fd, 0o400)
+        if os.geteuid() == 0:
+            os.fchown(fd, *owner)
+    finally:
+        os.close(fd)
+    os.replace(tmp, dst)
+    return True
+
+
+def _copy_tree(src, dst):
+    rmtree(dst)
+    shutil.copytree(src, dst, symlinks=True)
+
+
+def save_bin(h, vsn, force=False):
+    """Keep a copy of the bin/ that boots vsn under .hotswap/bin/VSN (restored on a cold switch back)."""
+    if not vsn or not os.path.isdir(h.p("bin")):
+        return None
+    dst = os.path.join(h.hs, "bin", vsn)
+    if force and os.path.isdir(dst) and not _tree_same(dst, h.p("bin")):
+        rmtree(dst)
+    if not os.path.isdir(dst):
+        os.makedirs(os.path.dirname(dst), mode=0o750, exist_ok=True)
+        _copy_tree(h.p("bin"), dst + ".tmp")
+        os.rename(dst + ".tmp", dst)
+    return dst
+
+
+def _tree_same(a, b):
+    def listing(d):
+        out = {}
+        for dp, dns, fns in os.walk(d):
+            for f in fns:
+                p = os.path.join(dp, f)
+                out[os.path.relpath(p, d)] = os.readlink(p) if os.path.islink(p) else sha256_file(p)
+        return out
+    return os.path.isdir(a) and os.path.isdir(b) and listing(a) == listing(b)
+
+
+def swap_bin(h, src, owner):
+    """Replace ROOT/bin with a copy of src (atomic rename of the directory). Returns True if changed."""
+    if not src or not os.path.isdir(src) or _tree_same(src, h.p("bin")):
+        return False
+    new = h.p("bin.hotswap-new")
+    old = h.p("bin.hotswap-old")
+    _copy_tree(src, new)
+    chown_tree(new, *owner)
+    os.chmod(new, 0o755)
+    rmtree(old)
+    if os.path.lexists(h.p("bin")):
+        os.rename(h.p("bin"), old)
+    os.rename(new, h.p("bin"))
+    rmtree(old)
+    return True
+
+
+def place_release(h, stage, vsn, rels, owner):
+    """Move what the root lacks from the staged full release: new erts-*, new lib dirs,
+    releases/VSN/ (bin/ is swapped later, when the node is down).  A lib dir that a release
+    in RELEASES uses is never touched.  Returns the list of paths placed."""
+    st = stage["staging"]
+    referenced = _referenced_libs(rels)
+    placed = []
+    for e in stage["erts_dirs"]:
+        if not os.path.isdir(h.p(e)):
+            os.rename(os.path.join(st, e), h.p(e))
+            placed.append(e)
+    os.makedirs(h.p("lib"), exist_ok=True)
+    for ln in stage["pkg_libs"]:
+        dst = h.p("lib", ln)
+        if os.path.lexists(dst):
+            if ln in referenced:
+                continue
+            rmtree(dst)  # left over from an unregistered attempt
+        os.rename(os.path.join(st, "lib", ln), dst)
+        placed.append("lib/" + ln)
+    rdir = h.p("releases", vsn)
+    registered = any(r["version"] == vsn for r in rels or [])
+    if os.path.isdir(rdir) and registered:
+        # keep what release_handler unpacked (relup...), add what the full release has on top
+        src = os.path.join(st, "releases", vsn)
+        for dp, dns, fns in os.walk(src):
+            rel_dp = os.path.relpath(dp, src)
+            os.makedirs(os.path.join(rdir, rel_dp), exist_ok=True)
+            for f in fns:
+                d = os.path.join(rdir, rel_dp, f)
+                if not os.path.lexists(d):
+                    shutil.copy2(os.path.join(dp, f), d, follow_symlinks=False)
+                    placed.append(os.path.relpath(d, h.root))
+        chown_tree(rdir, *owner)
+    else:
+        rmtree(rdir)
+        os.rename(os.path.join(st, "releases", vsn), rdir)
+        placed.append(f"releases/{vsn}")
+    missing = [ln for ln in _rel_libs(stage["rel"]) if not os.path.isdir(h.p("lib", ln))]
+    if missing:
+        raise OpFailed(f"the release needs lib dirs that are neither on the host nor in the package: "
+                       f"{', '.join(missing)}")
+    if not os.path.isdir(h.p(f"erts-{stage['rel']['erts']}")) and stage["erts_dirs"]:
+        raise OpFailed(f"the release needs erts-{stage['rel']['erts']}, which the package does not hold")
+    return placed
+
+
+def cmd_first_install(h, a):
+    vsn = a.version
+    check = parse_check(a.check)
+    with Lock(h, "first-install"):
+        pending = os.path.join(h.hs, "first-install.json")
+        rels = h.releases()
+        perm = next((r["version"] for r in rels or [] if r["status"] == "permanent"), None)
+        installed = rels is not None or os.path.exists(h.p("bin", h.app))
+        retry = installed and os.path.exists(pending)
+        if installed and not retry:
+            raise OpFailed(f"{h.app} is already installed in {h.root} ({perm or 'bin/' + h.app + ' exists'}): "
+                           f"use hot/cold", host_version=perm)
+        if h.node_up():
+            raise OpFailed(f"a node named {h.node_name()} is already running: stop it before a first install",
+                           host_version=perm)
+        owner = h.tree_owner()
+        t0 = now_ms()
+        stage = stage_full(h, a.package, a.sha256, vsn, owner)
+        try:
+            with open(pending, "w") as fh:
+                json.dump({"version": vsn, "sha256": a.sha256}, fh)
+            st = stage["staging"]
+            for name in sorted(os.listdir(st)):  # bin, erts-*, lib, releases
+                _merge_move(os.path.join(st, name), h.p(name))
+        finally:
+            rmtree(stage["staging"])
+        rel = stage["rel"]
+        # RELEASES before the node ever starts (relocatable, as create_RELEASES("", ...) writes it)
+        h.write_releases([_releases_entry(h, rel, "permanent")])
+        h.write_owned(os.path.join(h.rel_dir, "start_erl.data"), f"{rel['erts']} {vsn}\n")
+        install_cookie(h, owner)
+        os.makedirs(h.p("tmp"), exist_ok=True)
+        if os.geteuid() == 0:
+            os.lchown(h.root, *owner)
+            for name in os.listdir(h.root):
+                if name != ".hotswap":
+                    chown_tree(h.p(name), *owner)
+        save_bin(h, vsn)
+        h.set_full_sha(vsn, a.sha256)
+        place_ms = round(now_ms() - t0, 1)
+        t_start = now_ms()
+        stage_name = "start"
+        try:
+            started = start_node(h, a.timeout)
+            stage_name = "health"
+            ok, why = _gate(h, vsn, check, a.timeout, started)
+            if not ok:
+                raise OpFailed(f"health check ({check[0]}) failed: {why}")
+        except OpFailed as e:
+            try:
+                stop_node(h, a.timeout)
+            except OpFailed as e2:
+                raise OpFailed(f"first install of {vsn} failed at {stage_name}: {e.msg}; and the node did not "
+                               f"stop: {e2.msg}", stage=stage_name, changed=True, node_up=h.node_up())
+            raise OpFailed(f"first install of {vsn} failed at {stage_name}: {e.msg}; node stopped, files left "
+                           f"in {h.root} (re-run first-install or fix and `start`)",
+                           stage=stage_name, changed=True, node_up=False, host_version=None)
+        os.unlink(pending)
+        return {"changed": True, "version": vsn, "from": None, "host_version": started.get("running"),
+                "permanent": vsn, "start_ms": round(now_ms() - t_start, 1), "place_ms": place_ms,
+                "os_pid": started.get("os_pid"), "service_manager": h.service_manager,
+                "retried": retry}
+
+
+def _merge_move(src, dst):
+    """Move src to dst; directories that exist on both sides are merged, files replaced."""
+    if os.path.isdir(src) and not os.path.islink(src) and os.path.isdir(dst) and not os.path.islink(dst):
+        for name in os.listdir(src):
+            _merge_move(os.path.join(src, name), os.path.join(dst, name))
+        return
+    if os.path.lexists(dst):
+        rmtree(dst)
+    os.rename(src, dst)
+
+
+def _restore_files(h, backup):
+    for name in ("RELEASES", "start_erl.data"):
+        b = os.path.join(backup, name)
+        if os.path.exists(b):
+            with open(b, encoding="utf-8") as fh:
+                h.write_owned(os.path.join(h.rel_dir, name), fh.read())
+
+
+def cold_switch(h, target, prev, check, timeout, owner, new_bin=None, was_up=None):
+    """Stop the node, make `target` the release that boots (RELEASES permanent + start_erl.data,
+    bin/), start, health-gate.  On failure: stop, restore RELEASES/start_erl.data/bin and start
+    `prev` again (when the node was up before).  Returns the result dict or raises OpFailed."""
+    rels = h.releases()
+    entry = next((r for r in rels or [] if r["version"] == target), None)
+    if entry is None:
+        raise OpFailed(f"{target} is not registered in RELEASES")
+    up = h.node_up() if was_up is None else was_up
+    backup = os.path.join(h.hs, "cold-backup")
+    rmtree(backup)
+    os.makedirs(backup, mode=0o700)
+    for name in ("RELEASES", "start_erl.data"):
+        if os.path.exists(os.path.join(h.rel_dir, name)):
+            shutil.copy2(os.path.join(h.rel_dir, name), os.path.join(backup, name))
+    prev_bin = save_bin(h, prev)
+    bin_src = new_bin or os.path.join(h.hs, "bin", target)
+    t_down = now_ms()
+    stopped = stop_node(h, timeout) if up else {"changed": False}
+    stage = "switch"
+    bin_swapped = False
+    try:
+        _make_permanent_offline(h, target)
+        bin_swapped = swap_bin(h, bin_src, owner)
+        if new_bin:
+            save_bin(h, target, force=True)
+        install_cookie(h, owner)
+        stage = "start"
+        started = start_node(h, timeout)
+        stage = "health"
+        ok, why = _gate(h, target, check, timeout, started)
+        if not ok:
+            raise OpFailed(f"health check ({check[0]}) failed: {why}")
+    except OpFailed as e:
+        err = f"cold switch to {target} failed at {stage}: {e.msg}"
+        info = {"stage": stage, "changed": True, "from": prev, "bin_swapped": bin_swapped}
+        try:
+            stop_node(h, timeout)
+            _restore_files(h, backup)
+            if bin_swapped and prev_bin:
+                swap_bin(h, prev_bin, owner)
+            if not up or prev == target:
+                raise OpFailed(f"{err}; files restored ({prev} permanent), node left down",
+                               reverted=True, host_version=prev, node_up=False, **info)
+            back = start_node(h, timeout)
+            ok = back.get("running") == prev
+        except OpFailed as e2:
+            if e2.extra.get("reverted"):
+                raise
+            raise OpFailed(f"{err}; RESTORING {prev} FAILED: {e2.msg}", reverted=False,
+                           host_version=None, node_up=h.node_up(), **info)
+        raise OpFailed(f"{err}; " + (f"reverted to {prev} (cold, state lost)" if ok
+                                     else f"restarted but the node runs {back.get('running')}"),
+                       reverted=ok, host_version=back.get("running"), os_pid=back.get("os_pid"),
+                       downtime_ms=round(now_ms() - t_down, 1), **info)
+    return {"changed": True, "from": prev, "version": target, "host_version": started.get("running"),
+            "permanent": target, "mode": "cold", "downtime_ms": round(now_ms() - t_down, 1) if up else None,
+            "start_ms": started.get("boot_ms"), "stop_ms": stopped.get("stop_ms"),
+            "os_pid": started.get("os_pid"), "bin_swapped": bin_swapped, "state_lost": bool(up),
+            "service_manager": h.service_manager}
+
+
+def _running_and_perm(h, rels):
+    perm = next((r["version"] for r in rels or [] if r["status"] == "permanent"), None)
+    if not h.node_up():
+        return None, perm, False
+    rec = h.installed_record()
+    pid, boot = h.os_pid()
+    running = rec["version"] if rec and rec.get("os_pid") == pid else (perm or boot)
+    return running, perm, True
+
+
+def cmd_cold(h, a):
+    vsn = a.version
+    check = parse_check(a.check)
+    with Lock(h, "cold"):
+        rels = h.releases()
+        if rels is None:
+            raise OpFailed(f"no release is installed in {h.root} (releases/RELEASES is missing): use first-install")
+        running, perm, up = _running_and_perm(h, rels)
+        if up and running != perm:
+            raise OpFailed(f"{running} runs but {perm} is permanent (an uncommitted hot install): "
+                           f"commit or revert it first", host_version=running)
+        if up and perm == vsn:
+            recorded = h.full_sha(vsn)
+            if recorded not in (None, a.sha256):
+                raise OpFailed(f"{vsn} already runs from another package (sha256 {recorded}); publish a new version",
+                               host_version=vsn)
+            got = sha256_file(a.package) if os.path.isfile(a.package) else None
+            if got != a.sha256:
+                raise OpFailed(f"package {a.package} refused: sha256 is {got}, expected {a.sha256}; nothing changed",
+                               host_version=perm)
+            res = {"changed": False, "version": vsn, "host_version": vsn, "from": vsn}
+            if a.keep:
+                res["removed"] = do_prune(h, a.keep)
+            return res
+        owner = h.tree_owner()
+        t0 = now_ms()
+        stage = stage_full(h, a.package, a.sha256, vsn, owner)
+        try:
+            entry = next((r for r in rels if r["version"] == vsn), None)
+            if entry is not None and entry["status"] in ("permanent", "current") and perm != vsn:
+                raise OpFailed(f"{vsn} is {entry['status']} in RELEASES but {perm} is permanent")
+            placed = place_release(h, stage, vsn, rels, owner)
+            if entry is None:
+                relative = all(not d.startswith("/") for r in rels for _, _, d in r["libs"])
+                rels.insert(0, _releases_entry(h, stage["rel"], "unpacked", relative))
+                h.write_releases(rels)
+            h.set_full_sha(vsn, a.sha256)
+            prep_ms = round(now_ms() - t0, 1)
+            res = cold_switch(h, vsn, perm, check, a.timeout, owner,
+                              new_bin=os.path.join(stage["staging"], "bin"), was_up=up)
+        except OpFailed as e:
+            e.extra.setdefault("version", vsn)
+            e.extra.setdefault("from", perm)
+            e.extra.setdefault("host_version", perm if not e.extra.get("changed") else None)
+            raise
+        finally:
+            rmtree(stage["staging"])
+        res.update(prep_ms=prep_ms, placed=placed)
+        if a.keep:
+            res["removed"] = do_prune(h, a.keep)
+        return res
+
+
+def _register_from_disk(h, vsn, rels):
+    """A release whose files are on disk (releases/VSN/APP.rel + its lib dirs) but that RELEASES
+    no longer lists: add it back as `old` so it can be booted."""
+    f = h.p("releases", vsn, f"{h.app}.rel")
+    if not os.path.isfile(f):
+        return None
+    with open(f, encoding="utf-8") as fh:
+        rel = parse_rel(fh.read())
+    if rel["version"] != vsn or rel["name"] != h.app:
+        return None
+    if any(not os.path.isdir(h.p("lib", ln)) for ln in _rel_libs(rel)) or not os.path.isdir(h.p(f"erts-{rel['erts']}")):
+        return None
+    relative = all(not d.startswith("/") for r in rels for _, _, d in r["libs"])
+    entry = _releases_entry(h, rel, "old", relative)
+    rels.append(entry)
+    h.write_releases(rels)
+    return entry
+
+
+def cmd_rollback(h, a):
+    """rollback --mode hot: the relup's down edge (cold if that fails, as revert does);
+    rollback --mode cold, or any rollback with the node down: a cold switch to OLD using only what
+    is on disk, ending with OLD running, healthy and permanent."""
+    target = a.version
+    with Lock(h, "rollback"):
+        rels = h.releases()
+        if rels is None:
+            raise OpFailed(f"no release is installed in {h.root}")
+        running, perm, up = _running_and_perm(h, rels)
+        down = []
+        if up:
+            try:
+                with open(h.p("releases", running, "relup"), encoding="utf-8") as fh:
+                    down = relup_edges(fh.read())[1]
+            except (OSError, TermError, ValueError, UnicodeDecodeError):
+                down = []
+        if a.mode == "hot" and up and target in down:
+            res = do_revert(h, target, a.timeout, "hot")
+            res.setdefault("from", running)
+            if not res.get("reverted"):
+                raise OpFailed(f"rollback to {target} failed; node runs {res.get('host_version')}", **res)
+            return dict(res, version=target)
+        if up and running != perm:
+            # an uncommitted hot install: the permanent release is what a restart boots anyway
+            perm = perm or running
+        if up and running == target and perm == target:
+            return {"changed": False, "version": target, "host_version": target, "mode": "cold", "reverted": True}
+        if not any(r["version"] == target for r in rels) and _register_from_disk(h, target, rels) is None:
+            raise OpFailed(f"{target} is not on this host (RELEASES lists {', '.join(r['version'] for r in rels)}, "
+                           f"and releases/{target}/ is incomplete or missing)")
+        res = cold_switch(h, target, perm, parse_check(a.check), a.timeout, h.tree_owner(), was_up=up)
+        if a.mode == "hot":
+            res["hot_error"] = f"the relup of {running} has no down edge to {target}" if up else "the node is down"
+        return dict(res, reverted=True, node_was_up=up)
+
+
+# ---------------------------------------------------------------- relup edges, previous release
+
+def _relup_edges_scan(text):
+    """Fallback for relups the term parser cannot read: walk the text tracking only nesting,
+    skipping strings, quoted atoms, char literals and comments, and pick the version strings at
+    {_, [{HERE, ...}], [{HERE, ...}]}."""
+    ups, downs = [], []
+    stack = []
+    pos, n = 0, len(text)
+    str_re = re.compile(r'"((?:[^"\\]|\\.)*)"', re.S)
+    while pos < n:
+        c = text[pos]
+        if c == "%":
+            nl = text.find("\n", pos)
+            pos = n if nl < 0 else nl + 1
+        elif c == '"':
+            m = str_re.match(text, pos)
+            if not m:
+                raise TermError("unterminated string in relup")
+            if (len(stack) == 3 and stack[0][0] == "{" and stack[0][1] in (1, 2) and stack[1][0] == "["
+                    and stack[2][0] == "{" and stack[2][1] == 0):
+                (ups if stack[0][1] == 1 else downs).append(m.group(1))
+            pos = m.end()
+        elif c == "'":
+            m = re.compile(r"'((?:[^'\\]|\\.)*)'", re.S).match(text, pos)
+            if not m:
+                raise TermError("unterminated quoted atom in relup")
+            pos = m.end()
+        elif c == "$":
+            m = re.compile(r"\$(\\(x\{[0-9a-fA-F]+\}|x[0-9a-fA-F]{2}|[0-7]{1,3}|\^.|.)|.)", re.S).match(text, pos)
+            pos = m.end() if m else pos + 1
+        elif text.startswith("<<", pos):
+            stack.append(["<<", 0])
+            pos += 2
+        elif text.startswith(">>", pos) and stack and stack[-1][0] == "<<":
+            stack.pop()
+            pos += 2
+        elif c in "{[":
+            stack.append([c, 0])
+            pos += 1
+        elif c in "}]":
+            if not stack:
+                raise TermError("unbalanced relup")
+            stack.pop()
+            pos += 1
+        elif c == ",":
+            if stack:
+                stack[-1][1] += 1
+            pos += 1
+        elif c == "." and not stack and (pos + 1 >= n or text[pos + 1] in " \t\r\n%"):
+            break
+        else:
+            pos += 1
+    return ups, downs
+
+
+def relup_edges(text):
+    """(up-from versions, down-to versions) of a relup file {Vsn, Ups, Downs}."""
+    try:
+        terms = parse_terms(text)
+        t = terms[0] if terms else None
+        if not (isinstance(t, tuple) and len(t) == 3 and isinstance(t[1], list) and isinstance(t[2], list)):
+            raise TermError("not {Vsn, Ups, Downs}")
+        return [_s(e[0]) for e in t[1]], [_s(e[0]) for e in t[2]]
+    except (TermError, ValueError, IndexError, TypeError, KeyError):
+        return _relup_edges_scan(text)
+
+
+TRANSITION_OPS = ("hot", "cold", "rollback", "revert", "first-install", "install", "commit")
+
+
+def previous_release(h, perm, rels):
+    """The release this host ran before `perm`: the journal's last successful transition to perm
+    (its `from`); else the newest `old` release in RELEASES."""
+    f = os.path.join(h.hs, "journal.jsonl")
+    lines = []
+    try:
+        with open(f, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - (4 << 20)))
+            lines = fh.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        pass
+    for line in reversed(lines):
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(e, dict) or e.get("result") != "ok" or e.get("op") not in TRANSITION_OPS:
+            continue
+        if e.get("version") != perm or e.get("op") == "commit":
+            continue  # a commit's `from` is in the install before it
+        frm = e.get("from")
+        if e.get("op") == "first-install":
+            break
+        if frm and frm != perm:
+            return frm
+    olds = sorted((r["version"] for r in rels or [] if r["status"] == "old"), key=vsn_key)
+    return olds[-1] if olds else None
+
 
 
 # =========================================================================== CLI
@@ -1604,8 +2337,10 @@ def build_parser():
     add("health", cmd_health, "version")
     add("commit", cmd_commit, "version")
     add("revert", cmd_revert, "version")
-    add("rollback", cmd_revert, "version").add_argument("--mode", choices=["hot", "cold"], default="hot")
+    add("rollback", cmd_rollback, "version").add_argument("--mode", choices=["hot", "cold"], default="hot")
     add("hot", cmd_hot, "package", "version")
+    add("cold", cmd_cold, "package", "version")
+    add("first-install", cmd_first_install, "package", "version")
     add("prune", cmd_prune)
     add("start", cmd_start, "version?")
     add("stop", cmd_stop)
@@ -1639,6 +2374,9 @@ def main(argv=None):
         if not os.path.isabs(a.root) or a.root.rstrip("/") in ("", "/"):
             raise BadInput(f"--root must be an absolute path below / (got {a.root!r})")
         h = Host(a.root, a.app, a.user)
+        h.service_manager = resolve_service_manager(a.service_manager)
+        if a.command == "first-install" and not os.path.isdir(h.root):
+            os.makedirs(h.root, mode=0o755)
         if a.command != "status" and not os.path.isdir(h.root):
             raise OpFailed(f"release root {h.root} does not exist")
         res = a.fn(h, a)
