@@ -85,11 +85,11 @@ def main():
         ),
         supports_check_mode=True,
     )
-    client = AgentClient(module, module.params["root"], module.params["app"], module.params["user"])
     try:
-        status = client.status()
+        # status reads files and epmd; it needs no user (which may not exist before the first install)
+        status = AgentClient(module, module.params["root"], module.params["app"]).status()
     except AgentError as e:
-        module.fail_json(msg=str(e), **e.result)
+        module.fail_json(msg=str(e), agent=e.result)
     status["fingerprint"] = _fingerprint.gather()
     module.exit_json(changed=False, ansible_facts=dict(hotswap_host=status))
 

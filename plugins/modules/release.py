@@ -249,6 +249,7 @@ def main():
     result = {}
     try:
         client = AgentClient(module, p["root"], p["app"], p["user"])
+        status_client = AgentClient(module, p["root"], p["app"])
         if p["keep_releases"] < 2:
             module.fail_json(msg="hotswap_keep_releases must be at least 2 (the running release and the one a "
                              "rollback returns to)")
@@ -262,7 +263,7 @@ def main():
         elif p["version"] is not None and (not VERSION_RE.match(p["version"]) or ".." in p["version"]):
             module.fail_json(msg="hotswap_version %r is not a valid release version (letters, digits, . _ + -)"
                              % p["version"])
-        status = client.status()
+        status = status_client.status()
         if p["state"] == "deployed":
             plan = _plan.deploy(status, p["manifest"], p["mode"])
         else:
