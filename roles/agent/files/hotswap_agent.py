@@ -601,6 +601,18 @@ def ex_lit(v):
 
 # =========================================================================== the host
 
+def same_namespaces(pid):
+    """True when process ``pid`` shares this process's network and mount namespaces (where they can be
+    read): two hosts on one kernel (containers, test namespaces) may both have a node under the same root."""
+    for ns in ("net", "mnt"):
+        try:
+            if os.readlink(f"/proc/{pid}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}"):
+                return False
+        except OSError:
+            continue
+    return True
+
+
 class Host:
     def __init__(self, root, app, user=None):
         self.root = os.path.abspath(root)
@@ -768,13 +780,15 @@ class Host:
                     args = [a.decode("utf-8", "replace") for a in fh.read().split(b"\0") if a]
             except OSError:
                 continue
-            if args and os.path.basename(args[0]).startswith("beam") and self._beam_matches(args):
+            if args and os.path.basename(args[0]).startswith("beam") and self._beam_matches(args, int(d)):
                 pids.append((int(d), args))
         return pids
 
-    def _beam_matches(self, args):
+    def _beam_matches(self, args, pid=None):
         if not any(a == self.root or a.startswith(self.root + "/") for a in args):
             return False
+        if pid is not None and not same_namespaces(pid):
+            return False  # the same root path in another container/namespace is another host's node
         node = self.node_name().split("@")[0]
         for i, a in enumerate(args[:-1]):
             if a in ("-sname", "-name") and args[i + 1].split("@")[0] == node:
@@ -790,7 +804,7 @@ class Host:
                 pid = int(fh.read().strip())
             with open(f"/proc/{pid}/cmdline", "rb") as fh:
                 args = [a.decode("utf-8", "replace") for a in fh.read().split(b"\0") if a]
-            if args and os.path.basename(args[0]).startswith("beam") and self._beam_matches(args):
+            if args and os.path.basename(args[0]).startswith("beam") and self._beam_matches(args, pid):
                 cands = [(pid, args)]
         except (OSError, ValueError):
             pass
@@ -2406,7 +2420,8 @@ def main(argv=None):
         except Exception:
             pass
     out["result"] = "bad_input" if code == 2 else ("failed" if code else ("ok" if out.get("changed") else "noop"))
-    if h is not None and code != 2:
+    # the journal records operations on the release root; a read (status) changes nothing and is not one
+    if h is not None and code != 2 and out.get("op") != "status":
         journal(h, out)
     sys.stdout.write(json.dumps(out, sort_keys=True, default=str) + "\n")
     return code
