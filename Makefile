@@ -49,10 +49,10 @@ sanity: setup ## ansible-test sanity on a copy of the tracked files laid out as 
 	@rm -rf $(SANITY_DIR) && mkdir -p $(SANITY_DIR)
 	@git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | tar -xf - -C $(SANITY_DIR)
 	@cd $(SANITY_DIR) && git init -q && git add -A && git -c user.name=ci -c user.email=ci@invalid commit -qm sanity
-	cd $(SANITY_DIR) && PATH=$(CURDIR)/$(VENV)/bin:$$PATH ansible-test sanity --venv --python 3.11
+	cd $(SANITY_DIR) && PATH=$(CURDIR)/$(VENV)/bin:$$PATH ansible-test sanity --venv --python 3.11 $(SANITY_ARGS)
 
 lint: setup ## ansible-lint, production profile
-	$(VENV)/bin/ansible-lint --profile production
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH ansible-lint --profile production
 
 demo: setup ## local demo fleet: build, first install, hot upgrade under load, cold deploy, rollback, status
 	$(PY) tests/hotswap_testlib/demo.py

@@ -1,0 +1,373 @@
+"""Shared machinery for the benchmarks: a bench fleet, playbook runs, load/gap/port samplers, tables.
+
+Stdlib + tests/hotswap_testlib only.  Every benchmark brings up its own fleet (prefix ``hsb``, workdir
+``tests/output/bench/``), so each is runnable alone and one cannot disturb the next; full playbook
+logs land in ``tests/output/bench/logs/``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+for _p in (REPO / "tests", REPO / ".venv" / "collections"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+os.environ.setdefault("ANSIBLE_CONFIG", str(REPO / "tests" / "ansible.cfg"))
+os.environ.setdefault("ANSIBLE_COLLECTIONS_PATH", str(REPO / ".venv" / "collections"))
+
+from hotswap_testlib import sample  # noqa: E402
+from hotswap_testlib.ansible_run import ANSIBLE_PLAYBOOK, ansible_env, run_playbook  # noqa: E402
+from hotswap_testlib.fleet import Fleet  # noqa: E402
+
+DEPLOY = REPO / "playbooks" / "deploy.yml"
+ROLLBACK = REPO / "playbooks" / "rollback.yml"
+STATUS = REPO / "playbooks" / "status.yml"
+BUILD_ONLY = REPO / "tests" / "integration" / "playbooks" / "build.yml"
+PORT = 4040
+STORE = "/opt/hotswap-store"      # /opt is private to each fleet host: a fresh store per fleet
+PREFIX = os.environ.get("HOTSWAP_BENCH_PREFIX", "hsb")
+WORKDIR = Path(os.environ.get("HOTSWAP_BENCH_DIR", REPO / "tests" / "output" / "bench"))
+AGENT = ["/usr/bin/python3", "/opt/sample/.hotswap/agent.py", "--root", "/opt/sample", "--app", "sample"]
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class PlaybookFailed(RuntimeError):
+    pass
+
+
+class BenchFleet:
+    """A fleet (build1 + N targets) with the sample app's sources materialised per version."""
+
+    def __init__(self, name: str, targets: int):
+        self.name = name
+        self.dir = WORKDIR / name
+        self.logs = WORKDIR / "logs"
+        self.fleet = Fleet(self.dir / "fleet", targets=targets, build=True, prefix=PREFIX)
+        self._srcs: dict = {}
+        self._n = 0
+
+    # -- lifecycle
+    def __enter__(self):
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        self.fleet.up()
+        log(f"{self.name}: fleet {PREFIX} up ({len(self.fleet.targets)} targets + build1) "
+            f"in {time.monotonic() - t0:.1f}s")
+        return self
+
+    def __exit__(self, *exc):
+        self.fleet.down()
+        log(f"{self.name}: fleet down")
+
+    # -- sources / vars
+    def src(self, version: str, flags=()) -> str:
+        key = (version, tuple(sorted(flags)))
+        if key not in self._srcs:
+            d = self.dir / ("src-" + version + "".join("+" + f for f in key[1]))
+            self._srcs[key] = str(sample.materialise(d, version, flags))
+        return self._srcs[key]
+
+    def extra(self, version: str | None = None, flags=(), hosts=None, **kw) -> dict:
+        e = {
+            "hotswap_app": "sample",
+            "hotswap_build_store": STORE,
+            "hotswap_artifact_dir": str(self.dir / "artifacts"),
+            "hotswap_report_dir": str(self.dir / "reports"),
+            "hotswap_env": {"SAMPLE_PORT": str(PORT), "SAMPLE_GREETING": "hello-bench"},
+            "hotswap_service_manager": "daemon",
+        }
+        if version:
+            e["hotswap_source"] = self.src(version, flags)
+        if hosts:
+            e["hotswap_target_hosts"] = ",".join(hosts) if isinstance(hosts, (list, tuple)) else hosts
+        e.update(kw)
+        return e
+
+    # -- playbooks
+    def playbook(self, playbook, extra: dict, label: str, env: dict | None = None, check=True):
+        """Run a playbook; full log to logs/; returns (seconds, stdout)."""
+        self._n += 1
+        t0 = time.monotonic()
+        rc, out, err = run_playbook(self.fleet, playbook, extra, env=env)
+        dt = time.monotonic() - t0
+        path = self.logs / f"{self.name}-{self._n:02d}-{label}.log"
+        path.write_text(out + ("\n--- stderr ---\n" + err if err.strip() else ""))
+        if check and rc != 0:
+            raise PlaybookFailed(f"{label}: ansible-playbook exited {rc} (log: {path})\n{out[-2500:]}{err[-1000:]}")
+        return dt, out
+
+    def deploy(self, version, flags=(), hosts=None, label=None, env=None, **kw):
+        return self.playbook(DEPLOY, self.extra(version, flags, hosts, **kw), label or f"deploy-{version}", env)
+
+    def rollback(self, version=None, hosts=None, label=None, env=None, **kw):
+        if version:
+            kw["hotswap_version"] = version
+        return self.playbook(ROLLBACK, self.extra(None, (), hosts, **kw), label or f"rollback-{version}", env)
+
+    def build_only(self, version, bases, flags=()):
+        """Publish ``version`` in the build store (relup edges from ``bases``) without touching a target."""
+        return self.playbook(BUILD_ONLY, self.extra(version, flags, hotswap_build_bases=list(bases)),
+                             f"build-{version}")
+
+    # -- hosts
+    def addr(self, host) -> str:
+        return self.fleet.host(host).address
+
+    def client(self, host) -> sample.SampleClient:
+        return sample.SampleClient(self.addr(host), PORT)
+
+    def agent(self, host, *args, timeout=120) -> dict:
+        r = self.fleet.run(host, AGENT + list(args), check=False, timeout=timeout)
+        try:
+            return json.loads(r.stdout)
+        except ValueError:
+            raise RuntimeError(f"agent {' '.join(args)} on {host}: rc {r.returncode}: {r.stdout[-800:]}{r.stderr[-800:]}")
+
+    def status(self, host) -> dict:
+        return self.agent(host, "status")
+
+    def journal(self, host, n=5) -> list:
+        r = self.fleet.run(host, f"tail -n {n} /opt/sample/.hotswap/journal.jsonl", check=False)
+        return [json.loads(x) for x in r.stdout.splitlines() if x.strip()]
+
+
+# ------------------------------------------------------------------------------- samplers
+
+def pct(values, p):
+    if not values:
+        return None
+    v = sorted(values)
+    k = min(len(v) - 1, max(0, int(round(p / 100.0 * (len(v) - 1)))))
+    return v[k]
+
+
+class LatencyLoad(sample.LoadClient):
+    """LoadClient that also keeps every request's latency (for p50/p99)."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.latencies: list[float] = []
+
+    def _run(self) -> None:
+        client = None
+        deadline = self._started + self.max_duration
+        try:
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                try:
+                    if client is None:
+                        client = sample.SampleClient(self.host, self.port, timeout=self.timeout)
+                    t0 = time.monotonic()
+                    ans = client.add(1)
+                    lat = time.monotonic() - t0
+                    self.latencies.append(lat)
+                    self.max_latency = max(self.max_latency, lat)
+                    if ans.startswith("OK "):
+                        self.acked += 1
+                        self.last_total = int(ans[3:])
+                    else:
+                        self.failed += 1
+                        self._note(f"reply {ans!r}")
+                except (OSError, ValueError) as e:
+                    self.failed += 1
+                    self._note(repr(e))
+                    if client is not None:
+                        client.close()
+                        client = None
+                        self.reconnects += 1
+                    self._stop.wait(0.01)
+                if self.interval:
+                    self._stop.wait(self.interval)
+        finally:
+            if client is not None:
+                client.close()
+            self._ended = time.monotonic()
+
+    def result(self) -> dict:
+        r = super().result()
+        lat = self.latencies
+        r.update(requests=len(lat) + self.failed,
+                 p50_ms=(pct(lat, 50) or 0) * 1000, p99_ms=(pct(lat, 99) or 0) * 1000,
+                 max_ms=self.max_latency * 1000)
+        return r
+
+
+class GapSampler:
+    """Reads the node's ticker gap (``GAP``: largest tick gap in µs since the last read) every ``period``."""
+
+    def __init__(self, host: str, port: int = PORT, period: float = 0.1):
+        self.host, self.port, self.period = host, port, period
+        self.samples: list[tuple[float, int]] = []
+        self.errors = 0
+        self._stop = threading.Event()
+        self._t = None
+
+    def start(self):
+        self._c = sample.SampleClient(self.host, self.port)
+        self._c.gap()          # reset
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def _run(self):
+        while not self._stop.wait(self.period):
+            try:
+                self.samples.append((time.monotonic(), self._c.gap()))
+            except (OSError, ValueError):
+                self.errors += 1
+                try:
+                    self._c.close()
+                    self._c = sample.SampleClient(self.host, self.port)
+                except OSError:
+                    pass
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._t.join(5)
+        try:
+            self.samples.append((time.monotonic(), self._c.gap()))
+        except (OSError, ValueError):
+            self.errors += 1
+        self._c.close()
+        gaps = [g for _, g in self.samples]
+        return {"max_gap_ms": max(gaps) / 1000 if gaps else None,
+                "median_window_gap_ms": statistics.median(gaps) / 1000 if gaps else None,
+                "samples": len(gaps), "errors": self.errors}
+
+
+class PortPoller:
+    """Polls host:port from the controller every ``period`` s (connect + PING); records outages.
+
+    An outage runs from the first failed probe to the first good one after it.
+    """
+
+    def __init__(self, host: str, port: int = PORT, period: float = 0.005, timeout: float = 0.25):
+        self.host, self.port, self.period, self.timeout = host, port, period, timeout
+        self.probes = 0
+        self.failed = 0
+        self.outages: list[float] = []     # seconds
+        self._down_since = None
+        self._stop = threading.Event()
+        self._t = None
+
+    def _probe(self) -> bool:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=self.timeout) as s:
+                s.settimeout(self.timeout)
+                s.sendall(b"PING\n")
+                return s.recv(16).startswith(b"PONG")
+        except OSError:
+            return False
+
+    def _run(self):
+        while not self._stop.is_set():
+            t = time.monotonic()
+            ok = self._probe()
+            self.probes += 1
+            if not ok:
+                self.failed += 1
+                if self._down_since is None:
+                    self._down_since = t
+            elif self._down_since is not None:
+                self.outages.append(time.monotonic() - self._down_since)
+                self._down_since = None
+            self._stop.wait(self.period)
+
+    def start(self):
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._t.join(5)
+        still_down = self._down_since is not None
+        return {"probes": self.probes, "failed": self.failed, "outages_ms": [o * 1000 for o in self.outages],
+                "downtime_ms": sum(self.outages) * 1000, "still_down": still_down}
+
+
+# ------------------------------------------------------------------------------- ansible timing
+
+def empty_playbook_seconds(bf: BenchFleet, runs: int = 2) -> float:
+    """ansible-playbook start-up: the median wall time of a play with no tasks on localhost."""
+    pb = bf.dir / "empty.yml"
+    pb.write_text("- hosts: localhost\n  gather_facts: false\n  tasks: []\n")
+    times = []
+    for _ in range(runs):
+        t0 = time.monotonic()
+        subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", str(bf.fleet.inventory_path), str(pb)],
+                       env=ansible_env(bf.fleet), capture_output=True, cwd=str(REPO), check=True)
+        times.append(time.monotonic() - t0)
+    return statistics.median(times)
+
+
+def junit_env(outdir: Path) -> dict:
+    """Environment that makes ansible-core's junit callback record every task's time per host."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    for f in outdir.glob("*.xml"):
+        f.unlink()
+    return {"ANSIBLE_CALLBACKS_ENABLED": "ansible.builtin.junit", "JUNIT_OUTPUT_DIR": str(outdir),
+            "JUNIT_TASK_CLASS": "true", "JUNIT_INCLUDE_SETUP_TASKS_IN_REPORT": "true",
+            "JUNIT_HIDE_TASK_ARGUMENTS": "true", "JUNIT_TEST_CASE_PREFIX": ""}
+
+
+def junit_task_times(outdir: Path) -> list[tuple[str, str, float]]:
+    """[(task, host, seconds)] from the junit XML(s) in outdir, in file order."""
+    rows = []
+    for f in sorted(outdir.glob("*.xml")):
+        for tc in ET.parse(f).getroot().iter("testcase"):
+            name = tc.get("name", "")
+            host = ""
+            if name.startswith("[") and "]" in name:
+                host, name = name[1:name.index("]")], name[name.index("]") + 1:].strip()
+            rows.append((tc.get("classname", "") or name, host, float(tc.get("time") or 0)))
+    return rows
+
+
+# ------------------------------------------------------------------------------- output
+
+def table(rows: list[dict], cols: list[str], title: str | None = None) -> str:
+    def cell(v):
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
+        return str(v)
+    widths = [max([len(c)] + [len(cell(r.get(c))) for r in rows]) for c in cols]
+    out = [title] if title else []
+    out.append("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    out.append("  ".join("-" * w for w in widths))
+    out += ["  ".join(cell(r.get(c)).ljust(w) for c, w in zip(cols, widths)) for r in rows]
+    return "\n".join(out)
+
+
+def ratio(a, b):
+    if a is None or b in (None, 0):
+        return None
+    return a / b
+
+
+def save_result(name: str, result: dict) -> Path:
+    WORKDIR.mkdir(parents=True, exist_ok=True)
+    p = WORKDIR / f"{name}.json"
+    p.write_text(json.dumps(result, indent=1, default=str))
+    return p
+
+
+def tmpfile(suffix=""):
+    fd, p = tempfile.mkstemp(prefix="hsb-", suffix=suffix)
+    os.close(fd)
+    return p
