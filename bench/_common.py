@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -15,7 +16,6 @@ import sys
 import tempfile
 import threading
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +37,12 @@ PORT = 4040
 STORE = "/opt/hotswap-store"      # /opt is private to each fleet host: a fresh store per fleet
 PREFIX = os.environ.get("HOTSWAP_BENCH_PREFIX", "hsb")
 WORKDIR = Path(os.environ.get("HOTSWAP_BENCH_DIR", REPO / "tests" / "output" / "bench"))
+FLEET_DIR = Path(os.environ.get("HOTSWAP_BENCH_FLEET_DIR", f"/tmp/{PREFIX}-fleet"))
 AGENT = ["/usr/bin/python3", "/opt/sample/.hotswap/agent.py", "--root", "/opt/sample", "--app", "sample"]
+
+
+# a SIGTERM (kill PID) unwinds like an exception, so every fleet is torn down by its ``with`` block
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 def log(msg: str) -> None:
@@ -55,7 +60,8 @@ class BenchFleet:
         self.name = name
         self.dir = WORKDIR / name
         self.logs = WORKDIR / "logs"
-        self.fleet = Fleet(self.dir / "fleet", targets=targets, build=True, prefix=PREFIX)
+        # the fleet's own files in a short path: ssh control sockets (+ %C + a temp suffix) must stay < 108 bytes
+        self.fleet = Fleet(FLEET_DIR / name, targets=targets, build=True, prefix=PREFIX)
         self._srcs: dict = {}
         self._n = 0
 
@@ -161,6 +167,7 @@ class LatencyLoad(sample.LoadClient):
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self.latencies: list[float] = []
+        self.stamps: list[float] = []      # wall-clock start of each answered request
 
     def _run(self) -> None:
         client = None
@@ -170,10 +177,11 @@ class LatencyLoad(sample.LoadClient):
                 try:
                     if client is None:
                         client = sample.SampleClient(self.host, self.port, timeout=self.timeout)
-                    t0 = time.monotonic()
+                    w0, t0 = time.time(), time.monotonic()
                     ans = client.add(1)
                     lat = time.monotonic() - t0
                     self.latencies.append(lat)
+                    self.stamps.append(w0)
                     self.max_latency = max(self.max_latency, lat)
                     if ans.startswith("OK "):
                         self.acked += 1
@@ -204,13 +212,19 @@ class LatencyLoad(sample.LoadClient):
                  max_ms=self.max_latency * 1000)
         return r
 
+    def window(self, start: float, end: float) -> dict:
+        """Latency figures of the requests started between wall-clock ``start`` and ``end``."""
+        lat = [x for w, x in zip(self.stamps, self.latencies) if start <= w <= end]
+        return {"requests": len(lat), "p99_ms": (pct(lat, 99) or 0) * 1000,
+                "max_ms": max(lat) * 1000 if lat else None}
+
 
 class GapSampler:
     """Reads the node's ticker gap (``GAP``: largest tick gap in µs since the last read) every ``period``."""
 
     def __init__(self, host: str, port: int = PORT, period: float = 0.1):
         self.host, self.port, self.period = host, port, period
-        self.samples: list[tuple[float, int]] = []
+        self.samples: list[tuple[float, int]] = []     # (wall-clock time of the read, gap µs)
         self.errors = 0
         self._stop = threading.Event()
         self._t = None
@@ -225,7 +239,7 @@ class GapSampler:
     def _run(self):
         while not self._stop.wait(self.period):
             try:
-                self.samples.append((time.monotonic(), self._c.gap()))
+                self.samples.append((time.time(), self._c.gap()))
             except (OSError, ValueError):
                 self.errors += 1
                 try:
@@ -238,7 +252,7 @@ class GapSampler:
         self._stop.set()
         self._t.join(5)
         try:
-            self.samples.append((time.monotonic(), self._c.gap()))
+            self.samples.append((time.time(), self._c.gap()))
         except (OSError, ValueError):
             self.errors += 1
         self._c.close()
@@ -246,6 +260,12 @@ class GapSampler:
         return {"max_gap_ms": max(gaps) / 1000 if gaps else None,
                 "median_window_gap_ms": statistics.median(gaps) / 1000 if gaps else None,
                 "samples": len(gaps), "errors": self.errors}
+
+    def window(self, start: float, end: float) -> float | None:
+        """Largest gap (ms) read by a sample that covers part of [start, end] (wall clock)."""
+        gaps = [g for i, (t, g) in enumerate(self.samples)
+                if t >= start and (i == 0 or self.samples[i - 1][0] <= end)]
+        return max(gaps) / 1000 if gaps else None
 
 
 class PortPoller:
@@ -314,27 +334,95 @@ def empty_playbook_seconds(bf: BenchFleet, runs: int = 2) -> float:
     return statistics.median(times)
 
 
-def junit_env(outdir: Path) -> dict:
-    """Environment that makes ansible-core's junit callback record every task's time per host."""
-    outdir.mkdir(parents=True, exist_ok=True)
-    for f in outdir.glob("*.xml"):
-        f.unlink()
-    return {"ANSIBLE_CALLBACKS_ENABLED": "ansible.builtin.junit", "JUNIT_OUTPUT_DIR": str(outdir),
-            "JUNIT_TASK_CLASS": "true", "JUNIT_INCLUDE_SETUP_TASKS_IN_REPORT": "true",
-            "JUNIT_HIDE_TASK_ARGUMENTS": "true", "JUNIT_TEST_CASE_PREFIX": ""}
+_TIMER_PLUGIN = """
+# generated by bench/_common.py: wall-clock time of every play and task start and every host result
+import json, os, time
+from ansible.plugins.callback import CallbackBase
 
 
-def junit_task_times(outdir: Path) -> list[tuple[str, str, float]]:
-    """[(task, host, seconds)] from the junit XML(s) in outdir, in file order."""
-    rows = []
-    for f in sorted(outdir.glob("*.xml")):
-        for tc in ET.parse(f).getroot().iter("testcase"):
-            name = tc.get("name", "")
-            host = ""
-            if name.startswith("[") and "]" in name:
-                host, name = name[1:name.index("]")], name[name.index("]") + 1:].strip()
-            rows.append((tc.get("classname", "") or name, host, float(tc.get("time") or 0)))
-    return rows
+class CallbackModule(CallbackBase):
+    CALLBACK_VERSION = 2.0
+    CALLBACK_TYPE = "aggregate"
+    CALLBACK_NAME = "hsb_timer"
+    CALLBACK_NEEDS_ENABLED = True
+
+    def __init__(self):
+        super().__init__()
+        self._f = open(os.environ["HSB_TIMER_OUT"], "a")
+
+    def _w(self, kind, **kw):
+        kw.update(kind=kind, t=time.time())
+        self._f.write(json.dumps(kw) + "\\n")
+        self._f.flush()
+
+    def v2_playbook_on_start(self, playbook):
+        self._w("playbook")
+
+    def v2_playbook_on_play_start(self, play):
+        self._w("play", name=play.get_name())
+
+    def v2_playbook_on_task_start(self, task, is_conditional):
+        self._w("task", name=task.get_name())
+
+    def v2_playbook_on_handler_task_start(self, task):
+        self._w("task", name=task.get_name())
+
+    def _res(self, result, status):
+        self._w("result", host=result._host.get_name(), status=status)
+
+    def v2_runner_on_ok(self, result):
+        self._res(result, "ok")
+
+    def v2_runner_on_failed(self, result, ignore_errors=False):
+        self._res(result, "failed")
+
+    def v2_runner_on_skipped(self, result):
+        self._res(result, "skipped")
+
+    def v2_runner_on_unreachable(self, result):
+        self._res(result, "unreachable")
+
+    def v2_playbook_on_stats(self, stats):
+        self._w("stats")
+"""
+
+
+def timer_env(outfile: Path) -> dict:
+    """Environment that loads a small callback recording when each play/task starts (wall clock)."""
+    plug = WORKDIR / "callback_plugins"
+    plug.mkdir(parents=True, exist_ok=True)
+    (plug / "hsb_timer.py").write_text(_TIMER_PLUGIN)
+    outfile.parent.mkdir(parents=True, exist_ok=True)
+    outfile.write_text(json.dumps({"kind": "launch", "t": time.time()}) + "\n")
+    return {"ANSIBLE_CALLBACK_PLUGINS": str(plug), "ANSIBLE_CALLBACKS_ENABLED": "hsb_timer",
+            "HSB_TIMER_OUT": str(outfile)}
+
+
+def timer_profile(outfile: Path, end: float | None = None) -> dict:
+    """Where a playbook run's wall time went: ``startup`` (launch to the first play), per task name the
+    wall time from its start to the next play/task start (summed over batches), ``teardown`` (last
+    task to the stats, plus to process exit when ``end`` is given)."""
+    ev = [json.loads(x) for x in outfile.read_text().splitlines() if x.strip()]
+    launch = ev[0]["t"]
+    marks = [e for e in ev if e["kind"] in ("play", "task", "stats")]
+    first = next((e["t"] for e in marks), launch)
+    tasks: dict = {}
+    order = []
+    plays = 0.0
+    for a, b in zip(marks, marks[1:]):
+        if a["kind"] == "task":
+            if a["name"] not in tasks:
+                tasks[a["name"]] = {"seconds": 0.0, "runs": 0}
+                order.append(a["name"])
+            tasks[a["name"]]["seconds"] += b["t"] - a["t"]
+            tasks[a["name"]]["runs"] += 1
+        elif a["kind"] == "play":
+            plays += b["t"] - a["t"]
+    stats = next((e["t"] for e in ev if e["kind"] == "stats"), marks[-1]["t"] if marks else launch)
+    return {"startup": first - launch, "plays_setup": plays,
+            "tasks": [dict(task=n, **tasks[n]) for n in order],
+            "task_sum": sum(t["seconds"] for t in tasks.values()),
+            "teardown": (end if end else stats) - stats}
 
 
 # ------------------------------------------------------------------------------- output

@@ -203,7 +203,7 @@ def test_member_ok(name):
     (_member("lib/demo-2.0.0/x", tarfile.FIFOTYPE), "device"),
 ])
 def test_member_refused(m, why):
-    with pytest.raises(ag.OpFailed) as e:
+    with pytest.raises(ag.PackageRefused) as e:
         ag.check_member(m, "demo", "2.0.0")
     assert why in e.value.msg
 
@@ -335,7 +335,7 @@ def test_full_member_ok(name):
     (_member("releases/COOKIE", tarfile.SYMTYPE, "2.0.0/vm.args"), "regular file"),
 ])
 def test_full_member_refused(m, why):
-    with pytest.raises(ag.OpFailed) as e:
+    with pytest.raises(ag.PackageRefused) as e:
         ag.check_full_member(m, "demo", "2.0.0")
     assert why in e.value.msg
 
@@ -372,7 +372,7 @@ def test_stage_full_verifies_sha_first_and_extracts(tmp_path):
         assert (Path(st["staging"]) / "bin" / "demo").exists()
     finally:
         ag.rmtree(st["staging"])
-    with pytest.raises(ag.OpFailed) as e:  # a tarball of another version
+    with pytest.raises(ag.PackageRefused) as e:  # a tarball of another version
         ag.stage_full(h, str(pkg), sha, "2.0.0", (os.getuid(), os.getgid()))
     assert "unexpected" in e.value.msg
 
@@ -383,7 +383,7 @@ def test_first_install_refusals_without_node(tmp_path):
     sha = _full_tarball(pkg, extra=[("releases/1.0.0/../../../escape", b"x")])
     rc, out, _ = _cli(root, "first-install", "--version", "1.0.0", "--package", str(pkg), "--sha256", sha,
                       "--service-manager", "daemon")
-    assert rc == 1 and ".." in out["msg"], out
+    assert rc == 2 and ".." in out["msg"], out  # an unsafe package is bad input
     assert not (root / "bin").exists() and not (tmp_path / "escape").exists()
     # a root holding a release is refused: use hot/cold
     h = _host(root)
@@ -570,3 +570,263 @@ def test_cli_status_reports_relup_and_previous(tmp_path):
     assert rc == 0, out
     assert out["permanent"] == "2.0.0" and out["previous"] == "1.0.0"
     assert out["relup_down"] == ["1.0.0"] and out["relup_up"] == ["1.0.0", "1.5.0"]
+
+
+# ------------------------------------------------------------------ properties (hypothesis)
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+_VSN_CHARS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ._+-"
+_ALNUM = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def _vsn_ok(v):
+    """The intended language: ASCII alnum first, then [alnum . _ + -], at most 64 chars, no '..'."""
+    return (1 <= len(v) <= 64 and v[0] in _ALNUM and all(c in _VSN_CHARS for c in v) and ".." not in v)
+
+
+_vsn_like = st.one_of(
+    st.text(alphabet=_VSN_CHARS, max_size=70),
+    st.text(alphabet=_VSN_CHARS + "/\\ \n\t;$`|&<>()'\"*?~!#%\0\u00e9\u0663", max_size=70),
+    st.builds(lambda a, b: a + b, st.text(alphabet=_VSN_CHARS, min_size=1, max_size=10),
+              st.sampled_from(["\n", "/..", "/", "..", " ", ";", "\r\n", "\u0660"])),
+    st.text(max_size=70),
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(_vsn_like)
+def test_property_version_validation_accepts_exactly_the_language(v):
+    ok = True
+    try:
+        ag.check_vsn(v)
+    except ag.BadInput:
+        ok = False
+    assert ok == _vsn_ok(v), repr(v)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_", max_size=70),
+                 st.text(max_size=70)))
+def test_property_app_name_validation(a):
+    want = (1 <= len(a) <= 64 and a[0] in "abcdefghijklmnopqrstuvwxyz"
+            and all(c in "abcdefghijklmnopqrstuvwxyz0123456789_" for c in a))
+    try:
+        ag.check_app(a)
+        got = True
+    except ag.BadInput:
+        got = False
+    assert got == want, repr(a)
+
+
+_SEGMENTS = ["..", ".", "a", "b", "/", "//", "lib", "sample-2.0.0", "releases", "2.0.0", "\\", "..\\", "a..b"]
+_path = st.lists(st.sampled_from(_SEGMENTS), min_size=1, max_size=8).map(lambda xs: "/".join(xs))
+_raw_path = st.lists(st.sampled_from(_SEGMENTS), min_size=1, max_size=8).map("".join)
+_any_path = st.one_of(_path, _raw_path)
+_kinds = st.sampled_from([tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.CHRTYPE,
+                          tarfile.FIFOTYPE])
+
+
+def _inside(root, p):
+    p = os.path.normpath(p)
+    return p == root or p.startswith(root + os.sep)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_any_path, _kinds, _any_path)
+def test_property_tar_entry_never_resolves_outside_the_root(name, kind, link):
+    m = _member(name, kind, link if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE) else "")
+    root = "/srv/root"
+    try:
+        rel = ag._member_rel(m)
+    except ag.PackageRefused:
+        return
+    # accepted: the entry and (for links) what it points at stay under the root, lexically
+    norm = name.replace("\\", "/")
+    assert _inside(root, os.path.join(root, norm.lstrip("/"))) and not norm.startswith("/"), name
+    assert _inside(root, os.path.join(root, rel)), (name, rel)
+    assert kind not in (tarfile.CHRTYPE, tarfile.FIFOTYPE) or rel == "", name
+    if rel and kind == tarfile.SYMTYPE:
+        assert _inside(root, os.path.join(root, os.path.dirname(rel), link)), (name, link)
+    if rel and kind == tarfile.LNKTYPE:
+        assert _inside(root, os.path.join(root, link)), (name, link)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(_path, st.sampled_from([tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE,
+                                                  tarfile.LNKTYPE]), _path), min_size=1, max_size=6))
+def test_property_extraction_stays_inside(tmp_path, entries):
+    """Whatever a package holds, checking + extracting it never creates anything outside the
+    staging dir, and nothing inside resolves outside it."""
+    import tempfile
+    box = Path(tempfile.mkdtemp(dir=tmp_path))
+    dest = box / "in" / "stage"
+    dest.mkdir(parents=True)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, kind, link in entries:
+            ti = _member(name, kind, link if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE) else "")
+            data = b"x" if kind == tarfile.REGTYPE else None
+            ti.size = len(data or b"")
+            tf.addfile(ti, io.BytesIO(data) if data else None)
+    buf.seek(0)
+    with tarfile.open(fileobj=buf) as tf:
+        try:
+            members = [(m, r) for m in tf.getmembers() for r in [ag._member_rel(m)] if r]
+            ag.safe_extract(tf, members, str(dest))
+        except (ag.PackageRefused, ag.OpFailed, OSError):
+            pass
+    outside = [p for p in box.rglob("*") if not _inside(str(box / "in"), str(p))]
+    assert outside == [] or outside == [box / "in"], outside
+    for p in dest.rglob("*"):
+        assert _inside(str(dest), os.path.realpath(p)) or p.is_symlink() and not p.exists() and \
+            _inside(str(dest), os.path.normpath(os.path.join(p.parent, os.readlink(p)))), p
+    shutil.rmtree(box)
+
+
+# ------------------------------------------------------------------ repairs, disk full, status
+
+def _disk_release(root, vsn, erts="13.1.5", complete=True):
+    rel = ('{release,{"demo","%s"},{erts,"%s"},[{kernel,"8.5.3"},{demo,"%s"}]}.\n' % (vsn, erts, vsn))
+    d = root / "releases" / vsn
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "demo.rel").write_text(rel)
+    (d / "start.boot").write_bytes(b"boot")
+    (root / "lib" / "kernel-8.5.3").mkdir(parents=True, exist_ok=True)
+    (root / f"erts-{erts}").mkdir(exist_ok=True)
+    if complete:
+        (root / "lib" / f"demo-{vsn}").mkdir(parents=True, exist_ok=True)
+
+
+def test_releases_from_disk_only_complete(tmp_path):
+    for v, c in (("1.0.0", True), ("2.0.0", True), ("3.0.0", False)):
+        _disk_release(tmp_path, v, complete=c)
+    (tmp_path / "releases" / "bogus").mkdir()
+    h = ag.Host(str(tmp_path), "demo")
+    assert [r["version"] for r in ag.releases_from_disk(h)] == ["2.0.0", "1.0.0"]
+
+
+def test_repair_boot_files_start_erl_names_removed_version(tmp_path):
+    _disk_release(tmp_path, "1.0.0")
+    _disk_release(tmp_path, "2.0.0")
+    h = ag.Host(str(tmp_path), "demo")
+    rels = [ag._releases_entry(h, ag.parse_rel((tmp_path / "releases" / v / "demo.rel").read_text()), st)
+            for v, st in (("2.0.0", "old"), ("1.0.0", "permanent"))]
+    h.write_releases(rels)
+    (tmp_path / "releases" / "start_erl.data").write_text("13.1.5 9.9.9\n")
+    rep = ag.repair_boot_files(h)
+    assert len(rep) == 1 and "9.9.9" in rep[0] and "1.0.0" in rep[0], rep
+    assert h.start_erl() == {"erts": "13.1.5", "version": "1.0.0"}
+    assert ag.repair_boot_files(h) == []  # idempotent
+    # permanent release gone too: the newest complete one that RELEASES lists
+    shutil.rmtree(tmp_path / "releases" / "1.0.0")
+    rep = ag.repair_boot_files(h)
+    assert h.start_erl()["version"] == "2.0.0" and "made permanent" in rep[0], rep
+    assert next(r["version"] for r in h.releases() if r["status"] == "permanent") == "2.0.0"
+
+
+def test_repair_boot_files_rebuilds_corrupt_releases_from_disk(tmp_path):
+    _disk_release(tmp_path, "1.0.0")
+    _disk_release(tmp_path, "2.0.0")
+    h = ag.Host(str(tmp_path), "demo")
+    (tmp_path / "releases" / "RELEASES").write_text("garbage {{{")
+    (tmp_path / "releases" / "start_erl.data").write_text("13.1.5 1.0.0\n")
+    rep = ag.repair_boot_files(h)
+    assert any("RELEASES" in r for r in rep), rep
+    assert [(r["version"], r["status"]) for r in h.releases()] == [("2.0.0", "old"), ("1.0.0", "permanent")]
+    assert list((tmp_path / ".hotswap").glob("RELEASES.damaged-*"))
+
+
+def test_status_reports_corrupt_releases(tmp_path):
+    (tmp_path / "releases").mkdir()
+    (tmp_path / "releases" / "RELEASES").write_text("not erlang [")
+    rc, out, _ = _cli(tmp_path, "status")
+    assert rc == 0 and out["releases_error"] and "RELEASES" in out["releases_error"], out
+
+
+def _upgrade_pkg(path, vsn="2.0.0", payload=b"x" * 5000):
+    rel = ('{release,{"demo","%s"},{erts,"13.1.5"},[{kernel,"8.5.3"},{demo,"%s"}]}.\n' % (vsn, vsn)).encode()
+    with tarfile.open(path, "w:gz") as tf:
+        for name, data in ((f"releases/demo-{vsn}.rel", rel), (f"releases/{vsn}/demo.rel", rel),
+                           (f"lib/demo-{vsn}/ebin/demo.app", payload)):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    import hashlib
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _root_v1(tmp_path):
+    root = tmp_path / "root"
+    _disk_release(root, "1.0.0")
+    h = ag.Host(str(root), "demo")
+    h.write_releases([ag._releases_entry(h, ag.parse_rel((root / "releases/1.0.0/demo.rel").read_text()),
+                                         "permanent")])
+    h.ensure_hs()
+    return root, h
+
+
+def test_unpack_no_space_preflight(tmp_path, monkeypatch):
+    root, h = _root_v1(tmp_path)
+    pkg = tmp_path / "p.tar.gz"
+    sha = _upgrade_pkg(pkg)
+    monkeypatch.setattr(ag, "_space_free", lambda h: 20 * 1024)
+    with pytest.raises(ag.OpFailed) as e:
+        ag.prepare_unpack(h, str(pkg), sha, "2.0.0", False)
+    assert "no space left on device while unpacking 2.0.0" in e.value.msg and "nothing changed" in e.value.msg
+    assert not (root / "releases" / "2.0.0").exists()
+
+
+def test_unpack_enospc_midway_removes_partial_files(tmp_path, monkeypatch):
+    import errno as _errno
+    root, h = _root_v1(tmp_path)
+    pkg = tmp_path / "p.tar.gz"
+    sha = _upgrade_pkg(pkg)
+    real_rename = os.rename
+    calls = []
+
+    def rename(a, b):  # the lib dir moves, then the disk fills up
+        calls.append(b)
+        if len(calls) == 2:
+            raise OSError(_errno.ENOSPC, "No space left on device")
+        return real_rename(a, b)
+
+    monkeypatch.setattr(ag.os, "rename", rename)
+    with pytest.raises(ag.OpFailed) as e:
+        ag.prepare_unpack(h, str(pkg), sha, "2.0.0", False)
+    assert "no space left on device while unpacking" in e.value.msg and "partial files removed" in e.value.msg
+    assert not (root / "lib" / "demo-2.0.0").exists() and not (root / "releases" / "2.0.0").exists()
+    assert not [n for n in os.listdir(root / ".hotswap") if n.startswith("staging")]
+
+
+@pytest.mark.parametrize("root", ["/", "//", "/.", "/opt/..", "/opt/../etc", "rel/x", "/opt/x\n"])
+def test_cli_bad_roots(root):
+    p = subprocess.run([sys.executable, str(AGENT_PATH), "--root", root, "--app", "demo", "status"],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and "--root" in json.loads(p.stdout)["msg"]
+
+
+def test_fault_point_only_acts_on_its_name(tmp_path, monkeypatch):
+    h = _host(tmp_path)
+    killed = []
+    monkeypatch.setattr(h, "os_pid", lambda: (4242, None))
+    monkeypatch.setattr(ag.os, "kill", lambda pid, sig: killed.append((pid, sig)))
+    monkeypatch.setattr(ag, "_pid_alive", lambda pid: False)
+    monkeypatch.delenv("HOTSWAP_AGENT_FAULT", raising=False)
+    ag.fault_point(h, "before_install")
+    monkeypatch.setenv("HOTSWAP_AGENT_FAULT", "after_commit")
+    ag.fault_point(h, "before_install")
+    assert killed == []
+    monkeypatch.setenv("HOTSWAP_AGENT_FAULT", "before_install")
+    ag.fault_point(h, "before_install")
+    assert killed == [(4242, ag.signal.SIGKILL)]
+
+
+def test_refusal_message():
+    r = {"running": "1.0.0", "rehearsal_failures": [
+        {"module": "Sample.Counter", "old_vsn": "1", "pid": "#PID<0.1.0>", "callback": "Sample.Counter",
+         "error": "raised (RuntimeError) boom"}]}
+    msg = ag._refusal_msg("2.0.0", r)
+    assert msg.startswith("hot upgrade to 2.0.0 refused: Sample.Counter.code_change(1, state, extra)")
+    assert "RuntimeError" in msg and msg.endswith(
+        "rehearsed on a copy of the live state; nothing was installed; the host keeps 1.0.0 and its state")

@@ -9,6 +9,14 @@ Prints exactly one JSON object on stdout.  Exit 0 ok, 1 operation failed, 2 bad 
 Python 3 standard library only.  The node-side code lives in node.exs (installed next to
 this file; `hotswap_node.exs` in the repository) and is evaluated by ONE `bin/APP rpc`
 call per phase.
+
+Before a hot install the node rehearses every code_change of the relup edge on a copy of
+the live state in a scratch peer node; if one raises, the install is refused (nothing is
+installed, the host keeps its version and its state).
+
+TEST-ONLY fault injection: the environment variable HOTSWAP_AGENT_FAULT=before_install makes
+`hot` and `install` SIGKILL the node right before the install rpc (to test recovery from a node
+that dies mid-deploy).  Any other value is ignored.  Never set it in production.
 """
 import argparse
 import datetime
@@ -43,6 +51,16 @@ ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 class BadInput(Exception):
     """exit 2"""
+
+
+class PackageRefused(BadInput):
+    """A package that is malformed or unsafe (entries escaping the root, another app, a bad .rel):
+    refused before anything is written (exit 2)."""
+
+    def __init__(self, msg, **extra):
+        super().__init__(msg)
+        self.msg = msg
+        self.extra = extra
 
 
 class OpFailed(Exception):
@@ -456,26 +474,28 @@ def _member_rel(m):
     Returns the normalised relative path ('' for the archive root)."""
     name = m.name
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name + (m.linkname or "")):
-        raise OpFailed(f"package refused: entry {name!r} has control characters in its name; nothing changed")
+        raise PackageRefused(f"package refused: entry {name!r} has control characters in its name; nothing changed")
     if name.startswith("/") or name.startswith("\\") or re.match(r"^[A-Za-z]:", name):
-        raise OpFailed(f"package refused: absolute path entry {name!r}; nothing changed")
+        raise PackageRefused(f"package refused: absolute path entry {name!r}; nothing changed")
     parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
     if ".." in name.replace("\\", "/").split("/"):
-        raise OpFailed(f"package refused: entry {name!r} contains '..'; nothing changed")
+        raise PackageRefused(f"package refused: entry {name!r} contains '..'; nothing changed")
     if not parts:
         return ""
     if m.ischr() or m.isblk() or m.isfifo() or not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
-        raise OpFailed(f"package refused: entry {name!r} is a device/fifo/special file; nothing changed")
+        raise PackageRefused(f"package refused: entry {name!r} is a device/fifo/special file; nothing changed")
     rel = "/".join(parts)
     if m.issym() or m.islnk():
         target = m.linkname
+        if not target:
+            raise PackageRefused(f"package refused: link {name!r} has an empty target; nothing changed")
         if target.startswith("/") or (m.islnk() and ".." in target.split("/")):
-            raise OpFailed(f"package refused: link {name!r} -> {target!r} leads outside the root; nothing changed")
+            raise PackageRefused(f"package refused: link {name!r} -> {target!r} leads outside the root; nothing changed")
         base = "/r"
         dest = os.path.normpath(os.path.join(base, os.path.dirname(rel), target)) if m.issym() \
             else os.path.normpath(os.path.join(base, target))
         if not _inside(base, dest):
-            raise OpFailed(f"package refused: link {name!r} -> {target!r} leads outside the root; nothing changed")
+            raise PackageRefused(f"package refused: link {name!r} -> {target!r} leads outside the root; nothing changed")
     return rel
 
 
@@ -487,7 +507,7 @@ def check_member(m, app, vsn):
     top_rel = f"releases/{app}-{vsn}.rel"
     if not (rel == "releases" or rel == "lib" or rel == top_rel or rel == f"releases/{vsn}"
             or rel.startswith(f"releases/{vsn}/") or re.match(r"^lib/[^/]+-[^/]+(/|$)", rel)):
-        raise OpFailed(f"package refused: unexpected entry {m.name!r} (an upgrade package holds only "
+        raise PackageRefused(f"package refused: unexpected entry {m.name!r} (an upgrade package holds only "
                        f"{top_rel}, releases/{vsn}/ and lib/NAME-VSN/); nothing changed")
     return rel
 
@@ -503,11 +523,11 @@ def check_full_member(m, app, vsn):
             or rel.startswith(("bin/", f"releases/{vsn}/"))
             or re.match(r"^erts-[0-9][0-9A-Za-z._-]*(/|$)", rel)
             or re.match(r"^lib/[^/]+-[^/]+(/|$)", rel)):
-        raise OpFailed(f"package refused: unexpected entry {m.name!r} (a full release of {app} {vsn} holds "
+        raise PackageRefused(f"package refused: unexpected entry {m.name!r} (a full release of {app} {vsn} holds "
                        f"bin/, erts-*/, lib/NAME-VSN/, releases/{vsn}/, releases/COOKIE and "
                        f"releases/start_erl.data); nothing changed")
     if rel in ("releases/COOKIE", "releases/start_erl.data") and not m.isfile():
-        raise OpFailed(f"package refused: {m.name!r} must be a regular file; nothing changed")
+        raise PackageRefused(f"package refused: {m.name!r} must be a regular file; nothing changed")
     return rel
 
 
@@ -524,11 +544,11 @@ def safe_extract(tf, members, dest):
     for m, rel in members:
         target = os.path.join(dest, rel)
         if not _inside(dest, target):
-            raise OpFailed(f"package refused: {m.name!r} escapes the staging dir")
+            raise PackageRefused(f"package refused: {m.name!r} escapes the staging dir")
         parent = os.path.dirname(target)
         os.makedirs(parent, exist_ok=True)
         if os.path.islink(parent) or not _inside(dest, os.path.realpath(parent)):
-            raise OpFailed(f"package refused: {m.name!r} would be written through a link")
+            raise PackageRefused(f"package refused: {m.name!r} would be written through a link")
         if m.isdir():
             os.makedirs(target, exist_ok=True)
             os.chmod(target, (m.mode & 0o755) | 0o700)
@@ -539,7 +559,7 @@ def safe_extract(tf, members, dest):
         elif m.islnk():
             src = os.path.join(dest, os.path.normpath(m.linkname))
             if not _inside(dest, src) or not os.path.isfile(src) or os.path.islink(src):
-                raise OpFailed(f"package refused: hard link {m.name!r} -> {m.linkname!r} has no safe target")
+                raise PackageRefused(f"package refused: hard link {m.name!r} -> {m.linkname!r} has no safe target")
             shutil.copy2(src, target)
         else:
             if os.path.lexists(target):
@@ -624,6 +644,7 @@ class Host:
         self.rpc_ms = 0.0
         self._pw = None
         self.service_manager = "daemon"
+        self.repaired = []  # repairs made on the way (reported as "repaired")
         if user:
             try:
                 self._pw = pwd.getpwnam(user)
@@ -916,18 +937,154 @@ def journal(host, entry):
         pass
 
 
+# =========================================================================== repairs
+
+def releases_from_disk(h):
+    """Every complete release on disk, newest first: releases/V/APP.rel naming APP V, its boot
+    script, its lib dirs and its ERTS present.  Returns parsed .rel dicts."""
+    out = []
+    try:
+        names = os.listdir(h.rel_dir)
+    except OSError:
+        return out
+    for v in names:
+        d = h.p("releases", v)
+        f = os.path.join(d, f"{h.app}.rel")
+        if not VSN_RE.fullmatch(v) or ".." in v or not os.path.isfile(f):
+            continue
+        try:
+            with open(f, encoding="utf-8") as fh:
+                rel = parse_rel(fh.read())
+        except (OSError, TermError, ValueError, UnicodeDecodeError):
+            continue
+        if rel["version"] != v or rel["name"] != h.app or not os.path.isfile(os.path.join(d, "start.boot")):
+            continue
+        if any(not os.path.isdir(h.p("lib", ln)) for ln in _rel_libs(rel)) or not os.path.isdir(h.p(f"erts-{rel['erts']}")):
+            continue
+        out.append(rel)
+    return sorted(out, key=lambda r: vsn_key(r["version"]), reverse=True)
+
+
+def _set_aside(h, name):
+    """Keep a copy of a damaged releases/NAME under .hotswap/ for a human; returns its path."""
+    h.ensure_hs()
+    dst = os.path.join(h.hs, f"{name}.damaged-{datetime.datetime.now().strftime('%Y%m%dT%H%M%S')}")
+    try:
+        shutil.copy2(os.path.join(h.rel_dir, name), dst)
+    except OSError:
+        return None
+    return dst
+
+
+def repair_releases(h, up):
+    """releases/RELEASES exists but cannot be parsed: rebuild it.  Node up: from release_handler's
+    in-memory list (what it would write itself); if that is unusable, remove the file so the node
+    recreates it (create_RELEASES + release_handler restart, as for a missing file).  Node down:
+    from the complete releases on disk (permanent: start_erl.data's if complete, else the newest).
+    Returns the list of repairs made (empty when the file is fine or missing)."""
+    f = os.path.join(h.rel_dir, "RELEASES")
+    if not os.path.exists(f):
+        return []
+    try:
+        h.releases()
+        return []
+    except OpFailed as e:
+        err = e.msg
+    aside = _set_aside(h, "RELEASES")
+    if up:
+        try:
+            r = h.rpc("dump_releases", timeout=60)
+        except OpFailed as e2:
+            r = {"ok": False, "error": e2.msg}
+        rels = []
+        for x in r.get("releases") or []:
+            if not (isinstance(x.get("erts"), str) and x.get("libs")):
+                rels = []
+                break
+            rels.append({"name": x["name"], "version": x["version"], "erts": x["erts"],
+                         "status": "unpacked" if x["status"] == "current" else x["status"],
+                         "libs": [tuple(l) for l in x["libs"]]})
+        if r.get("ok") and rels and sum(1 for x in rels if x["status"] == "permanent") == 1:
+            h.write_releases(rels)
+            return [f"releases/RELEASES was unreadable ({err}): rewritten from release_handler's list "
+                    f"({', '.join(x['version'] + ' ' + x['status'] for x in rels)}); damaged copy: {aside}"]
+        os.unlink(f)
+        return [f"releases/RELEASES was unreadable ({err}) and release_handler's list is unusable: removed, the "
+                f"node recreates it from its boot release; damaged copy: {aside}"]
+    disk = releases_from_disk(h)
+    if not disk:
+        raise OpFailed(f"{f} is unreadable ({err}) and no complete release is on disk to rebuild it from")
+    se = (h.start_erl() or {}).get("version")
+    perm = se if any(r["version"] == se for r in disk) else disk[0]["version"]
+    h.write_releases([_releases_entry(h, r, "permanent" if r["version"] == perm else "old") for r in disk])
+    return [f"releases/RELEASES was unreadable ({err}): rebuilt from the releases on disk "
+            f"({', '.join(r['version'] for r in disk)}; {perm} permanent); damaged copy: {aside}"]
+
+
+def repair_boot_files(h):
+    """Node down, before a start: make RELEASES and start_erl.data name a release that can boot.
+    start_erl.data naming a version whose releases/V is gone (or incomplete) is pointed at RELEASES'
+    permanent entry, or else the newest complete release on disk.  Returns the repairs made."""
+    repaired = repair_releases(h, up=False)
+    rels = h.releases()
+    disk = {r["version"]: r for r in releases_from_disk(h)}
+    if rels is None:
+        if not disk:
+            return repaired
+        se = (h.start_erl() or {}).get("version")
+        newest = sorted(disk, key=vsn_key)[-1]
+        perm = se if se in disk else newest
+        rels = [_releases_entry(h, disk[v], "permanent" if v == perm else "old")
+                for v in sorted(disk, key=vsn_key, reverse=True)]
+        h.write_releases(rels)
+        repaired.append(f"releases/RELEASES was missing: rebuilt from the releases on disk ({perm} permanent)")
+    perm = next((r["version"] for r in rels if r["status"] == "permanent"), None)
+    se = h.start_erl()
+    sev = (se or {}).get("version")
+    if sev in disk and (se or {}).get("erts") == disk[sev]["erts"]:
+        return repaired
+    listed = [r["version"] for r in rels]
+    if perm in disk:
+        target = perm
+    else:
+        cands = sorted((v for v in disk if v in listed), key=vsn_key) or sorted(disk, key=vsn_key)
+        if not cands:
+            raise OpFailed(f"start_erl.data names {sev}, which is not on disk, and no complete release is: "
+                           f"nothing can boot (first-install again)")
+        target = cands[-1]
+    if target not in listed:
+        rels.append(_releases_entry(h, disk[target], "old",
+                                    all(not d.startswith("/") for r in rels for _, _, d in r["libs"])))
+        h.write_releases(rels)
+    why = "is missing" if se is None else f"names {sev}, but releases/{sev} is missing or incomplete"
+    _make_permanent_offline(h, target)
+    repaired.append(f"start_erl.data {why}: now {disk[target]['erts']} {target}"
+                    + (f" ({target} made permanent, was {perm})" if target != perm else ""))
+    return repaired
+
+
 # =========================================================================== commands
 
 def cmd_status(h, a):
-    rels = h.releases()
+    releases_error = None
+    try:
+        rels = h.releases()
+    except OpFailed as e:  # report, do not crash: `hot`/`start` repair it
+        rels, releases_error = None, e.msg
     se = h.start_erl()
     up = h.node_up()
     pid, boot = h.os_pid() if up else (None, None)
     perm = next((r["version"] for r in rels or [] if r["status"] == "permanent"), None)
     running = current = None
+    if up and releases_error:
+        try:  # the file cannot tell: ask release_handler (one rpc, only in this case)
+            info = h.rpc("info", timeout=30)
+            running, perm = info.get("running"), info.get("permanent")
+        except OpFailed:
+            running = None
     if up:
         rec = h.installed_record()
-        if rec and rec.get("version") != perm and rec.get("os_pid") == pid:
+        if running is None and rec and rec.get("version") != perm and rec.get("os_pid") == pid:
             try:  # an uncommitted install: RELEASES on disk never says 'current', ask the node
                 info = h.rpc("info", timeout=30)
                 running = info.get("running")
@@ -968,7 +1125,8 @@ def cmd_status(h, a):
         "old": [r["version"] for r in rels or [] if r["status"] == "old"],
         "releases": [{"version": r["version"], "status": r["status"], "erts": r["erts"],
                       "sha256": h.sha_record(r["version"])} for r in rels or []],
-        "releases_file": rels is not None,
+        "releases_file": os.path.exists(os.path.join(h.rel_dir, "RELEASES")),
+        "releases_error": releases_error,
         "start_erl": se,
         "agent_version": AGENT_VERSION,
         "packages": pk,
@@ -1020,16 +1178,16 @@ def prepare_unpack(h, package, sha, vsn, node_up, running=None):
         names = {rel for _, rel in members}
         top_rel = f"releases/{h.app}-{vsn}.rel"
         if top_rel not in names:
-            raise OpFailed(f"package refused: {top_rel} missing (release_handler format); nothing changed")
+            raise PackageRefused(f"package refused: {top_rel} missing (release_handler format); nothing changed")
         if not any(n.startswith(f"releases/{vsn}/") for n in names):
-            raise OpFailed(f"package refused: releases/{vsn}/ missing; nothing changed")
+            raise PackageRefused(f"package refused: releases/{vsn}/ missing; nothing changed")
         relm = next(m for m, rel in members if rel == top_rel)
         try:
             rel = parse_rel(tf.extractfile(relm).read().decode("utf-8"))
         except (TermError, ValueError, UnicodeDecodeError, AttributeError) as e:
-            raise OpFailed(f"package refused: {top_rel} unreadable ({e}); nothing changed")
+            raise PackageRefused(f"package refused: {top_rel} unreadable ({e}); nothing changed")
         if rel["version"] != vsn or rel["name"] != h.app:
-            raise OpFailed(f"package refused: {top_rel} describes {rel['name']} {rel['version']}, "
+            raise PackageRefused(f"package refused: {top_rel} describes {rel['name']} {rel['version']}, "
                            f"expected {h.app} {vsn}; nothing changed")
         if not os.path.isdir(h.p("erts-" + rel["erts"])):
             raise OpFailed(f"package needs ERTS {rel['erts']} which {h.root} lacks: not hot-upgradable, "
@@ -1068,33 +1226,20 @@ def prepare_unpack(h, package, sha, vsn, node_up, running=None):
         h.set_sha_record(vsn, None)
 
         referenced = _referenced_libs(rels)
+        need, free = _space_needed(members), _space_free(h)
+        if free is not None and need > free:
+            raise OpFailed(f"no space left on device while unpacking {vsn} into {h.root}: it needs about "
+                           f"{need // 1024} KB, {free // 1024} KB are free; nothing changed",
+                           space_needed_kb=need // 1024, space_free_kb=free // 1024, cleaned=cleaned)
         staging = os.path.join(h.hs, f"staging-{os.getpid()}")
-        rmtree(staging)
-        os.makedirs(staging, mode=0o700)
         moved = []
         try:
-            safe_extract(tf, members, staging)
-            uid, gid = h.owner()
-            chown_tree(staging, uid, gid)
-            for ln in pkg_libs:
-                dst = h.p("lib", ln)
-                if os.path.lexists(dst):
-                    if ln in referenced:
-                        continue  # never overwrite a lib dir another release uses
-                    rmtree(dst)
-                    cleaned.append("lib/" + ln)
-                os.rename(os.path.join(staging, "lib", ln), dst)
-                moved.append(dst)
-            os.rename(os.path.join(staging, "releases", vsn), h.p("releases", vsn))
-            moved.append(h.p("releases", vsn))
-            os.rename(os.path.join(staging, top_rel), h.p(top_rel))
-            moved.append(h.p(top_rel))
-        except BaseException:
-            for x in moved:
-                rmtree(x)
-            raise
-        finally:
-            rmtree(staging)
+            _unpack_into_root(h, tf, members, staging, pkg_libs, referenced, vsn, top_rel, moved, cleaned)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise OpFailed(f"no space left on device while unpacking {vsn} into {h.root} ({e.strerror}); "
+                           f"partial files removed; nothing changed", cleaned=cleaned) from None
         missing = [ln for ln in lib_names if not os.path.isdir(h.p("lib", ln))]
         if missing:
             for x in moved:
@@ -1103,6 +1248,55 @@ def prepare_unpack(h, package, sha, vsn, node_up, running=None):
                            f"the package: {', '.join(missing)}; nothing changed")
         return {"changed": True, "noop": False, "rel_file": h.p(top_rel), "moved": moved, "cleaned": cleaned,
                 "rel": rel}
+
+
+def _space_needed(members, block=4096):
+    """Bytes the members take on disk (each file rounded up to a block, a block per dir/link) + slack."""
+    need = 64 * 1024
+    for m, _rel in members:
+        need += ((m.size + block - 1) // block) * block if m.isfile() else block
+    return need
+
+
+def _space_free(h):
+    for d in (h.hs, h.root):
+        try:
+            st = os.statvfs(d)
+            return st.f_bavail * st.f_frsize
+        except OSError:
+            continue
+    return None
+
+
+def _unpack_into_root(h, tf, members, staging, pkg_libs, referenced, vsn, top_rel, moved, cleaned):
+    """Extract into a private staging dir, then rename into the root; on any error, what was
+    moved is taken out again and the staging dir removed."""
+    rmtree(staging)
+    try:
+        os.makedirs(staging, mode=0o700)
+        safe_extract(tf, members, staging)
+        uid, gid = h.owner()
+        chown_tree(staging, uid, gid)
+        for ln in pkg_libs:
+            dst = h.p("lib", ln)
+            if os.path.lexists(dst):
+                if ln in referenced:
+                    continue  # never overwrite a lib dir another release uses
+                rmtree(dst)
+                cleaned.append("lib/" + ln)
+            os.rename(os.path.join(staging, "lib", ln), dst)
+            moved.append(dst)
+        os.rename(os.path.join(staging, "releases", vsn), h.p("releases", vsn))
+        moved.append(h.p("releases", vsn))
+        os.rename(os.path.join(staging, top_rel), h.p(top_rel))
+        moved.append(h.p(top_rel))
+    except BaseException:
+        for x in moved:
+            rmtree(x)
+        del moved[:]
+        raise
+    finally:
+        rmtree(staging)
 
 
 def register_offline(h, vsn, rel):
@@ -1152,7 +1346,52 @@ def _need_up(h, what):
                        f"(start it, or use the cold path)", node_up=False)
 
 
-def _after_failure(h, old, err, rh_pid_before=None, wait_s=60):
+def fault_point(h, name):
+    """TEST-ONLY fault injection (HOTSWAP_AGENT_FAULT=NAME, see the module docstring): SIGKILL the
+    node's OS process at the named point.  Does nothing unless the variable names this point."""
+    if os.environ.get("HOTSWAP_AGENT_FAULT") != name:
+        return
+    pid, _ = h.os_pid()
+    if not pid:
+        return
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    end = time.monotonic() + 10
+    while _pid_alive(pid) and time.monotonic() < end:
+        time.sleep(0.02)
+
+
+def _recover_dead_node(h, old, err, timeout=60):
+    """The node's OS process died mid-deploy (killed, OOM...).  Nothing was committed, so the
+    permanent release is still `old`: make sure the files say so and start it cold.  Returns the
+    failure info (with "msg") for the caller's OpFailed."""
+    h.set_installed_record(None)
+    repaired = []
+    try:
+        rels = h.releases() or []
+    except OpFailed:
+        rels = []
+    perm = next((r["version"] for r in rels if r["status"] == "permanent"), None)
+    se = (h.start_erl() or {}).get("version")
+    if old and any(r["version"] == old for r in rels) and (perm != old or se != old):
+        _make_permanent_offline(h, old)
+        repaired.append(f"{old} made permanent again (was {perm}, start_erl.data {se})")
+    try:
+        st = start_node(h, start_timeout(timeout))
+    except OpFailed as e2:
+        return {"host_version": None, "node_up": h.node_up(), "reverted": False, "state_lost": True,
+                "node_died": True, "repaired": repaired,
+                "msg": f"{err}; the node died and did not start again: {e2.msg}"}
+    running = st.get("running")
+    return {"host_version": running, "node_up": True, "reverted": running == old, "os_pid": st.get("os_pid"),
+            "state_lost": True, "restarted": "cold", "node_died": True, "repaired": repaired,
+            "msg": (f"{err}; the node died (its OS process is gone) before the upgrade was committed: "
+                    f"started the permanent release {running} again cold (in-memory state lost)")}
+
+
+def _after_failure(h, old, err, rh_pid_before=None, wait_s=60, pid_before=None):
     """install_release failed or the rpc died.  Past the relup's point of no return
     release_handler replies {error, _} and then calls init:restart(): the VM reboots in place
     from the permanent release, losing all in-memory state.  Find out which happened: wait until
@@ -1169,6 +1408,9 @@ def _after_failure(h, old, err, rh_pid_before=None, wait_s=60):
                     break
             except OpFailed:
                 info = None
+        elif pid_before and not _pid_alive(pid_before):
+            # not an in-place restart (that keeps the OS pid): the VM is gone
+            return _recover_dead_node(h, old, err, timeout=max(30, wait_s))
         time.sleep(0.3)
     h.set_installed_record(None)
     if info is None or not info.get("ok"):
@@ -1186,6 +1428,25 @@ def _after_failure(h, old, err, rh_pid_before=None, wait_s=60):
     return res
 
 
+def _rehearsal_fields(r):
+    """The rehearsal's figures from a node result, for the agent's JSON."""
+    out = {"rehearse_ms": r.get("rehearse_ms"), "rehearsal_warnings": r.get("rehearsal_warnings") or [],
+           "rehearsed": r.get("rehearsed") or []}
+    if r.get("rehearsal_failures"):
+        out["rehearsal_failures"] = r["rehearsal_failures"]
+    return out
+
+
+def _refusal_msg(vsn, r):
+    fails = r.get("rehearsal_failures") or []
+    what = "; ".join(f"{f.get('module')}.code_change({f.get('old_vsn')}, state, extra) in {f.get('pid')} "
+                     + (f"(callback {f.get('callback')}) " if f.get("callback") not in (None, f.get("module")) else "")
+                     + f"{f.get('error')}" for f in fails[:3]) or r.get("error")
+    keeps = r.get("running")
+    return (f"hot upgrade to {vsn} refused: {what} -- rehearsed on a copy of the live state; nothing was "
+            f"installed; the host keeps {keeps} and its state")
+
+
 def cmd_install(h, a):
     vsn = a.version
     with Lock(h, "install"):
@@ -1195,12 +1456,17 @@ def cmd_install(h, a):
             raise OpFailed(f"{vsn} is not unpacked on this host: run unpack first", releases=[r["version"] for r in rels])
         pid, _ = h.os_pid()
         perm = next((r["version"] for r in rels or [] if r["status"] == "permanent"), None)
+        fault_point(h, "before_install")
         try:
-            r = h.rpc("install", vsn=vsn, timeout=a.timeout + 60)
+            r = h.rpc("install", vsn=vsn, rehearse=True, timeout=a.timeout + 60)
         except OpFailed as e:
             if e.extra.get("rpc_transport"):
-                raise OpFailed(**_after_failure(h, perm, e.msg))
+                info = _after_failure(h, perm, e.msg, pid_before=pid)
+                raise OpFailed(info.pop("msg"), **info)
             raise
+        if not r.get("ok") and r.get("stage") == "rehearse":
+            raise OpFailed(_refusal_msg(vsn, r), stage="rehearse", host_version=r.get("running"),
+                           **_rehearsal_fields(r))
         if not r.get("ok"):
             msg = f"install_release({vsn}) failed at {r.get('stage')}: {r.get('error')}"
             if r.get("stage") == "install":
@@ -1208,10 +1474,11 @@ def cmd_install(h, a):
             raise OpFailed(f"{msg}; node runs {r.get('running')}", host_version=r.get("running"))
         if r.get("running") != r.get("permanent"):
             h.set_installed_record({"version": r.get("running"), "os_pid": r.get("os_pid") or pid})
-        return {"changed": r.get("changed", True), "version": vsn, "from": r.get("from"),
-                "host_version": r.get("running"), "permanent": r.get("permanent"),
-                "install_ms": r.get("install_ms"), "runtime_keys": r.get("runtime_keys"),
-                "created_releases": r.get("created_releases"), "os_pid": r.get("os_pid")}
+        return dict({"changed": r.get("changed", True), "version": vsn, "from": r.get("from"),
+                     "host_version": r.get("running"), "permanent": r.get("permanent"),
+                     "install_ms": r.get("install_ms"), "runtime_keys": r.get("runtime_keys"),
+                     "created_releases": r.get("created_releases"), "os_pid": r.get("os_pid")},
+                    **_rehearsal_fields(r))
 
 
 def _http_check(url, timeout):
@@ -1341,7 +1608,7 @@ def do_revert(h, old, timeout, mode="hot"):
     try:
         if mode == "cold":
             raise OpFailed("cold revert requested")
-        r = h.rpc("revert", vsn=old, timeout=timeout + 60)
+        r = h.rpc("revert", vsn=old, rehearse=True, timeout=timeout + 60)
         if r.get("ok") and not _verify_committed(h, old):
             h.set_installed_record(None)
             return {"changed": r.get("changed", True), "mode": "hot", "reverted": True,
@@ -1355,7 +1622,7 @@ def do_revert(h, old, timeout, mode="hot"):
     stop_node(h)
     _make_permanent_offline(h, old)
     h.set_installed_record(None)
-    st = start_node(h, timeout)
+    st = start_node(h, start_timeout(timeout))
     return {"changed": True, "mode": "cold", "reverted": st.get("running") == old, "state_lost": True, "from": frm,
             "hot_error": None if mode == "cold" else hot_err, "host_version": st.get("running"), "os_pid": st.get("os_pid")}
 
@@ -1370,11 +1637,21 @@ def cmd_revert(h, a):
 
 # ---------------------------------------------------------------- hot
 
+def _revert_or_recover(h, old, timeout, err):
+    """After a failed health check/commit: revert to old (hot, else cold); when the node is gone
+    altogether (its OS process died), start the permanent release old again cold."""
+    if not h.node_up():
+        info = _recover_dead_node(h, old, err, timeout=max(30, timeout))
+        return dict(info, mode="cold-start")
+    return do_revert(h, old, timeout)
+
+
 def cmd_hot(h, a):
     vsn = a.version
     check = parse_check(a.check)
     with Lock(h, "hot"):
         _need_up(h, "a hot upgrade")
+        h.repaired += repair_releases(h, up=True)
         rels = h.releases()
         perm = next((r["version"] for r in rels or [] if r["status"] == "permanent"), None)
         rec = h.installed_record()
@@ -1398,22 +1675,29 @@ def cmd_hot(h, a):
         prep = prepare_unpack(h, a.package, a.sha256, vsn, True, running=running)
         unpack_ms = round(now_ms() - t_unpack, 1)
         one_rpc = check[0] in ("default", "rpc")
+        fault_point(h, "before_install")
         try:
             r = h.rpc("install", vsn=vsn, rel_file=prep["rel_file"], old=old, verify=one_rpc, commit=one_rpc,
                       revert_on_failure=one_rpc, check_rpc=check[1] if check[0] == "rpc" else None,
-                      timeout_ms=int(a.timeout * 1000), timeout=a.timeout + 90)
+                      rehearse=True, timeout_ms=int(a.timeout * 1000), timeout=a.timeout + 90)
         except OpFailed as e:
             if e.extra.get("rpc_transport"):
-                info = _after_failure(h, old, e.msg)
+                info = _after_failure(h, old, e.msg, pid_before=pid)
                 raise OpFailed(info.pop("msg"), version=vsn, changed=True, stage="install", **{"from": old}, **info)
             raise
+        if not r.get("ok") and r.get("stage") == "rehearse":
+            # nothing was registered: take the files back out so the version can be retried
+            undo_unpack(h, prep)
+            raise OpFailed(_refusal_msg(vsn, r), stage="rehearse", changed=False, reverted=False,
+                           host_version=r.get("running"), permanent=r.get("permanent"), os_pid=r.get("os_pid"),
+                           unpack_ms=unpack_ms, cleaned=prep.get("cleaned"), **_rehearsal_fields(r))
         if not r.get("ok") and r.get("stage") == "unpack":
             undo_unpack(h, prep)
             raise OpFailed(f"release_handler refused to register {vsn}: {r.get('error')}; nothing changed",
                            host_version=r.get("running"), stage="unpack")
         h.set_sha_record(vsn, a.sha256)
         base = {"version": vsn, "from": old, "install_ms": r.get("install_ms"), "unpack_ms": unpack_ms,
-                "runtime_keys": r.get("runtime_keys"), "os_pid": r.get("os_pid")}
+                "runtime_keys": r.get("runtime_keys"), "os_pid": r.get("os_pid"), **_rehearsal_fields(r)}
         if not r.get("ok") and r.get("stage") == "install":
             info = _after_failure(h, old, f"hot upgrade to {vsn} failed at install: {r.get('error')}",
                                   r.get("rh_pid_before"))
@@ -1422,7 +1706,7 @@ def cmd_hot(h, a):
             stage = r.get("stage")
             reverted = r.get("running") == old and r.get("permanent") == old
             if stage in ("health", "commit") and not r.get("reverted") and r.get("running") != old:
-                rv = do_revert(h, old, a.timeout)
+                rv = _revert_or_recover(h, old, a.timeout, f"hot upgrade to {vsn} failed at {stage}")
                 reverted = rv.get("reverted")
                 base["revert_mode"] = rv.get("mode")
             raise OpFailed(f"hot upgrade to {vsn} failed at {stage}: {r.get('error')}; "
@@ -1435,18 +1719,28 @@ def cmd_hot(h, a):
             h.set_installed_record({"version": vsn, "os_pid": r.get("os_pid")})
             ok, why = run_health(h, vsn, check, a.timeout)
             if not ok:
-                rv = do_revert(h, old, a.timeout)
+                rv = _revert_or_recover(h, old, a.timeout, f"health check ({check[0]}) of {vsn} failed: {why}")
                 raise OpFailed(f"health check ({check[0]}) of {vsn} failed: {why}; "
                                + (f"reverted to {old} ({rv.get('mode')})" if rv.get("reverted")
                                   else f"REVERT FAILED, node runs {rv.get('host_version')}"),
                                stage="health", reverted=bool(rv.get("reverted")), revert_mode=rv.get("mode"),
-                               host_version=rv.get("host_version"), changed=True, **base)
-            c = h.rpc("commit", vsn=vsn, timeout=60)
+                               host_version=rv.get("host_version"), changed=True,
+                               **dict(base, **{k: rv[k] for k in ("state_lost", "node_died", "os_pid") if k in rv}))
+            try:
+                c = h.rpc("commit", vsn=vsn, timeout=60)
+            except OpFailed as e:
+                if not e.extra.get("rpc_transport"):
+                    raise
+                c = {"ok": False, "error": e.msg}
             if not c.get("ok"):
-                rv = do_revert(h, old, a.timeout)
-                raise OpFailed(f"make_permanent({vsn}) failed: {c.get('error')}; reverted={rv.get('reverted')}",
-                               stage="commit", reverted=bool(rv.get("reverted")),
-                               host_version=rv.get("host_version"), changed=True, **base)
+                rv = _revert_or_recover(h, old, a.timeout, f"make_permanent({vsn}) failed: {c.get('error')}")
+                if rv.get("node_died"):
+                    msg = rv["msg"]
+                else:
+                    msg = f"make_permanent({vsn}) failed: {c.get('error')}; reverted={rv.get('reverted')}"
+                raise OpFailed(msg, stage="commit", reverted=bool(rv.get("reverted")), revert_mode=rv.get("mode"),
+                               host_version=rv.get("host_version"), changed=True,
+                               **dict(base, **{k: rv[k] for k in ("state_lost", "node_died", "os_pid") if k in rv}))
         h.set_installed_record(None)
         problems = _verify_committed(h, vsn)
         if problems:
@@ -1710,6 +2004,12 @@ def stop_node(h, timeout=60):
     return {"changed": True, "stop_ms": round(now_ms() - t0, 1), "forced": forced, "os_pid": pid}
 
 
+def start_timeout(timeout):
+    """A cold start (boot to rpc-ready) gets at least 60 s, whatever the health check's --timeout:
+    a loaded host boots slowly, and a start that gives up too early leaves the host down."""
+    return max(float(timeout or 0), 60.0)
+
+
 def _gate(h, vsn, check, timeout, started):
     """Health gate after a cold start: default = the node answers and runs vsn (start_node's
     `ready` rpc already said so); rpc/cmd/http checks run as run_health does."""
@@ -1722,6 +2022,10 @@ def _gate(h, vsn, check, timeout, started):
 
 def cmd_start(h, a):
     check = parse_check(a.check)
+    repaired = []
+    if not h.node_up():
+        with Lock(h, "start"):
+            repaired = repair_boot_files(h)
     perm = next((r["version"] for r in h.releases() or [] if r["status"] == "permanent"), None)
     if a.version:
         se = (h.start_erl() or {}).get("version")
@@ -1738,6 +2042,8 @@ def cmd_start(h, a):
             st["running"] = info.get("running")
         ok, why = _gate(h, vsn, check, a.timeout, st)
         res = dict(st, version=vsn, host_version=st.get("running"), healthy=ok, check=check[0])
+        if repaired:
+            res.update(repaired=repaired, changed=True)
         if not was_up:
             res["start_ms"] = round(now_ms() - t0, 1)
         if not ok:
@@ -1776,15 +2082,15 @@ def stage_full(h, package, sha, vsn, owner):
         rel_name = f"releases/{vsn}/{h.app}.rel"
         for need in (rel_name, f"bin/{h.app}"):
             if need not in names:
-                raise OpFailed(f"package refused: {need} missing (not a full `mix release` tarball of "
+                raise PackageRefused(f"package refused: {need} missing (not a full `mix release` tarball of "
                                f"{h.app} {vsn}); nothing changed")
         relm = next(m for m, r in members if r == rel_name)
         try:
             rel = parse_rel(tf.extractfile(relm).read().decode("utf-8"))
         except (TermError, ValueError, UnicodeDecodeError, AttributeError) as e:
-            raise OpFailed(f"package refused: {rel_name} unreadable ({e}); nothing changed")
+            raise PackageRefused(f"package refused: {rel_name} unreadable ({e}); nothing changed")
         if rel["version"] != vsn or rel["name"] != h.app:
-            raise OpFailed(f"package refused: {rel_name} describes {rel['name']} {rel['version']}, "
+            raise PackageRefused(f"package refused: {rel_name} describes {rel['name']} {rel['version']}, "
                            f"expected {h.app} {vsn}; nothing changed")
         pkg_libs = {r.split("/")[1] for r in names if r.startswith("lib/")}
         h.ensure_hs()
@@ -1982,7 +2288,7 @@ def cmd_first_install(h, a):
         t_start = now_ms()
         stage_name = "start"
         try:
-            started = start_node(h, a.timeout)
+            started = start_node(h, start_timeout(a.timeout))
             stage_name = "health"
             ok, why = _gate(h, vsn, check, a.timeout, started)
             if not ok:
@@ -2050,7 +2356,7 @@ def cold_switch(h, target, prev, check, timeout, owner, new_bin=None, was_up=Non
             save_bin(h, target, force=True)
         install_cookie(h, owner)
         stage = "start"
-        started = start_node(h, timeout)
+        started = start_node(h, start_timeout(timeout))
         stage = "health"
         ok, why = _gate(h, target, check, timeout, started)
         if not ok:
@@ -2066,7 +2372,7 @@ def cold_switch(h, target, prev, check, timeout, owner, new_bin=None, was_up=Non
             if not up or prev == target:
                 raise OpFailed(f"{err}; files restored ({prev} permanent), node left down",
                                reverted=True, host_version=prev, node_up=False, **info)
-            back = start_node(h, timeout)
+            back = start_node(h, start_timeout(timeout))
             ok = back.get("running") == prev
         except OpFailed as e2:
             if e2.extra.get("reverted"):
@@ -2385,8 +2691,9 @@ def main(argv=None):
             raise BadInput("--timeout must be in (0, 3600]")
         if getattr(a, "check", None) is not None:
             parse_check(a.check)
-        if not os.path.isabs(a.root) or a.root.rstrip("/") in ("", "/"):
-            raise BadInput(f"--root must be an absolute path below / (got {a.root!r})")
+        if (not os.path.isabs(a.root) or os.path.normpath(a.root) in ("/", "//") or ".." in a.root.split("/")
+                or any(ord(c) < 0x20 or ord(c) == 0x7F for c in a.root)):
+            raise BadInput(f"--root must be an absolute path below / without '..' (got {a.root!r})")
         h = Host(a.root, a.app, a.user)
         h.service_manager = resolve_service_manager(a.service_manager)
         if a.command == "first-install" and not os.path.isdir(h.root):
@@ -2410,6 +2717,8 @@ def main(argv=None):
         out.update(failed=True, changed=out.get("changed", False),
                    msg=f"internal error: {type(e).__name__}: {e}")
     if h is not None:
+        if h.repaired:
+            out.setdefault("repaired", h.repaired)
         out["rpc_calls"] = h.rpc_calls
         out["rpc_ms"] = round(h.rpc_ms, 1)
     out["total_ms"] = round(now_ms() - t0, 1)

@@ -184,6 +184,343 @@ hs_result =
       end
     end
 
+    # ---------------------------------------------------------------- code_change rehearsal
+    # If code_change raises during install_release, release_handler is past the point of no
+    # return and reboots the VM in place (init:restart): every process's state is lost.  So before
+    # installing, run each {code_change, up|down, [{Mod, Extra}]} of the edge on a COPY of the
+    # live state, with the target code, in a scratch peer node (not distributed: it talks to us
+    # over its stdin/stdout only, holds no cookie, registers nowhere) and refuse when one raises.
+    consult1 = fn path ->
+      case :file.consult(String.to_charlist(path)) do
+        {:ok, [t]} -> {:ok, t}
+        other -> {:error, other}
+      end
+    end
+
+    # as release_handler_1:get_vsn/1: a string vsn as is, [Term] -> Term
+    norm_vsn = fn v ->
+      cond do
+        is_list(v) and v != [] and Enum.all?(v, &(is_integer(&1) and &1 >= ?\s and &1 <= 255)) -> v
+        match?([_], v) -> hd(v)
+        true -> v
+      end
+    end
+
+    beam_vsn = fn path ->
+      case :beam_lib.version(path) do
+        {:ok, {_, v}} -> norm_vsn.(v)
+        _ -> :undefined
+      end
+    end
+
+    term_kinds = fn term ->
+      walk = fn
+        _w, _t, {acc, n} when n > 200_000 -> {acc, n}
+        _w, t, {acc, n} when is_pid(t) -> {MapSet.put(acc, "a pid"), n + 1}
+        _w, t, {acc, n} when is_port(t) -> {MapSet.put(acc, "a port"), n + 1}
+        _w, t, {acc, n} when is_function(t) -> {MapSet.put(acc, "a fun"), n + 1}
+        _w, t, {acc, n} when is_reference(t) ->
+          is_ets =
+            try do
+              :ets.info(t, :id) not in [:undefined, nil]
+            rescue
+              _ -> false
+            end
+
+          {MapSet.put(acc, if(is_ets, do: "an ETS table id (a reference)", else: "a reference")), n + 1}
+
+        w, t, {acc, n} when is_tuple(t) ->
+          Enum.reduce(Tuple.to_list(t), {acc, n + 1}, fn x, st -> w.(w, x, st) end)
+
+        w, t, {acc, n} when is_map(t) ->
+          Enum.reduce(Map.to_list(t), {acc, n + 1}, fn {k, x}, st -> w.(w, x, w.(w, k, st)) end)
+
+        w, [h | tl], {acc, n} ->
+          w.(w, tl, w.(w, h, {acc, n + 1}))
+
+        _w, _t, st ->
+          st
+      end
+
+      {acc, _} = walk.(walk, term, {MapSet.new(), 0})
+      Enum.sort(acc)
+    end
+
+    # The callback module sys:change_code will call for a gen_server: $initial_call can lie (Agent
+    # overwrites it with its fun's module), so read it where gen_server keeps it: the Mod argument
+    # of gen_server:loop/7 (y(2) of its frame while it waits in receive).  nil when not found.
+    gen_server_cb = fn pid, beh ->
+      with :gen_server <- beh,
+           {:backtrace, bt} <- Process.info(pid, :backtrace),
+           [_, a] <- Regex.run(~r/^Program counter: \S+ \(gen_server:loop\/7 \+ \d+\)\ny\(0\)[^\n]*\ny\(1\)[^\n]*\ny\(2\)\s+(\S+)\n/, bt),
+           m when is_atom(m) <- (try do String.to_existing_atom(String.trim(a, "'")) rescue _ -> nil end),
+           true <- :code.is_loaded(m) != false and function_exported?(m, :code_change, 3) do
+        m
+      else
+        _ -> nil
+      end
+    end
+
+    # {mode, instructions, target_app_dirs} of the relup edge running -> vsn, or nil
+    find_edge = fn running, vsn ->
+      up =
+        with {:ok, {_, ups, _}} <- consult1.(Path.join([rel_dir, vsn, "relup"])),
+             {_, _, instrs} <- List.keyfind(ups, String.to_charlist(running), 0) do
+          {:up, instrs}
+        else
+          _ -> nil
+        end
+
+      up ||
+        with {:ok, {_, _, downs}} <- consult1.(Path.join([rel_dir, running, "relup"])),
+             {_, _, instrs} <- List.keyfind(downs, String.to_charlist(vsn), 0) do
+          {:down, instrs}
+        else
+          _ -> nil
+        end
+    end
+
+    rehearse = fn vsn ->
+      t_r = System.monotonic_time(:microsecond)
+      {running, _} = running_of.(releases.())
+
+      edge = if running && running != vsn, do: find_edge.(running, vsn)
+
+      changes =
+        case edge do
+          {mode, instrs} ->
+            for i <- instrs,
+                {m, mods} <-
+                  (case i do
+                     {:code_change, m, mods} -> [{m, mods}]
+                     {:code_change, mods} -> [{:up, mods}]
+                     _ -> []
+                   end),
+                {mod, extra} <- mods,
+                do: {m || mode, mod, extra}
+
+          nil ->
+            []
+        end
+
+      done = fn res -> Map.put(res, "rehearse_ms", div(System.monotonic_time(:microsecond) - t_r, 100) / 10) end
+
+      if changes == [] do
+        done.(%{"ok" => true, "rehearsed" => [], "warnings" => [], "peer" => false})
+      else
+        {mode, instrs} = edge
+        # where the target code of each module lives: {load_object_code, {App, AppVsn, Mods}}
+        target_dirs =
+          for {:load_object_code, {a, av, _}} <- instrs, into: %{},
+              do: {a, Path.join([root, "lib", "#{a}-#{av}", "ebin"])}
+
+        procs =
+          try do
+            :release_handler_1.get_supervised_procs()
+          rescue
+            _ -> []
+          catch
+            _, _ -> []
+          end
+
+        # the peer's code path: the target's ebin dirs first (up), then our path without the
+        # dirs of the apps that change and with the target's consolidated protocols
+        cur_path = Enum.map(:code.get_path(), &List.to_string/1)
+        changed_apps = Map.keys(target_dirs) |> Enum.map(&Atom.to_string/1)
+
+        app_of = fn d ->
+          case Path.split(Path.relative_to(d, Path.join(root, "lib"))) do
+            [lib, "ebin"] -> lib |> String.split("-") |> Enum.drop(-1) |> Enum.join("-")
+            _ -> nil
+          end
+        end
+
+        new_cons = Path.join([rel_dir, if(mode == :up, do: vsn, else: running), "consolidated"])
+
+        peer_path =
+          if mode == :up do
+            Map.values(target_dirs) ++
+              (if File.dir?(new_cons), do: [new_cons], else: []) ++
+              Enum.reject(cur_path, fn d ->
+                app_of.(d) in changed_apps or
+                  (String.starts_with?(d, rel_dir <> "/") and String.ends_with?(d, "/consolidated"))
+              end)
+          else
+            # down: code_change runs in the CURRENT module, before the old code is loaded
+            cur_path
+          end
+
+        warnings = :ets.new(:hs_warn, [:bag, :public])
+        warn = fn w -> :ets.insert(warnings, {w}) end
+
+        jobs =
+          for {m, mod, extra} <- changes,
+              {_sup, _name, pid, mods} <- procs,
+              is_list(mods) and mod in mods,
+              do: {m, mod, extra, pid}
+
+        {_, boot_vsn} = :init.script_id()
+        clean = Path.join([rel_dir, vsn, "start_clean.boot"])
+
+        boot =
+          if File.exists?(clean),
+            do: Path.rootname(clean),
+            else: Path.join([rel_dir, chars.(boot_vsn), "start_clean"])
+
+        erl = Path.join([root, "erts-" <> chars.(:erlang.system_info(:version)), "bin", "erl"])
+
+        res =
+          if jobs == [] do
+            %{"ok" => true, "rehearsed" => [], "peer" => false}
+          else
+            args =
+              ["-boot", boot, "-boot_var", "RELEASE_LIB", Path.join(root, "lib"), "-kernel", "logger_level", "critical",
+               "-eval", "spawn(fun() -> timer:sleep(120000), erlang:halt(3) end)", "-pa" | peer_path]
+              |> Enum.map(&String.to_charlist/1)
+
+            peer_opts = %{exec: String.to_charlist(erl), args: args, connection: :standard_io, wait_boot: 30_000,
+                          env: [{~c"ERL_FLAGS", false}, {~c"ERL_AFLAGS", false}, {~c"ERL_ZFLAGS", false}]}
+
+            started =
+              try do
+                :peer.start(peer_opts)
+              rescue
+                e -> {:error, Exception.message(e)}
+              catch
+                k, r -> {:error, inspect({k, r})}
+              end
+
+            case started do
+              {:ok, peer, _} ->
+                try do
+                  failures =
+                    Enum.flat_map(jobs, fn {m, mod, extra, pid} ->
+                      name = inspect(mod)
+
+                      {beh, cb} =
+                        try do
+                          {:status, _, {:module, beh}, _} = :sys.get_status(pid, 5000)
+                          {:dictionary, d} = Process.info(pid, :dictionary)
+
+                          cb =
+                            case List.keyfind(d, :"$initial_call", 0) do
+                              {_, {:supervisor, _, _}} -> :supervisor
+                              ic -> gen_server_cb.(pid, beh) || (match?({_, {_, :init, 1}}, ic) && elem(elem(ic, 1), 0)) || mod
+                            end
+
+                          {beh, cb}
+                        rescue
+                          _ -> {nil, nil}
+                        catch
+                          _, _ -> {nil, nil}
+                        end
+
+                      old_vsn =
+                        case m do
+                          :up ->
+                            case :code.which(mod) do
+                              f when is_list(f) -> beam_vsn.(f)
+                              _ -> :undefined
+                            end
+
+                          :down ->
+                            tgt =
+                              Enum.find_value(instrs, fn
+                                {:load_object_code, {a, av, ms}} ->
+                                  if mod in ms, do: Path.join([root, "lib", "#{a}-#{av}", "ebin", "#{mod}.beam"])
+
+                                _ ->
+                                  nil
+                              end)
+
+                            {:down, if(tgt, do: beam_vsn.(String.to_charlist(tgt)), else: :undefined)}
+                        end
+
+                      state =
+                        try do
+                          {:ok, :sys.get_state(pid, 5000)}
+                        rescue
+                          e -> {:error, Exception.message(e)}
+                        catch
+                          k, r -> {:error, inspect({k, r})}
+                        end
+
+                      case {beh, state} do
+                        {_, {:error, why}} ->
+                          warn.("#{name} (#{inspect(pid)}): could not read its state (#{why}); not rehearsed")
+                          []
+
+                        {b, {:ok, st}} when b in [:gen_server, :gen_statem] ->
+                          if cb != :supervisor do
+                            kinds = term_kinds.(st)
+
+                            if kinds != [],
+                              do: warn.("#{name} state holds #{Enum.join(kinds, ", ")}: the rehearsal ran on a copy")
+                          end
+
+                          {call_args, want} =
+                            if b == :gen_statem do
+                              {s, d} = st
+                              {[old_vsn, s, d, extra], 3}
+                            else
+                              {[old_vsn, st, extra], 2}
+                            end
+
+                          outcome =
+                            try do
+                              {:ok, :peer.call(peer, cb, :code_change, call_args, 10_000)}
+                            rescue
+                              e -> {:raised, "raised " <> String.replace_prefix(Exception.format_banner(:error, e), "** ", "")}
+                            catch
+                              :exit, {:timeout, _} -> {:raised, "gave no answer within 10 s"}
+                              :exit, :timeout -> {:raised, "gave no answer within 10 s"}
+                              k, r -> {:raised, "raised " <> String.replace_prefix(Exception.format_banner(k, r), "** ", "")}
+                            end
+
+                          case outcome do
+                            {:ok, r} when is_tuple(r) and tuple_size(r) == want and elem(r, 0) == :ok ->
+                              []
+
+                            {:ok, r} ->
+                              [%{"module" => name, "pid" => inspect(pid), "callback" => inspect(cb),
+                                 "old_vsn" => inspect(old_vsn),
+                                 "error" => "returned #{inspect(r, limit: 10, printable_limit: 200)}"}]
+
+                            {:raised, why} ->
+                              [%{"module" => name, "pid" => inspect(pid), "callback" => inspect(cb),
+                                 "old_vsn" => inspect(old_vsn), "error" => String.slice(why, 0, 600)}]
+                          end
+
+                        {b, _} ->
+                          warn.("#{name} (#{inspect(pid)}) is a #{inspect(b)} process: its code_change was not rehearsed")
+                          []
+                      end
+                    end)
+
+                  %{"ok" => failures == [], "failures" => failures, "peer" => true,
+                    "rehearsed" => Enum.map(jobs, fn {_, mod, _, pid} -> "#{inspect(mod)} #{inspect(pid)}" end)}
+                after
+                  try do
+                    :peer.stop(peer)
+                  catch
+                    _, _ -> :ok
+                  end
+                end
+
+              other ->
+                warn.("the rehearsal could not run (scratch node did not start: " <>
+                        "#{inspect(other, limit: 8, printable_limit: 200)}); installing unrehearsed")
+
+                %{"ok" => true, "rehearsed" => [], "peer" => false}
+            end
+          end
+
+        ws = :ets.tab2list(warnings) |> Enum.map(&elem(&1, 0)) |> Enum.uniq()
+        :ets.delete(warnings)
+        done.(Map.merge(res, %{"warnings" => ws, "mode" => Atom.to_string(mode)}))
+      end
+    end
+
     do_install = fn vsn ->
       keys = merge_runtime.(vsn)
       {us, r} = :timer.tc(fn -> :release_handler.install_release(String.to_charlist(vsn)) end)
@@ -267,6 +604,13 @@ hs_result =
         r = if perm != old, do: elem(commit.(old), 0), else: :ok
         %{"reverted" => r == :ok, "revert_error" => if(r != :ok, do: inspect(r)), "revert_noop" => true}
       else
+        rh = if hs["rehearse"], do: rehearse.(old), else: %{"ok" => true}
+
+        if not rh["ok"] do
+          f = hd(rh["failures"])
+          %{"reverted" => false, "revert_rehearsal_failures" => rh["failures"],
+            "revert_error" => "code_change rehearsal of the down edge failed: #{f["module"]}: #{f["error"]}"}
+        else
         case do_install.(old) do
           {:ok, info} ->
             {r, _} = commit.(old)
@@ -276,6 +620,7 @@ hs_result =
 
           {:error, info} ->
             %{"reverted" => false, "revert_error" => info["error"]}
+        end
         end
       end
     end
@@ -335,14 +680,33 @@ hs_result =
         {running0, perm0} = running_of.(rels0)
         old = hs["old"] || running0
 
+        # rehearse BEFORE registering the release: a refusal leaves release_handler untouched
+        rh =
+          if hs["rehearse"] && running0 != vsn do
+            rehearse.(vsn)
+          else
+            %{"ok" => true, "warnings" => [], "rehearsed" => []}
+          end
+
         unpack =
-          case {hs["rel_file"], Enum.find(rels0, &(&1["version"] == vsn))} do
+          case {rh["ok"] && hs["rel_file"], Enum.find(rels0, &(&1["version"] == vsn))} do
+            {false, _} -> :refused
             {nil, _} -> :skipped
             {_, %{}} -> :present
             {rf, nil} -> :release_handler.set_unpacked(String.to_charlist(rf), [])
           end
 
+        rinfo = %{"rehearse_ms" => rh["rehearse_ms"], "rehearsal_warnings" => rh["warnings"],
+                  "rehearsed" => rh["rehearsed"], "rehearsal_peer" => rh["peer"]}
+
+        state = fn extra -> state.(Map.merge(rinfo, extra)) end
+
         cond do
+          not rh["ok"] ->
+            state.(%{"ok" => false, "stage" => "rehearse", "rehearsal_failures" => rh["failures"],
+                     "error" => "code_change rehearsal failed", "created_releases" => created, "old" => old,
+                     "unpack" => inspect(unpack)})
+
           match?({:error, _}, unpack) ->
             state.(%{"ok" => false, "stage" => "unpack", "error" => inspect(unpack),
                      "created_releases" => created, "old" => old})
@@ -389,6 +753,19 @@ hs_result =
                 end
             end
         end
+
+      "dump_releases" ->
+        # release_handler's in-memory list (#state.releases): what it writes to RELEASES itself
+        st = :sys.get_state(:release_handler, 10_000)
+
+        rels =
+          for {:release, name, vsn, erts, libs, status} <- elem(st, 4) do
+            %{"name" => chars.(name), "version" => chars.(vsn),
+              "erts" => if(is_list(erts), do: chars.(erts), else: nil), "status" => Atom.to_string(status),
+              "libs" => for({a, v, d} <- libs, do: [Atom.to_string(a), chars.(v), chars.(d)])}
+          end
+
+        state.(%{"releases" => rels})
 
       "verify" ->
         {ok, why} = verify.(hs["vsn"])
