@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """beam.hotswap host agent: moves one mix release root from one state to another.
 
     python3 agent.py --root /opt/APP --app APP [--user U] COMMAND [options]
@@ -99,7 +98,7 @@ def check_sha(s):
 
 def vsn_key(v):
     """Sort key for versions: numeric parts numerically, pre-releases before releases."""
-    main, _, pre = v.partition("-")
+    main, _ign, pre = v.partition("-")
     parts = []
     for p in re.split(r"[.+]", main):
         parts.append((0, int(p), "") if p.isdigit() else (1, 0, p))
@@ -228,7 +227,7 @@ def parse_terms(text):
             return items
         if c == "{":
             pos += 1
-            items, _ = seq("}")
+            items, _ign = seq("}")
             return tuple(items)
         if c == '"':
             s = quoted('"')
@@ -389,7 +388,7 @@ def parse_releases(text):
     for r in terms[0]:
         if not (isinstance(r, tuple) and len(r) == 6 and r[0] == "release"):
             raise TermError(f"bad release entry {r!r}")
-        _, name, vsn, erts, libs, status = r
+        _ign, name, vsn, erts, libs, status = r
         rels.append({
             "name": _s(name), "version": _s(vsn), "erts": _s(erts), "status": str(status),
             "libs": [(str(l[0]), _s(l[1]), _s(l[2])) for l in libs],
@@ -411,7 +410,7 @@ def parse_rel(text):
     t = terms[0]
     if not (isinstance(t, tuple) and len(t) == 4 and t[0] == "release"):
         raise TermError("not a release resource term")
-    _, (name, vsn), (_erts_tag, erts), apps = t
+    _ign, (name, vsn), (_erts_tag, erts), apps = t
     return {"name": _s(name), "version": _s(vsn), "erts": _s(erts),
             "apps": [(str(a[0]), _s(a[1])) for a in apps]}
 
@@ -508,7 +507,7 @@ def check_member(m, app, vsn):
     if not (rel == "releases" or rel == "lib" or rel == top_rel or rel == f"releases/{vsn}"
             or rel.startswith(f"releases/{vsn}/") or re.match(r"^lib/[^/]+-[^/]+(/|$)", rel)):
         raise PackageRefused(f"package refused: unexpected entry {m.name!r} (an upgrade package holds only "
-                       f"{top_rel}, releases/{vsn}/ and lib/NAME-VSN/); nothing changed")
+                             f"{top_rel}, releases/{vsn}/ and lib/NAME-VSN/); nothing changed")
     return rel
 
 
@@ -524,8 +523,8 @@ def check_full_member(m, app, vsn):
             or re.match(r"^erts-[0-9][0-9A-Za-z._-]*(/|$)", rel)
             or re.match(r"^lib/[^/]+-[^/]+(/|$)", rel)):
         raise PackageRefused(f"package refused: unexpected entry {m.name!r} (a full release of {app} {vsn} holds "
-                       f"bin/, erts-*/, lib/NAME-VSN/, releases/{vsn}/, releases/COOKIE and "
-                       f"releases/start_erl.data); nothing changed")
+                             f"bin/, erts-*/, lib/NAME-VSN/, releases/{vsn}/, releases/COOKIE and "
+                             f"releases/start_erl.data); nothing changed")
     if rel in ("releases/COOKIE", "releases/start_erl.data") and not m.isfile():
         raise PackageRefused(f"package refused: {m.name!r} must be a regular file; nothing changed")
     return rel
@@ -858,7 +857,7 @@ class Host:
         self.rpc_calls += 1
         try:
             p = subprocess.run([self.bin(), "rpc", code], capture_output=True, text=True,
-                               timeout=timeout, **self.run_kwargs())
+                               timeout=timeout, **self.run_kwargs(), check=False)
         except subprocess.TimeoutExpired:
             raise OpFailed(f"bin/{self.app} rpc ({op}) timed out after {timeout}s", rpc_transport=True)
         finally:
@@ -1054,7 +1053,7 @@ def repair_boot_files(h):
         target = cands[-1]
     if target not in listed:
         rels.append(_releases_entry(h, disk[target], "old",
-                                    all(not d.startswith("/") for r in rels for _, _, d in r["libs"])))
+                                    all(not d.startswith("/") for r in rels for _ign, _ign, d in r["libs"])))
         h.write_releases(rels)
     why = "is missing" if se is None else f"names {sev}, but releases/{sev} is missing or incomplete"
     _make_permanent_offline(h, target)
@@ -1137,7 +1136,7 @@ def cmd_status(h, a):
 # ---------------------------------------------------------------- unpack
 
 def _referenced_libs(rels, skip_vsn=None):
-    return {os.path.basename(d.rstrip("/")) for r in rels or [] if r["version"] != skip_vsn for _, _, d in r["libs"]}
+    return {os.path.basename(d.rstrip("/")) for r in rels or [] if r["version"] != skip_vsn for _ign, _ign, d in r["libs"]}
 
 
 def _remove_files_of(h, vsn, rels, lib_names):
@@ -1175,7 +1174,7 @@ def prepare_unpack(h, package, sha, vsn, node_up, running=None):
             rel = check_member(m, h.app, vsn)
             if rel:
                 members.append((m, rel))
-        names = {rel for _, rel in members}
+        names = {rel for _ign, rel in members}
         top_rel = f"releases/{h.app}-{vsn}.rel"
         if top_rel not in names:
             raise PackageRefused(f"package refused: {top_rel} missing (release_handler format); nothing changed")
@@ -1188,7 +1187,7 @@ def prepare_unpack(h, package, sha, vsn, node_up, running=None):
             raise PackageRefused(f"package refused: {top_rel} unreadable ({e}); nothing changed")
         if rel["version"] != vsn or rel["name"] != h.app:
             raise PackageRefused(f"package refused: {top_rel} describes {rel['name']} {rel['version']}, "
-                           f"expected {h.app} {vsn}; nothing changed")
+                                 f"expected {h.app} {vsn}; nothing changed")
         if not os.path.isdir(h.p("erts-" + rel["erts"])):
             raise OpFailed(f"package needs ERTS {rel['erts']} which {h.root} lacks: not hot-upgradable, "
                            f"use the cold path; nothing changed")
@@ -1304,7 +1303,7 @@ def register_offline(h, vsn, rel):
     rels = h.releases()
     if rels is None:
         raise OpFailed(f"{h.rel_dir}/RELEASES is missing: first-install must create it before upgrades")
-    relative = all(not d.startswith("/") for r in rels for _, _, d in r["libs"]) and bool(rels)
+    relative = all(not d.startswith("/") for r in rels for _ign, _ign, d in r["libs"]) and bool(rels)
     libs = [(a, v, f"lib/{a}-{v}" if relative else h.p("lib", f"{a}-{v}")) for a, v in rel["apps"]]
     rels.insert(0, {"name": rel["name"], "version": vsn, "erts": rel["erts"], "libs": libs, "status": "unpacked"})
     h.write_releases(rels)
@@ -1351,7 +1350,7 @@ def fault_point(h, name):
     node's OS process at the named point.  Does nothing unless the variable names this point."""
     if os.environ.get("HOTSWAP_AGENT_FAULT") != name:
         return
-    pid, _ = h.os_pid()
+    pid, _ign = h.os_pid()
     if not pid:
         return
     try:
@@ -1454,7 +1453,7 @@ def cmd_install(h, a):
         rels = h.releases()
         if rels is not None and not any(r["version"] == vsn for r in rels):
             raise OpFailed(f"{vsn} is not unpacked on this host: run unpack first", releases=[r["version"] for r in rels])
-        pid, _ = h.os_pid()
+        pid, _ign = h.os_pid()
         perm = next((r["version"] for r in rels or [] if r["status"] == "permanent"), None)
         fault_point(h, "before_install")
         try:
@@ -1493,7 +1492,7 @@ def _http_check(url, timeout):
 
 def _cmd_check(argv, timeout):
     try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     except FileNotFoundError:
         return False, f"command not found: {argv[0]}"
     except subprocess.TimeoutExpired:
@@ -1795,7 +1794,7 @@ def do_prune(h, keep):
     for v in remove:
         entry = next(r for r in rels if r["version"] == v)
         rels = [r for r in rels if r["version"] != v]
-        _remove_files_of(h, v, rels, [os.path.basename(d.rstrip("/")) for _, _, d in entry["libs"]])
+        _remove_files_of(h, v, rels, [os.path.basename(d.rstrip("/")) for _ign, _ign, d in entry["libs"]])
         h.write_releases(rels)
         h.set_sha_record(v, None)
         h.set_full_sha(v, None)
@@ -1868,7 +1867,8 @@ def systemd_unit(root, app, user=None):
 
 def _systemctl(*args, run=None, check=True, timeout=120):
     run = run or subprocess.run
-    p = run(["systemctl", *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    p = run(["systemctl", *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+            check=False)
     if check and p.returncode != 0:
         raise OpFailed(f"systemctl {' '.join(args)} exited {p.returncode}: {(p.stdout + p.stderr).strip()[-400:]}")
     return p
@@ -1909,7 +1909,7 @@ def start_node(h, timeout=60):
     """Start the node on the release start_erl.data names; wait until APP is started.
     Returns {"changed", "os_pid", "running", "boot_ms", "service_manager"}."""
     if h.node_up():
-        pid, _ = h.os_pid()
+        pid, _ign = h.os_pid()
         return {"changed": False, "os_pid": pid, "running": None}
     if not os.path.exists(os.path.join(h.rel_dir, "RELEASES")):
         raise OpFailed(f"{h.rel_dir}/RELEASES is missing: create it before starting (first-install), "
@@ -1923,7 +1923,7 @@ def start_node(h, timeout=60):
         _systemctl("start", unit_name(h.app), timeout=timeout + 30)
     else:
         p = subprocess.run([h.bin(), "daemon"], capture_output=True, text=True, timeout=60,
-                           stdin=subprocess.DEVNULL, **h.run_kwargs())
+                           stdin=subprocess.DEVNULL, **h.run_kwargs(), check=False)
         if p.returncode != 0:
             raise OpFailed(f"bin/{h.app} daemon exited {p.returncode}: {(p.stdout + p.stderr).strip()[-400:]}")
     deadline = time.monotonic() + timeout
@@ -1942,7 +1942,7 @@ def start_node(h, timeout=60):
                 raise OpFailed(f"node {h.node_name()} exited during boot: see {h.p('tmp', 'log')}", node_up=False)
         time.sleep(0.05)
     info = h.rpc("ready", timeout_ms=int(max(1, deadline - time.monotonic()) * 1000), timeout=timeout + 30)
-    pid, _ = h.os_pid()
+    pid, _ign = h.os_pid()
     pid = pid or info.get("os_pid")
     if pid:
         h.ensure_hs()
@@ -1955,7 +1955,7 @@ def start_node(h, timeout=60):
 
 
 def stop_node(h, timeout=60):
-    pid, _ = h.os_pid()
+    pid, _ign = h.os_pid()
     if not h.node_up() and not pid:
         if h.service_manager == "systemd":  # a unit restarting in a loop has no node to see
             _systemctl("stop", unit_name(h.app), check=False, timeout=timeout + 30)
@@ -1971,7 +1971,7 @@ def stop_node(h, timeout=60):
     if not stopped and h.node_up():  # NEVER `bin/APP restart` (init:restart keeps the old env)
         try:
             subprocess.run([h.bin(), "stop"], capture_output=True, text=True, timeout=30,
-                           stdin=subprocess.DEVNULL, **h.run_kwargs())
+                           stdin=subprocess.DEVNULL, **h.run_kwargs(), check=False)
         except subprocess.TimeoutExpired:
             pass
     deadline = time.monotonic() + timeout
@@ -2078,12 +2078,12 @@ def stage_full(h, package, sha, vsn, owner):
             rel = check_full_member(m, h.app, vsn)
             if rel:
                 members.append((m, rel))
-        names = {rel for _, rel in members}
+        names = {rel for _ign, rel in members}
         rel_name = f"releases/{vsn}/{h.app}.rel"
         for need in (rel_name, f"bin/{h.app}"):
             if need not in names:
                 raise PackageRefused(f"package refused: {need} missing (not a full `mix release` tarball of "
-                               f"{h.app} {vsn}); nothing changed")
+                                     f"{h.app} {vsn}); nothing changed")
         relm = next(m for m, r in members if r == rel_name)
         try:
             rel = parse_rel(tf.extractfile(relm).read().decode("utf-8"))
@@ -2091,7 +2091,7 @@ def stage_full(h, package, sha, vsn, owner):
             raise PackageRefused(f"package refused: {rel_name} unreadable ({e}); nothing changed")
         if rel["version"] != vsn or rel["name"] != h.app:
             raise PackageRefused(f"package refused: {rel_name} describes {rel['name']} {rel['version']}, "
-                           f"expected {h.app} {vsn}; nothing changed")
+                                 f"expected {h.app} {vsn}; nothing changed")
         pkg_libs = {r.split("/")[1] for r in names if r.startswith("lib/")}
         h.ensure_hs()
         staging = os.path.join(h.hs, f"staging-{os.getpid()}")
@@ -2433,7 +2433,7 @@ def cmd_cold(h, a):
                 raise OpFailed(f"{vsn} is {entry['status']} in RELEASES but {perm} is permanent")
             placed = place_release(h, stage, vsn, rels, owner)
             if entry is None:
-                relative = all(not d.startswith("/") for r in rels for _, _, d in r["libs"])
+                relative = all(not d.startswith("/") for r in rels for _ign, _ign, d in r["libs"])
                 rels.insert(0, _releases_entry(h, stage["rel"], "unpacked", relative))
                 h.write_releases(rels)
             h.set_full_sha(vsn, a.sha256)
@@ -2465,7 +2465,7 @@ def _register_from_disk(h, vsn, rels):
         return None
     if any(not os.path.isdir(h.p("lib", ln)) for ln in _rel_libs(rel)) or not os.path.isdir(h.p(f"erts-{rel['erts']}")):
         return None
-    relative = all(not d.startswith("/") for r in rels for _, _, d in r["libs"])
+    relative = all(not d.startswith("/") for r in rels for _ign, _ign, d in r["libs"])
     entry = _releases_entry(h, rel, "old", relative)
     rels.append(entry)
     h.write_releases(rels)
@@ -2611,7 +2611,6 @@ def previous_release(h, perm, rels):
     return olds[-1] if olds else None
 
 
-
 # =========================================================================== CLI
 
 class Parser(argparse.ArgumentParser):
@@ -2625,7 +2624,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser():
-    p = Parser(prog="agent.py", description=__doc__.split("\n")[0])
+    p = Parser(prog="agent.py", description=__doc__.split("\n", maxsplit=1)[0])
     p.add_argument("--root", required=True)
     p.add_argument("--app", required=True)
     p.add_argument("--user")
