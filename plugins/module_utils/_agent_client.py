@@ -66,12 +66,12 @@ class AgentClient(object):
             raise AgentError(data.get("msg") or "agent %s failed (exit %d)" % (command, rc), data)
         return data
 
-    def status(self):
+    def status(self, check_version=True):
         if not self.installed():
             return {"installed": False, "agent_installed": False, "node_up": False, "versions": [],
                     "releases": [], "packages": {}}
         st = self.run("status")
-        if _version_tuple(st.get("agent_version")) < _version_tuple(AGENT_VERSION):
+        if check_version and _version_tuple(st.get("agent_version")) < _version_tuple(AGENT_VERSION):
             raise AgentError("the agent on this host is version %s but this collection needs %s: re-run role "
                              "beam.hotswap.agent (deploy.yml does) to update it"
                              % (st.get("agent_version"), AGENT_VERSION), st)

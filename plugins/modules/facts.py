@@ -15,13 +15,16 @@ version_added: 0.1.0
 description:
   - Asks the installed reload agent for the status of one release root (running, permanent, unpacked
     and old releases, node up, OS pid, packages held) and adds the host's OS fingerprint.
+  - With O(install_agent=true) it first installs the agent that ships with this collection in
+    C(ROOT/.hotswap/) when the host's copy differs (the action plugin sends checksums first and the files
+    only when needed), so installing and gathering is one round-trip when nothing changed.
   - Sets the fact C(hotswap_host).
 author:
   - beam.hotswap developers (@beam-hotswap)
 attributes:
   check_mode:
     support: full
-    description: Only reads.
+    description: Only reads; reports whether the agent would be installed.
   diff_mode:
     support: none
     description: Nothing to diff.
@@ -43,6 +46,13 @@ options:
   user:
     description: User the node runs as.
     type: str
+  install_agent:
+    description: Install or update the reload agent first (only when it differs).
+    type: bool
+    default: false
+  agent_files:
+    description: Set by the action plugin. The agent's files by name, with C(sha256), C(mode) and, when they must travel, C(content) (base64).
+    type: dict
 """
 
 EXAMPLES = r"""
@@ -57,6 +67,11 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+agent_installed:
+  description: Files of the agent that were (or in check mode would be) written.
+  returned: when O(install_agent=true)
+  type: list
+  elements: str
 ansible_facts:
   description: Facts about the release root.
   returned: always
@@ -70,10 +85,46 @@ ansible_facts:
       type: dict
 """
 
+import base64
+import hashlib
+import os
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.beam.hotswap.plugins.module_utils import _fingerprint
 from ansible_collections.beam.hotswap.plugins.module_utils._agent_client import AgentClient, AgentError
+
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read())
+    return h.hexdigest()
+
+
+def install_agent(module, root, files):
+    """Write the agent's files that differ (temp file + atomic_move, root-owned). Returns their names,
+    or None when content is needed first."""
+    hs = os.path.join(root, ".hotswap")
+    stale = [name for name, spec in sorted(files.items())
+             if not os.path.isfile(os.path.join(hs, name)) or _sha256(os.path.join(hs, name)) != spec["sha256"]]
+    if not stale or module.check_mode:
+        return stale
+    if any("content" not in files[name] for name in stale):
+        return None
+    if not os.path.isdir(hs):
+        os.makedirs(hs, 0o750)
+    os.chmod(hs, 0o750)
+    for name in stale:
+        data = base64.b64decode(files[name]["content"])
+        if hashlib.sha256(data).hexdigest() != files[name]["sha256"]:
+            module.fail_json(msg="the agent file %s arrived damaged (sha256 mismatch); nothing was installed" % name)
+        tmp = os.path.join(hs, "." + name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, int(files[name].get("mode", "0640"), 8))
+        module.atomic_move(tmp, os.path.join(hs, name))
+    return stale
 
 
 def main():
@@ -82,16 +133,39 @@ def main():
             app=dict(type="str", required=True),
             root=dict(type="path", required=True),
             user=dict(type="str"),
+            install_agent=dict(type="bool", default=False),
+            agent_files=dict(type="dict"),
         ),
         supports_check_mode=True,
     )
+    p = module.params
+    changed = False
+    result = {}
     try:
+        client = AgentClient(module, p["root"], p["app"])
+        if p["install_agent"]:
+            if not p["agent_files"]:
+                module.fail_json(msg="install_agent needs the action plugin beam.hotswap.facts (agent_files is empty)")
+            written = install_agent(module, client.root, p["agent_files"])
+            if written is None:
+                module.exit_json(changed=False, need_agent=True)
+            changed = bool(written)
+            result["agent_installed"] = written
         # status reads files and epmd; it needs no user (which may not exist before the first install)
-        status = AgentClient(module, module.params["root"], module.params["app"]).status()
+        if module.check_mode and changed:
+            # the new agent is not there yet: read what the installed one says, if it can
+            try:
+                status = client.status(check_version=False)
+            except AgentError:
+                status = {"installed": False, "agent_installed": False, "node_up": False, "versions": [],
+                          "releases": [], "packages": {}}
+            status["agent_pending"] = True
+        else:
+            status = client.status()
     except AgentError as e:
         module.fail_json(msg=str(e), agent=e.result)
     status["fingerprint"] = _fingerprint.gather()
-    module.exit_json(changed=False, ansible_facts=dict(hotswap_host=status))
+    module.exit_json(changed=changed, ansible_facts=dict(hotswap_host=status), **result)
 
 
 if __name__ == "__main__":
