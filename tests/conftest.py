@@ -14,4 +14,5 @@ os.environ.setdefault("ANSIBLE_COLLECTIONS_PATH", str(COLLECTIONS_ROOT))
 pytest_plugins = [
     "hotswap_testlib.pytest_sample",
     "hotswap_testlib.pytest_fleet",
+    "hotswap_testlib.pytest_counts",
 ]

@@ -15,7 +15,7 @@ from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.beam.hotswap.plugins.module_utils import _plan
-from ansible_collections.beam.hotswap.plugins.module_utils._build import sha256_file
+from ansible_collections.beam.hotswap.plugins.module_utils._build import manifest_errors, sha256_file
 
 
 class ActionModule(ActionBase):
@@ -42,6 +42,8 @@ class ActionModule(ActionBase):
                     and not self._task.check_mode:
                 status = self._host_status(args, task_vars)
                 try:
+                    if manifest_errors(manifest):
+                        raise _plan.PlanError("unusable manifest")
                     plan = _plan.deploy(status, manifest, args.get("mode", "auto"))
                 except (_plan.PlanError, KeyError):
                     plan = {"package": None}  # the module reports the error

@@ -281,7 +281,7 @@ def verdict(old, new):
                            % (what, app, a or "absent", b or "absent"))
     for path in sorted(set(old["files"]) | set(new["files"])):
         if old["files"].get(path) != new["files"].get(path):
-            reasons.append("%s changed: it takes effect only on a cold start" % path)
+            reasons.append("%s changed: it takes effect only on a cold start" % path.replace("releases/VSN/", ""))
     for path in sorted(set(old["nifs"]) | set(new["nifs"])):
         a, b = old["nifs"].get(path), new["nifs"].get(path)
         if a is not None and b is not None and a != b:

@@ -167,6 +167,7 @@ timing:
 
 import hashlib
 import os
+import stat
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import fetch_url
@@ -180,14 +181,20 @@ def _write_private(module, path, text, mode):
     """Write a file atomically (temp + atomic_move) with a mode; returns True when it changed."""
     if os.path.exists(path):
         with open(path) as f:
-            if f.read() == text:
+            same = f.read() == text
+        if same:
+            if stat.S_IMODE(os.stat(path).st_mode) == mode:
                 return False
+            os.chmod(path, mode)
+            return True
     tmp = path + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.chmod(tmp, mode)
     module.atomic_move(tmp, path)
+    # atomic_move gives a file it creates the default mode (0666 & ~umask): set ours again
+    os.chmod(path, mode)
     return True
 
 

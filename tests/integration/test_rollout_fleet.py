@@ -21,7 +21,7 @@ import time
 import pytest
 
 from hotswap_testlib import sample
-from hotswap_testlib.ansible_run import parse_recap, run_playbook, task_results
+from hotswap_testlib.ansible_run import parse_recap, run_playbook, task_result, task_results
 
 pytestmark = [pytest.mark.integration, pytest.mark.fleet]
 
@@ -166,6 +166,13 @@ def _assert_on(fleet, host, version):
     assert start_erl[1] == version, (host, start_erl)
     assert _client(fleet, host).vsn() == version
     return st
+
+
+def _outcome(out, host):
+    """The one-line outcome the upgrade role printed for host ("FROM -> TO: ACTION (why) — timing")."""
+    r = task_result(out, "Report the outcome", host)
+    assert r and r["result"], "no outcome printed for %s" % host
+    return r["result"]["msg"]
 
 
 def _tail(out, err, n=4000):
@@ -341,16 +348,17 @@ def test_revert_on_failure_fleet_puts_every_host_upgraded_in_this_run_back(fleet
         rc, out, err, recap = _deploy(fleet, env, "4.0.0", label="deploy 4.0.0 revert=fleet (fails on target3)",
                                       hotswap_serial=[1, 2], hotswap_revert_on_failure="fleet",
                                       hotswap_health_check="cmd:/usr/bin/test ! -e /opt/fail-here",
-                                      hotswap_health_timeout=3)
+                                      hotswap_health_timeout=10)
     finally:
         fleet.run("target3", ["rm", "-f", "/opt/fail-here"])
     assert rc != 0, _tail(out, err)
     # target1 (batch 1) and target2 (batch 2) were upgraded by this run before target3 failed
-    assert re.search(r"target1: 2\.0\.0 -> 4\.0\.0: hot", out), _tail(out, err)
-    assert re.search(r"target2: 1\.1\.0 -> 4\.0\.0: cold", out), _tail(out, err)
+    assert _outcome(out, "target1").startswith("2.0.0 -> 4.0.0: hot"), _tail(out, err)
+    assert _outcome(out, "target2").startswith("1.1.0 -> 4.0.0: cold"), _tail(out, err)
     assert re.search(r"target3: 1\.1\.0 -> 4\.0\.0: cold [^\n]*failed", out), _tail(out, err)
     assert recap["target3"]["failed"] >= 1, recap
-    assert "Revert the hosts this run already upgraded" in out
+    reverts = [r for r in task_results(out) if r["task"] and "Revert the hosts this run already upgraded" in r["task"]]
+    assert reverts and reverts[-1]["status"] in ("changed", "ok"), _tail(out, err)
     for t in TARGETS:
         st = _assert_on(fleet, t, before[t]["running"])
         assert "4.0.0" not in (st["running"], st["permanent"])
@@ -389,8 +397,10 @@ def http_server(fleet, env):
         log.close()
 
 
-def _gets(log_path, addr):
+def _gets(log_path, addr, since=0):
+    """Paths the host at addr GET from the server (log from byte offset `since`)."""
     with open(log_path) as f:
+        f.seek(since)
         return re.findall(r'^%s - - \[[^\]]*\] "GET (\S+) HTTP' % re.escape(addr), f.read(), re.M)
 
 
@@ -425,6 +435,7 @@ def test_pull_mode_refuses_a_missing_or_tampered_file_and_changes_nothing(fleet,
 
 def test_pull_mode_hosts_fetch_only_what_they_need(fleet, env, http_server):
     ev = env["extra"]("5.0.0", hotswap_artifact_url=http_server["url"] + "/good")
+    since = os.path.getsize(http_server["log"])
     rc, out, err, recap = _play(fleet, DEPLOY, ev, "deploy 5.0.0 pull (good, -v)", args=["-v"])
     assert rc == 0, _tail(out, err)
     manifest = json.loads((env["tmp"] / "artifacts" / "sample" / "5.0.0" / "manifest.json").read_text())
@@ -436,7 +447,7 @@ def test_pull_mode_hosts_fetch_only_what_they_need(fleet, env, http_server):
         assert "uploaded" not in res, res                          # the controller pushed nothing
         want = manifest["artifacts"][res["plan"]["package"]]["file"]
         assert res["pulled"] == want, res
-        assert _gets(http_server["log"], fleet.host(t).address) == ["/good/sample/5.0.0/" + want]
+        assert _gets(http_server["log"], fleet.host(t).address, since) == ["/good/sample/5.0.0/" + want]
         _assert_on(fleet, t, "5.0.0")
     assert results["target1"]["plan"]["action"] == "hot" and results["target1"]["plan"]["package"] == "upgrade"
     for t in ("target2", "target3"):
@@ -446,4 +457,4 @@ def test_pull_mode_hosts_fetch_only_what_they_need(fleet, env, http_server):
     assert rc == 0, _tail(out, err)
     assert all(recap[t]["changed"] == 0 for t in TARGETS), recap
     for t in TARGETS:
-        assert len(_gets(http_server["log"], fleet.host(t).address)) == 1
+        assert len(_gets(http_server["log"], fleet.host(t).address, since)) == 1
