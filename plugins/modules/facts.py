@@ -112,6 +112,10 @@ def install_agent(module, root, files):
         return stale
     if any("content" not in files[name] for name in stale):
         return None
+    if not os.path.isdir(root):
+        # a new release root is 0750 (docs/operations.md); the agent gives it to hotswap_user on first install
+        os.makedirs(root)
+        os.chmod(root, 0o750)
     if not os.path.isdir(hs):
         os.makedirs(hs, 0o750)
     os.chmod(hs, 0o750)
@@ -122,8 +126,11 @@ def install_agent(module, root, files):
         tmp = os.path.join(hs, "." + name + ".tmp")
         with open(tmp, "wb") as f:
             f.write(data)
-        os.chmod(tmp, int(files[name].get("mode", "0640"), 8))
+        mode = int(files[name].get("mode", "0640"), 8)
+        os.chmod(tmp, mode)
         module.atomic_move(tmp, os.path.join(hs, name))
+        # atomic_move gives a new file the default mode (0666 & ~umask) and an existing one its old mode
+        os.chmod(os.path.join(hs, name), mode)
     return stale
 
 
