@@ -194,9 +194,6 @@ def test_files_on_hosts_have_the_owner_and_mode_of_operations_md(fleet, env):
     assert not mismatches, "\n".join(mismatches)
 
 
-@pytest.mark.xfail(strict=True, reason="agent bug (roles/agent/files/hotswap_agent.py, not ours to edit): "
-                   "journal.jsonl and lock are created with open() under the default umask, 0644, where "
-                   "docs/operations.md says 0600")
 def test_agent_written_journal_and_lock_are_0600_as_operations_md_says(fleet, env):
     mismatches = []
     for t in TARGETS:

@@ -884,7 +884,8 @@ class Lock:
     def __enter__(self):
         self.host.ensure_hs()
         path = os.path.join(self.host.hs, "lock")
-        fh = open(path, "a+")
+        fh = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600), "a+")
+        os.chmod(path, 0o600)
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -930,8 +931,10 @@ def journal(host, entry):
     rec = {"ts": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")}
     rec.update({k: entry[k] for k in JOURNAL_KEYS if k in entry and entry[k] is not None})
     try:
-        with open(os.path.join(host.hs, "journal.jsonl"), "a", encoding="utf-8") as fh:
+        path = os.path.join(host.hs, "journal.jsonl")
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a", encoding="utf-8") as fh:
             fh.write(json.dumps(rec, sort_keys=True) + "\n")
+        os.chmod(path, 0o600)
     except OSError:
         pass
 
@@ -1534,7 +1537,8 @@ def run_health(h, vsn, check, timeout):
     why = "not run"
     while True:
         left = deadline - time.monotonic()
-        per = max(0.5, min(5.0, left))
+        # a command may take as long as the budget allows; one HTTP request at most 10 s, then retry
+        per = max(0.5, left if kind == "cmd" else min(10.0, left))
         ok, why = _http_check(arg, per) if kind == "http" else _cmd_check(arg, per)
         if ok:
             return True, why
