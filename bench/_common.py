@@ -42,7 +42,7 @@ AGENT = ["/usr/bin/python3", "/opt/sample/.hotswap/agent.py", "--root", "/opt/sa
 
 
 # a SIGTERM (kill PID) unwinds like an exception, so every fleet is torn down by its ``with`` block
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+signal.signal(signal.SIGTERM, lambda *_ign: sys.exit(143))
 
 
 def log(msg: str) -> None:
@@ -256,7 +256,7 @@ class GapSampler:
         except (OSError, ValueError):
             self.errors += 1
         self._c.close()
-        gaps = [g for _, g in self.samples]
+        gaps = [g for _ign, g in self.samples]
         return {"max_gap_ms": max(gaps) / 1000 if gaps else None,
                 "median_window_gap_ms": statistics.median(gaps) / 1000 if gaps else None,
                 "samples": len(gaps), "errors": self.errors}
@@ -326,7 +326,7 @@ def empty_playbook_seconds(bf: BenchFleet, runs: int = 2) -> float:
     pb = bf.dir / "empty.yml"
     pb.write_text("- hosts: localhost\n  gather_facts: false\n  tasks: []\n")
     times = []
-    for _ in range(runs):
+    for _ign in range(runs):
         t0 = time.monotonic()
         subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", str(bf.fleet.inventory_path), str(pb)],
                        env=ansible_env(bf.fleet), capture_output=True, cwd=str(REPO), check=True)

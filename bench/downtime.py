@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark: downtime per host, cold path vs hot path (issue 5).
 
 Fleet: build1 + 2 targets (prefix ``hsb``).  From the controller, every target's port is probed every
@@ -53,7 +52,7 @@ def _phase(bf, name, action, rows):
 def run() -> dict:
     rows: list[dict] = []
     with C.BenchFleet("downtime", targets=len(HOSTS)) as bf:
-        t, _ = bf.deploy("1.0.0", label="first-install")
+        t, _ign = bf.deploy("1.0.0", label="first-install")
         C.log(f"  first install of 1.0.0: {t:.1f}s")
         # publish both versions first so the measured phases are the rollout only
         bf.build_only("2.0.0", ["1.0.0"])

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark: how much a hot install disturbs the running node (issue 4).
 
 One target + build host (fleet prefix ``hsb``).  The sample app's ``Sample.Ticker`` ticks every 1 ms
@@ -73,12 +72,12 @@ def run(rest_seconds: float = 5.0) -> dict:
     rows: list[dict] = []
     host = "target1"
     with C.BenchFleet("hot_gap", targets=1) as bf:
-        dt, _ = bf.deploy("1.0.0", label="first-install")
+        dt, _ign = bf.deploy("1.0.0", label="first-install")
         C.log(f"  first install of 1.0.0: {dt:.1f}s")
-        dt, _ = bf.build_only("2.0.0", ["1.0.0"])
+        dt, _ign = bf.build_only("2.0.0", ["1.0.0"])
         C.log(f"  2.0.0 published (edge from 1.0.0): {dt:.1f}s")
         with bf.client(host) as c:
-            for _ in range(5):
+            for _ign in range(5):
                 c.add(3)
         # let the node and the controller settle after the first install
         time.sleep(1.0)

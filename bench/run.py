@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """``make bench``: run every benchmark (each on its own fleet, one after the other) and print a table.
 
     .venv/bin/python bench/run.py [--only hot_gap,downtime,deploy_time] [--reps N]
@@ -92,8 +91,8 @@ def main(argv=None) -> int:
         ap.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
     t0 = time.monotonic()
     results, reports, crashed = {}, {}, []
-    runners = {"hot_gap": (lambda: hot_gap.run(), hot_gap.report),
-               "downtime": (lambda: downtime.run(), downtime.report),
+    runners = {"hot_gap": (hot_gap.run, hot_gap.report),
+               "downtime": (downtime.run, downtime.report),
                "deploy_time": (lambda: deploy_time.run(a.reps), deploy_time.report)}
     for name in chosen:
         C.log(f"=== {name}")

@@ -53,7 +53,7 @@ def run_playbook(fleet, playbook, extra_vars: dict | None = None, check: bool = 
             argv += ["--limit", limit]
         argv += list(args)
         p = subprocess.run(argv, env=ansible_env(fleet, env), capture_output=True, text=True,
-                           timeout=timeout, stdin=subprocess.DEVNULL, cwd=str(REPO))
+                           timeout=timeout, stdin=subprocess.DEVNULL, cwd=str(REPO), check=False)
         return p.returncode, p.stdout, p.stderr
     finally:
         os.unlink(vars_path)

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """``make demo``: the whole product path on a local fleet, told as a story.
 
 A fleet of network-namespace hosts (build1 + target1..3, each with its own sshd and /opt; prefix ``hsd``,
@@ -193,7 +192,7 @@ class Demo:
             d = WORK / ("src-" + v)
             shutil.rmtree(d, ignore_errors=True)
             self.srcs[v] = str(sample.materialise(d, v, flags))
-        say(f"sample app sources: " + ", ".join(f"{v}{' (FLAGS ' + ','.join(f) + ': vm.args changes)' if f else ''}"
+        say("sample app sources: " + ", ".join(f"{v}{' (FLAGS ' + ','.join(f) + ': vm.args changes)' if f else ''}"
                                                for v, f in VERSIONS.items())
             + f" in {WORK.relative_to(REPO)}/src-*", 4)
 
@@ -205,7 +204,7 @@ class Demo:
         for t in TARGETS:
             with self.client(t) as c:
                 v, cfg = c.vsn(), c.config()
-                for _ in range(5):
+                for _ign in range(5):
                     c.add(2)
             self.expect(v == "1.0.0", f"{t} answers version {v}, not 1.0.0")
             self.expect(cfg == "hello-demo", f"{t}: runtime config {cfg!r} (runtime.exs not applied)")
@@ -322,7 +321,7 @@ class _Poller:
         return {"outages": self.outages, "downtime_ms": sum(self.outages) * 1000, "still_down": self._since is not None}
 
 
-def _on_term(*_):
+def _on_term(*_ign):
     raise KeyboardInterrupt
 
 

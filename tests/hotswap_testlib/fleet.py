@@ -61,7 +61,7 @@ def _run(argv, check=True, **kw):
     kw.setdefault("stdout", subprocess.PIPE)
     kw.setdefault("stderr", subprocess.PIPE)
     kw.setdefault("text", True)
-    p = subprocess.run(argv, **kw)
+    p = subprocess.run(argv, check=False, **kw)
     if check and p.returncode != 0:
         raise FleetError(f"{shlex.join(map(str, argv))} exited {p.returncode}: {p.stderr.strip()}")
     return p

@@ -129,7 +129,7 @@ def build_release(version: str, flags: Iterable[str] = (), workdir=None, timeout
     cmd = ["mix", "release", "--overwrite", "--quiet"]
     try:
         r = subprocess.run(cmd, cwd=proj, env=mix_env(workdir), stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, timeout=timeout)
+                           stderr=subprocess.STDOUT, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as e:
         raise BuildError(f"mix release timed out in {proj}:\n{e.output or ''}") from None
     if r.returncode != 0 or not (rel / "releases" / version / f"{APP}.rel").exists():
@@ -159,16 +159,35 @@ class SampleClient:
         out, self._buf = self._buf.split(b"\n", 1)
         return out.decode()
 
-    def ping(self) -> str: return self.cmd("PING")
-    def add(self, n: int = 1) -> str: return self.cmd(f"ADD {int(n)}")
-    def get(self) -> int: return int(self.cmd("GET"))
-    def vsn(self) -> str: return self.cmd("VSN")
-    def code(self) -> str: return self.cmd("CODE")
-    def state(self) -> str: return self.cmd("STATE")
-    def config(self) -> str: return self.cmd("CONFIG")
-    def audit(self) -> str: return self.cmd("AUDIT")
-    def render(self) -> str: return self.cmd("RENDER")
-    def gap(self) -> int: return int(self.cmd("GAP"))
+    def ping(self) -> str:
+        return self.cmd("PING")
+
+    def add(self, n: int = 1) -> str:
+        return self.cmd(f"ADD {int(n)}")
+
+    def get(self) -> int:
+        return int(self.cmd("GET"))
+
+    def vsn(self) -> str:
+        return self.cmd("VSN")
+
+    def code(self) -> str:
+        return self.cmd("CODE")
+
+    def state(self) -> str:
+        return self.cmd("STATE")
+
+    def config(self) -> str:
+        return self.cmd("CONFIG")
+
+    def audit(self) -> str:
+        return self.cmd("AUDIT")
+
+    def render(self) -> str:
+        return self.cmd("RENDER")
+
+    def gap(self) -> int:
+        return int(self.cmd("GAP"))
 
     def close(self) -> None:
         try:
@@ -176,8 +195,11 @@ class SampleClient:
         except OSError:
             pass
 
-    def __enter__(self): return self
-    def __exit__(self, *exc): self.close()
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def wait_ping(host: str, port: int, timeout: float = 20.0, expect: str | None = "PONG") -> str:
@@ -295,7 +317,7 @@ class LocalNode:
 
     def bin(self, *args: str, timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess:
         r = subprocess.run([str(self.rel_dir / "bin" / APP), *args], env=self.env, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, timeout=timeout)
+                           stderr=subprocess.STDOUT, text=True, timeout=timeout, check=False)
         if check and r.returncode != 0:
             raise RuntimeError(f"bin/{APP} {' '.join(args)} failed (rc={r.returncode}):\n{r.stdout}")
         return r

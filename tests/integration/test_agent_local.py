@@ -13,11 +13,9 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -118,7 +116,7 @@ APPUP_V2 = """{"2.0.0",
 
 
 def _run(cmd, cwd=None, env=None, timeout=300):
-    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     if p.returncode != 0:
         raise RuntimeError(f"{cmd} failed rc={p.returncode}\n{p.stdout}\n{p.stderr}")
     return p.stdout
@@ -214,7 +212,7 @@ def deploy_v1(info: dict, root: Path, node: str):
 
 def agent(root, *args, timeout=120):
     cmd = [sys.executable, str(AGENT), "--root", str(root), "--app", APP, *args]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     try:
         out = json.loads(p.stdout)
     except ValueError:
@@ -226,7 +224,7 @@ def agent(root, *args, timeout=120):
 def rpc(root, node, expr):
     env = dict(os.environ, RELEASE_NODE=node, DEMO_GREETING="hello-from-env")
     p = subprocess.run([str(root / "bin" / APP), "rpc", expr], env=env,
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60, check=False)
     assert p.returncode == 0, p.stdout + p.stderr
     return p.stdout.strip()
 
@@ -291,7 +289,7 @@ def test_status_v1(node):
 def test_hot_keeps_state_then_revert(node):
     root = node["root"]
     rpc(root, node["name"], "Demo.Counter.incr(41)")
-    _, st0 = agent(root, "status")
+    _ign, st0 = agent(root, "status")
     t0 = time.monotonic()
     rc, out = agent(root, "hot", "--package", node["package"], "--sha256", node["sha256"],
                     "--version", "2.0.0")
@@ -304,7 +302,7 @@ def test_hot_keeps_state_then_revert(node):
     assert counter(node) == "{41, 2, %{count: 41, upgraded: true}}"
     # runtime config survived the hot upgrade
     assert rpc(root, node["name"], "IO.puts(Application.get_env(:demo, :greeting))") == "hello-from-env"
-    _, st = agent(root, "status")
+    _ign, st = agent(root, "status")
     assert st["os_pid"] == st0["os_pid"]
     assert st["running"] == "2.0.0" and st["permanent"] == "2.0.0"
     assert (root / "releases" / "start_erl.data").read_text().split()[1] == "2.0.0"
@@ -322,7 +320,7 @@ def test_hot_keeps_state_then_revert(node):
           "agent wall ms %.0f" % ((time.monotonic() - t0) * 1000))
     assert rv["mode"] == "hot"
     assert counter(node) == "{42, 1, 42}"
-    _, st = agent(root, "status")
+    _ign, st = agent(root, "status")
     assert st["os_pid"] == st0["os_pid"]
     assert st["running"] == "1.0.0" and st["permanent"] == "1.0.0"
     assert (root / "releases" / "start_erl.data").read_text().split()[1] == "1.0.0"
@@ -367,13 +365,13 @@ def test_traversal_package_refused(node):
 def test_failing_check_stays_on_v1(node):
     root = node["root"]
     rpc(root, node["name"], "Demo.Counter.incr(7)")
-    _, st0 = agent(root, "status")
+    _ign, st0 = agent(root, "status")
     rc, out = agent(root, "hot", "--package", node["package"], "--sha256", node["sha256"],
                     "--version", "2.0.0", "--check", "cmd:false", "--timeout", "2")
     assert rc == 1, out
     assert out["failed"] is True and out["reverted"] is True and out["host_version"] == "1.0.0", out
     assert counter(node) == "{7, 1, 7}"
-    _, st = agent(root, "status")
+    _ign, st = agent(root, "status")
     assert st["os_pid"] == st0["os_pid"]
     assert st["running"] == "1.0.0" and st["permanent"] == "1.0.0"
     assert (root / "releases" / "start_erl.data").read_text().split()[1] == "1.0.0"
@@ -428,12 +426,12 @@ def test_stepwise_and_prune(node):
     rc, u2 = agent(root, "unpack", "--package", node["package"], "--sha256", node["sha256"],
                    "--version", "2.0.0")
     assert rc == 0 and u2["changed"] is False, u2
-    _, st = agent(root, "status")
+    _ign, st = agent(root, "status")
     assert "2.0.0" in st["unpacked"]
     rc, i = agent(root, "install", "--version", "2.0.0")
     assert rc == 0, i
     assert isinstance(i["install_ms"], (int, float))
-    _, st = agent(root, "status")  # RELEASES never says 'current': the agent asks the node
+    _ign, st = agent(root, "status")  # RELEASES never says 'current': the agent asks the node
     assert (st["running"], st["current"], st["permanent"]) == ("2.0.0", "2.0.0", "1.0.0"), st
     assert (root / "releases" / "start_erl.data").read_text().split()[1] == "1.0.0"
     rc, h = agent(root, "health", "--version", "2.0.0")
@@ -478,7 +476,7 @@ def test_code_change_that_raises_is_refused_before_install_and_state_kept(node):
     assert "rehearsed on a copy of the live state" in out["msg"]
     assert out["host_version"] == "2.0.0" and not out.get("state_lost")
     assert counter(node) == before                      # the live state is untouched
-    _, st = agent(root, "status")
+    _ign, st = agent(root, "status")
     assert st["running"] == "2.0.0" and st["permanent"] == "2.0.0" and st["node_up"] is True
     assert (root / "releases" / "start_erl.data").read_text().split()[1] == "2.0.0"
 
@@ -523,10 +521,10 @@ def test_rollback_cold(node):
     rc, out = agent(root, "hot", "--package", node["package"], "--sha256", node["sha256"], "--version", "2.0.0",
                     "--keep", "3", "--service-manager", "daemon")
     assert rc == 0, out
-    _, st0 = agent(root, "status")
+    _ign, st0 = agent(root, "status")
     rc, rv = agent(root, "rollback", "--version", "1.0.0", "--mode", "cold", "--timeout", "30")
     assert rc == 0 and rv["mode"] == "cold" and rv["host_version"] == "1.0.0", rv
-    _, st = agent(root, "status")
+    _ign, st = agent(root, "status")
     assert st["os_pid"] != st0["os_pid"] and st["running"] == "1.0.0" and st["permanent"] == "1.0.0", st
     assert (root / "releases" / "start_erl.data").read_text().split()[1] == "1.0.0"
     assert counter(node) == "{0, 1, 0}"
@@ -537,16 +535,16 @@ def test_rollback_cold(node):
 
 def test_status_previous_and_relup_after_hot(node):
     root = node["root"]
-    _, st = agent(root, "status")
+    _ign, st = agent(root, "status")
     assert st["previous"] is None and st["relup_down"] == [] and st["relup_up"] == [], st
     rc, out = agent(root, "hot", "--package", node["package"], "--sha256", node["sha256"], "--version", "2.0.0")
     assert rc == 0, out
-    _, st = agent(root, "status")
+    _ign, st = agent(root, "status")
     assert (st["running"], st["previous"]) == ("2.0.0", "1.0.0"), st
     assert st["relup_down"] == ["1.0.0"] and st["relup_up"] == ["1.0.0"], st
     rc, rv = agent(root, "rollback", "--version", "1.0.0", "--mode", "hot")
     assert rc == 0 and rv["mode"] == "hot" and rv["from"] == "2.0.0", rv
-    _, st = agent(root, "status")
+    _ign, st = agent(root, "status")
     assert (st["running"], st["previous"], st["relup_down"]) == ("1.0.0", "2.0.0", []), st
 
 
@@ -575,7 +573,7 @@ def full_tarball(sample_builds, version, flags=()):
 
 def sagent(root, *args, timeout=180):
     cmd = [sys.executable, str(AGENT), "--root", str(root), "--app", "sample", *args]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     try:
         out = json.loads(p.stdout)
     except ValueError:
@@ -623,7 +621,7 @@ def test_first_install_cold_and_cold_rollback_of_sample(sample_builds, sample_ro
     rc, fi = sagent(root, "first-install", "--version", "1.0.0", "--package", p1, "--sha256", s1, *sm)
     assert rc == 0 and fi["changed"] and fi["host_version"] == "1.0.0", fi
     assert isinstance(fi["start_ms"], float)
-    _, st = sagent(root, "status")
+    _ign, st = sagent(root, "status")
     assert (st["node_up"], st["running"], st["permanent"], st["previous"]) == (True, "1.0.0", "1.0.0", None), st
     assert _vsn_over_tcp(port) == "1.0.0"
     cookie = root / "releases" / "COOKIE"
@@ -637,7 +635,7 @@ def test_first_install_cold_and_cold_rollback_of_sample(sample_builds, sample_ro
                      "--check", "cmd:false", "--timeout", "2", *sm)
     assert rc == 1 and bad["reverted"] is True and bad["host_version"] == "1.0.0", bad
     assert bad["stage"] == "health", bad
-    _, st = sagent(root, "status")
+    _ign, st = sagent(root, "status")
     assert (st["running"], st["permanent"]) == ("1.0.0", "1.0.0") and st["os_pid"] != pid1, st
     assert (root / "releases" / "start_erl.data").read_text().split()[1] == "1.0.0"
     assert _vsn_over_tcp(port) == "1.0.0"
@@ -650,7 +648,7 @@ def test_first_install_cold_and_cold_rollback_of_sample(sample_builds, sample_ro
     assert _vsn_over_tcp(port) == "1.1.0"
     assert (root / "releases" / "start_erl.data").read_text().split()[1] == "1.1.0"
     assert "+sbwt none" in (root / "releases" / "1.1.0" / "vm.args").read_text()
-    _, st = sagent(root, "status")
+    _ign, st = sagent(root, "status")
     args = (Path("/proc") / str(st["os_pid"]) / "cmdline").read_bytes().split(b"\0")
     assert args[args.index(b"-sbwt") + 1] == b"none", args  # the VM booted with 1.1.0's vm.args
     assert (st["running"], st["permanent"], st["previous"]) == ("1.1.0", "1.1.0", "1.0.0"), st
@@ -665,7 +663,7 @@ def test_first_install_cold_and_cold_rollback_of_sample(sample_builds, sample_ro
     rc, rb = sagent(root, "rollback", "--version", "1.0.0", "--mode", "cold", *sm)
     assert rc == 0 and rb["host_version"] == "1.0.0" and rb["from"] == "1.1.0", rb
     assert _vsn_over_tcp(port) == "1.0.0"
-    _, st = sagent(root, "status")
+    _ign, st = sagent(root, "status")
     assert (st["node_up"], st["running"], st["permanent"], st["previous"]) == (True, "1.0.0", "1.0.0", "1.1.0"), st
     assert (root / "releases" / "start_erl.data").read_text().split()[1] == "1.0.0"
     assert b"-sbwt" not in (Path("/proc") / str(st["os_pid"]) / "cmdline").read_bytes().split(b"\0")

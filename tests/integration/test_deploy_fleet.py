@@ -107,7 +107,7 @@ def test_hot_deploy_under_load_keeps_every_process_state(fleet, env):
     pids, base = {}, {}
     for t in TARGETS:
         c = _client(fleet, t)
-        for _ in range(5):
+        for _ign in range(5):
             c.add(2)
         base[t] = c.get()
         pids[t] = _agent_status(fleet, t)["os_pid"]

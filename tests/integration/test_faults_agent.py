@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import time
 import uuid
 from pathlib import Path
 
@@ -40,7 +39,7 @@ pytestmark = pytest.mark.integration
 def _run(argv, cwd=None, env=None):
     e = dict(os.environ)
     e.update(env or {})
-    p = subprocess.run(argv, cwd=cwd, env=e, capture_output=True, text=True)
+    p = subprocess.run(argv, cwd=cwd, env=e, capture_output=True, text=True, check=False)
     return p.returncode, p.stdout, p.stderr
 
 
@@ -96,7 +95,7 @@ def build_packages(base: Path) -> dict:
 def sagent(root, *args, env=None, timeout=240):
     cmd = [sys.executable, str(AGENT), "--root", str(root), "--app", APP, *args]
     e = dict(os.environ, **(env or {}))
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=e)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=e, check=False)
     try:
         out = json.loads(p.stdout)
     except ValueError:
@@ -115,7 +114,7 @@ def node_rpc(h, expr):
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELEASE_")}
     env.update(l.split("=", 1) for l in (h["root"] / ".hotswap" / "env").read_text().split())
     p = subprocess.run([str(h["root"] / "bin" / APP), "rpc", expr], env=env, capture_output=True, text=True,
-                       timeout=60)
+                       timeout=60, check=False)
     assert p.returncode == 0, p.stdout + p.stderr
     return p.stdout.strip()
 
@@ -318,7 +317,7 @@ def tmpfs_host(pkgs, tmp_path):
                for f in fs)
     size_mb = size // (1 << 20) + 4  # the release + the agent's state, logs, a little room
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(root)],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, check=False)
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
     try:
@@ -329,8 +328,8 @@ def tmpfs_host(pkgs, tmp_path):
         try:
             _teardown_root(root)
         finally:
-            if subprocess.run(["umount", str(root)]).returncode != 0:
-                subprocess.run(["umount", "-l", str(root)])
+            if subprocess.run(["umount", str(root)], check=False).returncode != 0:
+                subprocess.run(["umount", "-l", str(root)], check=False)
 
 
 @pytest.mark.fault
@@ -510,7 +509,7 @@ def test_bad_versions_exit_2(shared_host, vsn):
 @pytest.mark.parametrize("root", ["/", "//", "/.", "/opt/..", "relative/root", "./x", "/opt/../etc"])
 def test_bad_roots_exit_2(root):
     p = subprocess.run([sys.executable, str(AGENT), "--root", root, "--app", APP, "stop"],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60, check=False)
     out = json.loads(p.stdout)
     assert p.returncode == 2 and "--root" in out["msg"], out
 
@@ -519,7 +518,7 @@ def test_bad_roots_exit_2(root):
 @pytest.mark.parametrize("app", ["Sample", "sam;ple", "../sample", "sample/x", "sample\n", ""])
 def test_bad_app_names_exit_2(shared_host, app):
     p = subprocess.run([sys.executable, str(AGENT), "--root", str(shared_host["root"]), "--app", app, "status"],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60, check=False)
     assert p.returncode == 2 and json.loads(p.stdout)["msg"].startswith("bad input")
 
 

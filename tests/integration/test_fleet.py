@@ -25,7 +25,7 @@ def _leftovers(prefix: str) -> list[str]:
 def test_ansible_ping_all_targets(fleet):
     p = subprocess.run([str(ANSIBLE), "-i", str(fleet.inventory_path), "hotswap_targets",
                         "-m", "ansible.builtin.ping", "-o"],
-                       env=fleet.ansible_env(), capture_output=True, text=True, timeout=120)
+                       env=fleet.ansible_env(), capture_output=True, text=True, timeout=120, check=False)
     assert p.returncode == 0, p.stdout + p.stderr
     for h in fleet.targets:
         assert f"{h.name} | SUCCESS" in p.stdout, p.stdout
@@ -110,6 +110,6 @@ def test_crashed_run_is_cleaned_up(fleet_available, tmp_path):
         assert str(tmp_path / "second") in (STATE_DIR / "hswc.json").read_text()
     assert not _leftovers("hswc")
     out = subprocess.run(["ip", "route", "show", "type", "unreachable"],
-                         capture_output=True, text=True).stdout
+                         capture_output=True, text=True, check=False).stdout
     assert second.host("target1").address not in out
     assert not any(_alive(p) for p in new_pids)

@@ -160,7 +160,7 @@ def test_first_install_with_a_cookie_never_prints_or_journals_it(fleet, env):
         with open(p, "rb") as f:
             assert COOKIE.encode() not in f.read(), p
     # the same with -v on a rerun (no-op): still absent
-    rc, out, err, recap, _ = _deploy(fleet, env, "1.0.0", args=["-v"])
+    rc, out, err, recap, _ign = _deploy(fleet, env, "1.0.0", args=["-v"])
     assert rc == 0, out[-3000:]
     assert all(recap[h]["changed"] == 0 for h in recap), recap
     assert COOKIE not in out + err
@@ -171,14 +171,15 @@ def _check(path, owner, mode, rows, what):
     got_owner = pwd.getpwuid(st.st_uid).pw_name
     got_mode = stat.S_IMODE(st.st_mode)
     if (got_owner, got_mode) != (owner, mode):
-        rows.append("%s: %s %s %04o, docs/operations.md says %s %04o" % (what, path, got_owner, got_mode,
-                                                                           owner, mode))
+        rows.append("%s: %s %s %04o, docs/operations.md says %s %04o"
+                    % (what, path, got_owner, got_mode, owner, mode))
 
 
 def test_files_on_hosts_have_the_owner_and_mode_of_operations_md(fleet, env):
     mismatches = []
     for t in TARGETS:
-        p = lambda rel: _host_path(fleet, t, ROOT + rel)  # noqa: E731
+        def p(rel, t=t):
+            return _host_path(fleet, t, ROOT + rel)
         _check(p(""), APP, 0o750, mismatches, t + " ROOT/")
         _check(p("/releases/RELEASES"), APP, 0o644, mismatches, t + " releases/RELEASES")
         _check(p("/releases/start_erl.data"), APP, 0o644, mismatches, t + " releases/start_erl.data")
@@ -336,7 +337,7 @@ def test_old_agent_is_refused_by_status_and_reinstalled_by_deploy(fleet, env):
     assert _agent_status(fleet, "target1")["agent_version"] != "0.9.0"
     rc, out, err = run_playbook(fleet, STATUS, {"hotswap_app": APP, "hotswap_root": ROOT}, timeout=600)
     assert rc == 0, out[-3000:]
-    rc, out, err, recap, _ = _deploy(fleet, env, "1.0.0")  # ... and the same deploy now converges
+    rc, out, err, recap, _ign = _deploy(fleet, env, "1.0.0")  # ... and the same deploy now converges
     assert rc == 0 and all(recap[h]["changed"] == 0 for h in recap), recap
 
 
@@ -477,7 +478,7 @@ def test_a_second_deploy_while_one_runs_fails_fast_on_the_lock(fleet, env):
         assert recap2.get(t, {}).get("changed", 0) == 0, recap2
     for t in TARGETS:
         _healthy_permanent(fleet, t, {"3.0.0"})
-    rc, out, err, recap, _ = _deploy(fleet, env, "3.0.0")
+    rc, out, err, recap, _ign = _deploy(fleet, env, "3.0.0")
     assert rc == 0 and all(recap[h]["changed"] == 0 for h in recap), (recap, out[-3000:])
 
 

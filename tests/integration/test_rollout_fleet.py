@@ -136,7 +136,7 @@ def _root_digest(fleet, host, root=ROOT, skip=NOT_STATE):
     return out
 
 
-def _snapshot(fleet, hosts=TARGETS):
+def _snapshot(fleet, hosts=tuple(TARGETS)):
     out = {}
     for t in hosts:
         st = _status(fleet, t)
@@ -378,7 +378,7 @@ def http_server(fleet, env):
                              "python3", "-m", "http.server", str(HTTP_PORT), "--bind", addr, "--directory", "/opt/www"],
                             stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     try:
-        for _ in range(100):
+        for _ign in range(100):
             try:
                 fleet.connect("build1", HTTP_PORT).close()
                 break

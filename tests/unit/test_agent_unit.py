@@ -157,7 +157,7 @@ def test_ex_lit_roundtrip_through_elixir():
     if not os.path.exists("/usr/bin/elixir"):
         pytest.skip("no elixir")
     s = 'q"#{1}\\ \t\n\u00e9\U0001F600'
-    p = subprocess.run(["elixir", "-e", "IO.write(" + ag.ex_lit(s) + ")"], capture_output=True, text=True)
+    p = subprocess.run(["elixir", "-e", "IO.write(" + ag.ex_lit(s) + ")"], capture_output=True, text=True, check=False)
     assert p.stdout == s
 
 
@@ -247,7 +247,7 @@ def test_lock_second_holder_fails_fast(tmp_path):
                 f"s=importlib.util.spec_from_file_location('a', {str(AGENT_PATH)!r});m=importlib.util.module_from_spec(s);s.loader.exec_module(m)\n"
                 f"h=m.Host({str(tmp_path)!r},'demo')\n"
                 "try:\n  m.Lock(h,'x').__enter__(); print('GOT')\nexcept m.OpFailed as e: print(e.msg)\n")
-        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=10)
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=10, check=False)
         assert f"pid {os.getpid()}" in p.stdout and "'hot'" in p.stdout
     with ag.Lock(h, "again"):
         pass
@@ -265,13 +265,14 @@ def test_journal_appends_known_keys_only(tmp_path):
 
 def _cli(tmp_path, *args):
     p = subprocess.run([sys.executable, str(AGENT_PATH), "--root", str(tmp_path), "--app", "demo", *args],
-                       capture_output=True, text=True, timeout=30)
+                       capture_output=True, text=True, timeout=30, check=False)
     return p.returncode, json.loads(p.stdout), p.stderr
 
 
 def test_cli_bad_input_exit_2(tmp_path):
     for args in (["install", "--version", "1;x"], ["hot", "--package", "p", "--sha256", "zz", "--version", "1"],
-                 ["nosuchcmd"], ["prune", "--keep", "0"], ["prune"], ["rollback", "--version", "1", "--mode", "warm"], ["health", "--version", "1", "--check", "ftp://x"]):
+                 ["nosuchcmd"], ["prune", "--keep", "0"], ["prune"], ["rollback", "--version", "1", "--mode", "warm"],
+                 ["health", "--version", "1", "--check", "ftp://x"]):
         rc, out, err = _cli(tmp_path, *args)
         assert rc == 2 and out["failed"] is True and out["msg"].startswith("bad input"), (args, out)
         assert "Traceback" not in err
@@ -281,7 +282,7 @@ def test_cli_status_without_node(tmp_path):
     h = _host(tmp_path)
     h.write_releases(ag.parse_releases(RELEASES))
     (tmp_path / "releases" / "start_erl.data").write_text("13.1.5 1.0.0\n")
-    rc, out, _ = _cli(tmp_path, "status")
+    rc, out, _ign = _cli(tmp_path, "status")
     assert rc == 0
     assert out["permanent"] == "1.0.0" and out["unpacked"] == ["2.0.0"]
     assert out["start_erl"] == {"erts": "13.1.5", "version": "1.0.0"}
@@ -295,7 +296,7 @@ def test_cli_unpack_sha_mismatch_changes_nothing(tmp_path):
     pkg = tmp_path / "p.tar.gz"
     pkg.write_bytes(b"not a tar")
     before = sorted(os.listdir(tmp_path / "releases"))
-    rc, out, _ = _cli(tmp_path, "unpack", "--package", str(pkg), "--sha256", "0" * 64, "--version", "3.0.0")
+    rc, out, _ign = _cli(tmp_path, "unpack", "--package", str(pkg), "--sha256", "0" * 64, "--version", "3.0.0")
     assert rc == 1 and "sha256" in out["msg"]
     assert sorted(os.listdir(tmp_path / "releases")) == before
 
@@ -381,19 +382,19 @@ def test_first_install_refusals_without_node(tmp_path):
     root = tmp_path / "root"
     pkg = tmp_path / "full.tar.gz"
     sha = _full_tarball(pkg, extra=[("releases/1.0.0/../../../escape", b"x")])
-    rc, out, _ = _cli(root, "first-install", "--version", "1.0.0", "--package", str(pkg), "--sha256", sha,
-                      "--service-manager", "daemon")
+    rc, out, _ign = _cli(root, "first-install", "--version", "1.0.0", "--package", str(pkg), "--sha256", sha,
+                         "--service-manager", "daemon")
     assert rc == 2 and ".." in out["msg"], out  # an unsafe package is bad input
     assert not (root / "bin").exists() and not (tmp_path / "escape").exists()
     # a root holding a release is refused: use hot/cold
     h = _host(root)
     h.write_releases(ag.parse_releases(RELEASES))
     sha = _full_tarball(pkg)
-    rc, out, _ = _cli(root, "first-install", "--version", "1.0.0", "--package", str(pkg), "--sha256", sha)
+    rc, out, _ign = _cli(root, "first-install", "--version", "1.0.0", "--package", str(pkg), "--sha256", sha)
     assert rc == 1 and "already installed" in out["msg"] and "hot/cold" in out["msg"], out
     # cold needs a release to start from
     (root / "releases" / "RELEASES").unlink()
-    rc, out, _ = _cli(root, "cold", "--version", "1.0.0", "--package", str(pkg), "--sha256", sha)
+    rc, out, _ign = _cli(root, "cold", "--version", "1.0.0", "--package", str(pkg), "--sha256", sha)
     assert rc == 1 and "first-install" in out["msg"], out
 
 
@@ -461,11 +462,11 @@ def test_systemd_unit_verifies(tmp_path):
     unit = tmp_path / "hotswap-demo.service"
     unit.write_text(ag.systemd_unit(str(root), "demo", "root"))
     p = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True,
-                       timeout=60)
+                       timeout=60, check=False)
     assert p.returncode == 0, p.stdout + p.stderr
     exe.unlink()  # and the check is real: a missing ExecStart binary fails
     p = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True,
-                       timeout=60)
+                       timeout=60, check=False)
     assert p.returncode != 0
 
 
@@ -566,7 +567,7 @@ def test_cli_status_reports_relup_and_previous(tmp_path):
                                        .replace("permanent_", "permanent")))
     (tmp_path / "releases" / "2.0.0").mkdir()
     (tmp_path / "releases" / "2.0.0" / "relup").write_text(RELUP)
-    rc, out, _ = _cli(tmp_path, "status")
+    rc, out, _ign = _cli(tmp_path, "status")
     assert rc == 0, out
     assert out["permanent"] == "2.0.0" and out["previous"] == "1.0.0"
     assert out["relup_down"] == ["1.0.0"] and out["relup_up"] == ["1.0.0", "1.5.0"]
@@ -620,7 +621,7 @@ def test_property_app_name_validation(a):
 
 
 _SEGMENTS = ["..", ".", "a", "b", "/", "//", "lib", "sample-2.0.0", "releases", "2.0.0", "\\", "..\\", "a..b"]
-_path = st.lists(st.sampled_from(_SEGMENTS), min_size=1, max_size=8).map(lambda xs: "/".join(xs))
+_path = st.lists(st.sampled_from(_SEGMENTS), min_size=1, max_size=8).map("/".join)
 _raw_path = st.lists(st.sampled_from(_SEGMENTS), min_size=1, max_size=8).map("".join)
 _any_path = st.one_of(_path, _raw_path)
 _kinds = st.sampled_from([tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.CHRTYPE,
@@ -740,7 +741,7 @@ def test_repair_boot_files_rebuilds_corrupt_releases_from_disk(tmp_path):
 def test_status_reports_corrupt_releases(tmp_path):
     (tmp_path / "releases").mkdir()
     (tmp_path / "releases" / "RELEASES").write_text("not erlang [")
-    rc, out, _ = _cli(tmp_path, "status")
+    rc, out, _ign = _cli(tmp_path, "status")
     assert rc == 0 and out["releases_error"] and "RELEASES" in out["releases_error"], out
 
 
@@ -802,7 +803,7 @@ def test_unpack_enospc_midway_removes_partial_files(tmp_path, monkeypatch):
 @pytest.mark.parametrize("root", ["/", "//", "/.", "/opt/..", "/opt/../etc", "rel/x", "/opt/x\n"])
 def test_cli_bad_roots(root):
     p = subprocess.run([sys.executable, str(AGENT_PATH), "--root", root, "--app", "demo", "status"],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, check=False)
     assert p.returncode == 2 and "--root" in json.loads(p.stdout)["msg"]
 
 
