@@ -92,3 +92,20 @@ def describe_mismatch(build_host, diffs):
     lines = ["%s differs from build host %s: %s (build %s, target %s)" % (h, build_host, f, b, t)
              for h, f, b, t in diffs]
     return "; ".join(lines)
+
+
+def package_mismatch(manifest, host_fp):
+    """Why a published release must not be installed on a host with fingerprint ``host_fp`` (None if it may).
+
+    The manifest records the build host's fingerprint; ``otp`` matters only when ERTS is not bundled."""
+    built = manifest.get("os")
+    if not isinstance(built, dict):
+        return None
+    include_erts = (manifest.get("runtime") or {}).get("include_erts", True)
+    diffs = compare(built, {"this host": host_fp}, include_erts=include_erts)
+    if not diffs:
+        return None
+    return ("%s %s was built for another OS: %s. Build it on a host that matches the targets (or set "
+            "hotswap_allow_os_mismatch: true to accept the risk)"
+            % (manifest.get("app"), manifest.get("version"),
+               ", ".join("%s %s (this host %s)" % (f, b, t) for _h, f, b, t in diffs)))

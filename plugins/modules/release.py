@@ -103,6 +103,10 @@ options:
     description: Verify TLS certificates in pull mode.
     type: bool
     default: true
+  allow_os_mismatch:
+    description: Install a release whose build host's OS fingerprint differs from this host's (refused by default).
+    type: bool
+    default: false
 """
 
 EXAMPLES = r"""
@@ -172,7 +176,7 @@ import stat
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import fetch_url
 
-from ansible_collections.beam.hotswap.plugins.module_utils import _plan
+from ansible_collections.beam.hotswap.plugins.module_utils import _fingerprint, _plan
 from ansible_collections.beam.hotswap.plugins.module_utils._agent_client import AgentClient, AgentError
 from ansible_collections.beam.hotswap.plugins.module_utils._build import VERSION_RE, manifest_errors
 
@@ -248,6 +252,7 @@ def main():
             artifact_dir=dict(type="path"),
             artifact_url=dict(type="str"),
             validate_certs=dict(type="bool", default=True),
+            allow_os_mismatch=dict(type="bool", default=False),
         ),
         required_if=[("state", "deployed", ("manifest",))],
         supports_check_mode=True,
@@ -267,6 +272,9 @@ def main():
             if p["manifest"]["app"] != p["app"]:
                 module.fail_json(msg="the manifest is for release %s, not %s: check hotswap_app"
                                  % (p["manifest"]["app"], p["app"]))
+            why = _fingerprint.package_mismatch(p["manifest"], _fingerprint.gather())
+            if why and not p["allow_os_mismatch"]:
+                module.fail_json(msg=why + "; nothing changed", changed=False)
         elif p["version"] is not None and (not VERSION_RE.match(p["version"]) or ".." in p["version"]):
             module.fail_json(msg="hotswap_version %r is not a valid release version (letters, digits, . _ + -)"
                              % p["version"])

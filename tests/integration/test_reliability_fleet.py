@@ -292,6 +292,33 @@ def test_unusable_manifest_is_refused_by_the_release_module(fleet, env, name, ma
     assert _digests(fleet) == before
 
 
+@pytest.mark.bad_input
+def test_package_built_for_another_os_fingerprint_is_refused(fleet, env):
+    """A real, published manifest whose build-host fingerprint says another glibc: refused before any change."""
+    man_path = next(iter(sorted((env["tmp"] / "artifacts" / APP).glob("*/manifest.json"))))
+    manifest = json.loads(man_path.read_text())
+    manifest["os"] = dict(manifest["os"], glibc="2.17-elsewhere")
+    play = env["tmp"] / "manifest-other-os.yml"
+    play.write_text(
+        "- hosts: target1\n"
+        "  gather_facts: false\n"
+        "  tasks:\n"
+        "    - name: Deploy a package built for another OS\n"
+        "      beam.hotswap.release:\n"
+        "        app: %s\n"
+        "        root: %s\n"
+        "        manifest: \"{{ foreign_manifest }}\"\n"
+        "        service_manager: daemon\n"
+        "        artifact_dir: %s\n" % (APP, ROOT, env["tmp"] / "artifacts"))
+    before = _digests(fleet)
+    rc, out, err = run_playbook(fleet, str(play), {"foreign_manifest": manifest}, timeout=600)
+    assert rc != 0, out[-3000:]
+    _no_traceback(out, err)
+    msgs = _failed_msgs(out)
+    assert "built for another OS" in msgs and "glibc 2.17-elsewhere" in msgs, msgs[-3000:]
+    assert _digests(fleet) == before
+
+
 # --------------------------------------------------------------------------- fault 7a: the build fails halfway
 
 @pytest.mark.fault

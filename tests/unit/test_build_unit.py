@@ -317,3 +317,19 @@ def test_erlterm_parses_otp_style_text():
 def test_erlterm_rejects_malformed(text):
     with pytest.raises(_erlterm.TermError):
         _erlterm.parse_terms(text)
+
+
+# --- a package built for another OS is refused at install time ------------------------------------
+
+def test_package_for_another_os_fingerprint_is_refused_naming_the_field():
+    from ansible_collections.beam.hotswap.plugins.module_utils import _fingerprint
+    host = {"distro": "debian", "distro_version": "12", "arch": "x86_64", "glibc": "2.36", "openssl": "3.0.17",
+            "otp": "25"}
+    manifest = {"app": "sample", "version": "2.0.0", "os": dict(host, glibc="2.31"), "runtime": {"include_erts": True}}
+    why = _fingerprint.package_mismatch(manifest, host)
+    assert why and "glibc 2.31 (this host 2.36)" in why and "sample 2.0.0" in why
+    assert _fingerprint.package_mismatch(dict(manifest, os=host), host) is None
+    # OTP counts only when the release does not bundle ERTS
+    other_otp = dict(host, otp="26")
+    assert _fingerprint.package_mismatch(dict(manifest, os=other_otp), host) is None
+    assert "otp" in _fingerprint.package_mismatch(dict(manifest, os=other_otp, runtime={"include_erts": False}), host)
