@@ -12,7 +12,6 @@ PY_PKGS     := ansible-core==2.19.14 ansible-lint==26.10.1 pytest==9.2.0 hypothe
                jinja2==3.1.6 packaging==26.4
 export ANSIBLE_COLLECTIONS_PATH := $(COLL_ROOT)
 export PYTHONPATH := $(COLL_ROOT):$(CURDIR)/tests
-export ANSIBLE_CONFIG := $(CURDIR)/tests/ansible.cfg
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'

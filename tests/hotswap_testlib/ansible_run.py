@@ -22,6 +22,9 @@ def ansible_env(fleet, extra: dict | None = None) -> dict:
     """The fleet's ansible environment plus the collection and test-lib paths."""
     env = fleet.ansible_env()
     env["ANSIBLE_COLLECTIONS_PATH"] = str(COLLECTIONS_ROOT)
+    # tests read task results and messages from the output: pin its format whatever ansible.cfg says
+    env.pop("ANSIBLE_CONFIG", None)
+    env["ANSIBLE_CALLBACK_RESULT_FORMAT"] = "json"
     paths = [str(COLLECTIONS_ROOT), str(REPO / "tests")]
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])

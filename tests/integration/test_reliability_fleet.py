@@ -57,7 +57,8 @@ def env(fleet, tmp_path_factory):
             "hotswap_build_store": STORE,
             "hotswap_artifact_dir": str(tmp / "artifacts"),
             "hotswap_report_dir": str(tmp / "reports"),
-            "hotswap_env": {"SAMPLE_PORT": str(PORT), "SAMPLE_GREETING": "hello-rel"},
+            # its own node name: other suites' nodes run on the same hosts in the same session
+            "hotswap_env": {"SAMPLE_PORT": str(PORT), "SAMPLE_GREETING": "hello-rel", "RELEASE_NODE": "rel"},
             "hotswap_service_manager": "daemon",
             "hotswap_cookie": COOKIE,
             "hotswap_health_timeout": 60,
