@@ -1157,10 +1157,10 @@ def _remove_files_of(h, vsn, rels, lib_names):
     return removed
 
 
-def prepare_unpack(h, package, sha, vsn, node_up, running=None):
-    """Verify + stage + move the package into the root.  Returns a dict:
-    {"changed", "noop", "rel_file" (to register, or None), "moved": [...], "cleaned": [...]}.
-    Registration with release_handler is the caller's job (rpc or write_releases)."""
+def open_verified(package, sha, check):
+    """Verify a package's sha256 FIRST, then open it and check every entry with ``check`` (which raises
+    for an unsafe entry and returns the entry's path in the root, or None to skip it).
+    Returns (tarfile, [(member, path)]); the caller closes the tarfile."""
     if not os.path.isfile(package):
         raise OpFailed(f"package {package} does not exist; nothing changed")
     got = sha256_file(package)
@@ -1171,12 +1171,20 @@ def prepare_unpack(h, package, sha, vsn, node_up, running=None):
         tf = tarfile.open(package, "r:*")
     except (tarfile.TarError, OSError) as e:
         raise OpFailed(f"package {package} is not a readable tar archive ({e}); nothing changed")
+    try:
+        members = [(m, rel) for m in tf.getmembers() for rel in [check(m)] if rel]
+    except BaseException:
+        tf.close()
+        raise
+    return tf, members
+
+
+def prepare_unpack(h, package, sha, vsn, node_up, running=None):
+    """Verify + stage + move the package into the root.  Returns a dict:
+    {"changed", "noop", "rel_file" (to register, or None), "moved": [...], "cleaned": [...]}.
+    Registration with release_handler is the caller's job (rpc or write_releases)."""
+    tf, members = open_verified(package, sha, lambda m: check_member(m, h.app, vsn))
     with tf:
-        members = []
-        for m in tf.getmembers():
-            rel = check_member(m, h.app, vsn)
-            if rel:
-                members.append((m, rel))
         names = {rel for _ign, rel in members}
         top_rel = f"releases/{h.app}-{vsn}.rel"
         if top_rel not in names:
@@ -2066,22 +2074,8 @@ def cmd_stop(h, a):
 def stage_full(h, package, sha, vsn, owner):
     """Verify the sha256 FIRST, check every entry, extract into a private staging dir.
     Returns {"staging", "rel", "members"}; the caller removes the staging dir."""
-    if not os.path.isfile(package):
-        raise OpFailed(f"package {package} does not exist; nothing changed")
-    got = sha256_file(package)
-    if got != sha:
-        raise OpFailed(f"package {package} refused: sha256 is {got}, expected {sha}; nothing changed",
-                       sha256_actual=got)
-    try:
-        tf = tarfile.open(package, "r:*")
-    except (tarfile.TarError, OSError) as e:
-        raise OpFailed(f"package {package} is not a readable tar archive ({e}); nothing changed")
+    tf, members = open_verified(package, sha, lambda m: check_full_member(m, h.app, vsn))
     with tf:
-        members = []
-        for m in tf.getmembers():
-            rel = check_full_member(m, h.app, vsn)
-            if rel:
-                members.append((m, rel))
         names = {rel for _ign, rel in members}
         rel_name = f"releases/{vsn}/{h.app}.rel"
         for need in (rel_name, f"bin/{h.app}"):
