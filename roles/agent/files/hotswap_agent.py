@@ -694,22 +694,30 @@ class Host:
             return self.owner()
         return os.geteuid(), os.getegid()
 
-    def full_sha(self, vsn):
+    def _read_record(self, vsn, suffix):
+        """The package checksum recorded for ``vsn`` in ``.hotswap/unpacked/VSN<suffix>``, or None."""
         try:
-            with open(os.path.join(self.hs, "unpacked", vsn + ".full.sha256")) as fh:
+            with open(os.path.join(self.hs, "unpacked", vsn + suffix)) as fh:
                 return fh.read().strip()
         except OSError:
             return None
 
-    def set_full_sha(self, vsn, sha):
+    def _write_record(self, vsn, suffix, sha):
+        """Record (or with None, forget) the package checksum for ``vsn``."""
         self.ensure_hs()
-        f = os.path.join(self.hs, "unpacked", vsn + ".full.sha256")
+        f = os.path.join(self.hs, "unpacked", vsn + suffix)
         if sha is None:
             if os.path.exists(f):
                 os.unlink(f)
         else:
             with open(f, "w") as fh:
                 fh.write(sha + "\n")
+
+    def full_sha(self, vsn):
+        return self._read_record(vsn, ".full.sha256")
+
+    def set_full_sha(self, vsn, sha):
+        self._write_record(vsn, ".full.sha256", sha)
 
     def write_owned(self, path, text):
         tmp = path + ".hotswap-tmp"
@@ -734,21 +742,10 @@ class Host:
             return None
 
     def sha_record(self, vsn):
-        try:
-            with open(os.path.join(self.hs, "unpacked", vsn + ".sha256")) as fh:
-                return fh.read().strip()
-        except OSError:
-            return None
+        return self._read_record(vsn, ".sha256")
 
     def set_sha_record(self, vsn, sha):
-        self.ensure_hs()
-        f = os.path.join(self.hs, "unpacked", vsn + ".sha256")
-        if sha is None:
-            if os.path.exists(f):
-                os.unlink(f)
-        else:
-            with open(f, "w") as fh:
-                fh.write(sha + "\n")
+        self._write_record(vsn, ".sha256", sha)
 
     def installed_record(self):
         try:
