@@ -19,6 +19,7 @@ from ansible.plugins.action import ActionBase
 
 from ansible_collections.beam.hotswap.plugins.module_utils._build import (
     SOURCE_EXCLUDE, manifest_errors, sha256_file, tree_digest)
+from ansible_collections.beam.hotswap.plugins.module_utils._fingerprint import MISMATCH_HINT, targets_mismatch
 
 CONTROLLER_ARGS = ("source", "artifact_dir", "fetch")
 
@@ -29,7 +30,9 @@ def _is_git_url(s):
 
 class ActionModule(ActionBase):
 
-    TRANSFERS_FILES = True
+    # False: no remote temp dir up front (ActionBase would make and remove one on every run, two
+    # extra ssh round-trips); one is made only when a file is actually uploaded.
+    TRANSFERS_FILES = False
 
     def _pack(self, source):
         fd, path = tempfile.mkstemp(suffix=".tar.gz")
@@ -81,6 +84,37 @@ class ActionModule(ActionBase):
             fetched.append("manifest.json")
         return dest, fetched
 
+    def _controller_copy(self, args, artifact_dir):
+        """The manifest and directory of a verified copy, on the controller, of the release built from
+        this very source (same digest), with relup edges from every requested base; else None.
+
+        A release is immutable once published, so with such a copy the build host has nothing to add:
+        the rollout does not contact it at all (a pre-built release deploys in fewer round-trips)."""
+        adir = os.path.join(artifact_dir, args.get("app") or "")
+        if not args.get("app") or not os.path.isdir(adir):
+            return None
+        for vsn in sorted(os.listdir(adir)):
+            mpath = os.path.join(adir, vsn, "manifest.json")
+            try:
+                with open(mpath) as f:
+                    m = json.load(f)
+            except (OSError, ValueError):
+                continue
+            if not isinstance(m, dict) or m.get("source_digest") != args["source_digest"] or manifest_errors(m) \
+                    or m.get("version") != vsn:
+                continue
+            if args.get("version") and args["version"] != vsn:
+                return None  # the build host reports the version conflict
+            have = set(e.get("from") for e in m.get("edges", []))
+            if not set(args.get("bases") or []) - set([vsn]) <= have:
+                return None  # new edges to build
+            for art in m["artifacts"].values():
+                local = os.path.join(adir, vsn, art["file"])
+                if not os.path.isfile(local) or sha256_file(local) != art["sha256"]:
+                    return None  # fetch it again
+            return m, os.path.join(adir, vsn)
+        return None
+
     def run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars)
         args = dict(self._task.args)
@@ -102,6 +136,21 @@ class ActionModule(ActionBase):
             else:
                 raise AnsibleActionFail("hotswap_source %s is neither a directory on the controller nor a git URL" % source)
 
+            cached = None
+            if "source_digest" in args and artifact_dir and do_fetch:
+                cached = self._controller_copy(args, os.path.expanduser(artifact_dir))
+            if cached:
+                manifest, dest = cached
+                include_erts = (manifest.get("runtime") or {}).get("include_erts", True)
+                msg = targets_mismatch(task_vars.get("inventory_hostname", "the build host"), manifest.get("os") or {},
+                                       args.get("target_fingerprints") or {}, include_erts=include_erts)
+                if msg and not args.get("allow_os_mismatch"):
+                    raise AnsibleActionFail(msg + MISMATCH_HINT)
+                if msg:
+                    result["warnings"] = [msg]
+                result.update(changed=False, version=manifest["version"], manifest=manifest, artifact_dir=dest,
+                              fetched=[], build_fingerprint=manifest.get("os"), controller_copy=True)
+                return result
             res = self._execute_module(module_name="beam.hotswap.build", module_args=args, task_vars=task_vars)
             if res.get("need_source") and not res.get("failed"):
                 local_archive = self._pack(source)

@@ -94,6 +94,16 @@ def describe_mismatch(build_host, diffs):
     return "; ".join(lines)
 
 
+def targets_mismatch(build_host, build_fp, targets, include_erts=True):
+    """The error (or warning) text when targets differ from the build fingerprint, else None."""
+    diffs = compare(build_fp, targets, include_erts=include_erts)
+    return ("OS mismatch: " + describe_mismatch(build_host, diffs)) if diffs else None
+
+
+MISMATCH_HINT = (". Build on a host whose OS matches the targets (or set hotswap_allow_os_mismatch: true "
+                 "to only warn).")
+
+
 def package_mismatch(manifest, host_fp):
     """Why a published release must not be installed on a host with fingerprint ``host_fp`` (None if it may).
 

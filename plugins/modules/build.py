@@ -164,12 +164,10 @@ def main():
             _build.check_version(b, "base version")
         if p["version"]:
             _build.check_version(p["version"], "hotswap_version")
-        diffs = _fingerprint.compare(fp, p["target_fingerprints"])
-        if diffs:
-            msg = "OS mismatch: " + _fingerprint.describe_mismatch(socket.gethostname(), diffs)
+        msg = _fingerprint.targets_mismatch(socket.gethostname(), fp, p["target_fingerprints"])
+        if msg:
             if not p["allow_os_mismatch"]:
-                module.fail_json(msg=msg + ". Build on a host whose OS matches the targets (or set "
-                                 "hotswap_allow_os_mismatch: true to only warn).", **result)
+                module.fail_json(msg=msg + _fingerprint.MISMATCH_HINT, **result)
             module.warn(msg)
         digest = p["source_digest"]
         if digest and not p["source_git"]:

@@ -292,6 +292,43 @@ def test_unchanged_rebuild_is_noop(builds):
     builds.timings["no-op rebuild"] = p.seconds
 
 
+def test_controller_copy_spares_the_build_host(builds, fleet):
+    """A release the controller holds (same source digest, an edge from every base, artifacts verified)
+    needs no build host at all: it still answers with the build host's link cut."""
+    src = builds.source("v3-offline", "3.0.0")
+    before = builds.listing()
+    fleet.cut_link("build1")
+    try:
+        p = builds.play(src, ["1.0.0", "2.0.0"])
+    finally:
+        fleet.restore_link("build1")
+    assert p.rc == 0, str(p)
+    assert p.result["controller_copy"] is True and p.result["changed"] is False, p.result
+    assert p.result["version"] == "3.0.0" and p.result["fetched"] == []
+    assert p.result["manifest"] == builds.manifest("3.0.0")
+    assert builds.listing() == before
+    # the same copy checked against a target whose OS differs: refused, naming both sides
+    fp = builds.plays["1.0.0"].result["build_fingerprint"]
+    p = builds.play(src, ["1.0.0", "2.0.0"], hotswap_target_fingerprints={"target2": dict(fp, openssl="0.9-fake")})
+    assert_failed_cleanly(p, "OS mismatch", "target2", "openssl", "0.9-fake", "build1")
+
+
+def test_controller_copy_is_verified_and_refetched_when_damaged(builds):
+    src = builds.source("v3-damaged", "3.0.0")
+    up = builds.artifacts / APP / "3.0.0" / builds.manifest("3.0.0")["artifacts"]["upgrade"]["file"]
+    good = up.read_bytes()
+    up.write_bytes(good[:-10] + b"0123456789")
+    p = builds.play(src, ["1.0.0", "2.0.0"])
+    assert p.rc == 0, str(p)
+    assert "controller_copy" not in p.result and p.result["fetched"] == [up.name], p.result
+    assert up.read_bytes() == good
+    # a base the copy has no edge from: the build host extends the edges (and the copy follows)
+    p = builds.play(src, ["1.0.0", "2.0.0", "0.8.0"])
+    assert p.rc == 0, str(p)
+    assert "controller_copy" not in p.result and p.result["changed"] is True, p.result
+    assert {e["from"] for e in builds.manifest("3.0.0")["edges"]} >= {"1.0.0", "2.0.0", "0.8.0"}
+
+
 # --------------------------------------------------------------------------- bad input
 
 def test_no_mix_exs(builds):
