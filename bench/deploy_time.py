@@ -23,6 +23,7 @@ Goals: 1 host <= 1.5 x the baseline; 6 hosts <= 1.3 x 1 host.
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import statistics
 import subprocess
@@ -102,7 +103,7 @@ def playbook_deploy(bf, name, hosts, i, **kw):
     t0 = time.time()
     t, out = bf.deploy("2.0.0", hosts=hosts, label=f"hot-{len(hosts)}{'-onebatch' if kw else ''}-{i}",
                        env=C.timer_env(tfile), hotswap_mode="hot", **kw)
-    if out.count("1.0.0 -> 2.0.0: hot") < len(hosts):
+    if len(re.findall(r"^\s+\"target\d+\s+1\.0\.0\s+2\.0\.0\s+hot\s+changed\s", out, re.M)) < len(hosts):
         raise RuntimeError(f"{name}: not every host went 1.0.0 -> 2.0.0 hot (see the log)")
     prof = C.timer_profile(tfile, end=t0 + t)
     prof["wall"] = t

@@ -97,8 +97,11 @@ def test_check_diff_shows_the_plan_and_changes_nothing(fleet, env):
     store_before = _root_digest(fleet, "build1", STORE)
     rc, out, err, recap = _deploy(fleet, env, "2.0.0", check=True, diff=True)
     assert rc == 0, out[-4000:] + err[-2000:]
+    # per host: the summary row (from, to, action), the reasons line and the diff naming the plan
     for t in TARGETS:
-        assert re.search(r"1\.0\.0 -> 2\.0\.0: hot", out), out[-3000:]
+        assert re.search(t + r"\s+1\.0\.0\s+2\.0\.0\s+hot\s", out), out[-3000:]
+        assert t + ": hot because relup has a hot edge from 1.0.0" in out, out[-3000:]
+    assert out.count("+sample: 2.0.0 (1.0.0 -> 2.0.0: hot (relup has a hot edge from 1.0.0))") == len(TARGETS), out[-3000:]
     assert {t: _root_digest(fleet, t) for t in TARGETS} == before
     assert _root_digest(fleet, "build1", STORE) == store_before
 
