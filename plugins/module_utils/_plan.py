@@ -123,3 +123,9 @@ def rollback(status, target=None, mode="auto"):
 def describe(plan):
     """One line for people: ``1.0.0 -> 2.0.0: hot (relup has a hot edge from 1.0.0)``."""
     return "%s -> %s: %s (%s)" % (plan["from"] or "nothing", plan["to"], plan["action"], "; ".join(plan["reasons"]))
+
+
+def diff(app, plan):
+    """The --diff view of a plan: the release before, the release after and how."""
+    return {"before": "%s: %s\n" % (app, plan["from"] or "(none)"),
+            "after": "%s: %s (%s)\n" % (app, plan["to"], describe(plan))}

@@ -18,6 +18,9 @@ description:
   - With O(install_agent=true) it first installs the agent that ships with this collection in
     C(ROOT/.hotswap/) when the host's copy differs (the action plugin sends checksums first and the files
     only when needed), so installing and gathering is one round-trip when nothing changed.
+  - When the installed agent is the expected one, the action plugin reads the same facts by running it
+    directly (one ssh command, no module payload); this module runs when the agent must be installed or
+    updated, or cannot answer.
   - Sets the fact C(hotswap_host).
 author:
   - beam.hotswap developers (@beam-hotswap)

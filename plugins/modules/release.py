@@ -21,6 +21,11 @@ description:
   - With O(state=rolled_back) the host returns to O(version) (default the release it ran before) using
     only what it holds, that is the running release's relup down edge when there is one, a cold switch otherwise.
   - The action plugin of the same name uploads the package the plan needs, only when the host lacks it.
+  - When the host's facts are known (role C(beam.hotswap.agent) gathers them), the action plugin plans from
+    them and has the installed agent carry the plan out directly (one ssh command, no module payload),
+    telling it the state it planned from; if the host changed in between, the agent refuses and this
+    module plans again on the host. Check mode, pull mode (O(artifact_url)) and delegated tasks always
+    run this module.
 author:
   - beam.hotswap developers (@beam-hotswap)
 attributes:
@@ -171,35 +176,14 @@ timing:
 
 import hashlib
 import os
-import stat
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import fetch_url
 
 from ansible_collections.beam.hotswap.plugins.module_utils import _fingerprint, _plan
-from ansible_collections.beam.hotswap.plugins.module_utils._agent_client import AgentClient, AgentError
+from ansible_collections.beam.hotswap.plugins.module_utils._agent_client import (
+    AgentClient, AgentError, failure_result, plan_command, settings_of, timing)
 from ansible_collections.beam.hotswap.plugins.module_utils._build import VERSION_RE, manifest_errors
-
-
-def _write_private(module, path, text, mode):
-    """Write a file atomically (temp + atomic_move) with a mode; returns True when it changed."""
-    if os.path.exists(path):
-        with open(path) as f:
-            same = f.read() == text
-        if same:
-            if stat.S_IMODE(os.stat(path).st_mode) == mode:
-                return False
-            os.chmod(path, mode)
-            return True
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, mode)
-    module.atomic_move(tmp, path)
-    # atomic_move gives a file it creates the default mode (0666 & ~umask): set ours again
-    os.chmod(path, mode)
-    return True
 
 
 def _pull(module, base, manifest, art, path):
@@ -221,15 +205,6 @@ def _pull(module, base, manifest, art, path):
         module.fail_json(msg="%s does not match its sha256 in the manifest (got %s): refused, nothing changed"
                          % (url, h.hexdigest()), changed=False)
     module.atomic_move(tmp, path)
-
-
-def _timing(out):
-    """``install 12 ms, total 640 ms, downtime 0 ms`` from the agent's figures."""
-    parts = []
-    for key, label in (("install_ms", "install"), ("downtime_ms", "downtime"), ("total_ms", "total")):
-        if isinstance(out.get(key), (int, float)):
-            parts.append("%s %d ms" % (label, out[key]))
-    return ", ".join(parts)
 
 
 def main():
@@ -290,57 +265,33 @@ def main():
     result.update(plan=plan, summary=summary, host_version=plan["from"])
     changed = plan["action"] != _plan.NOOP
     if module._diff:
-        result["diff"] = dict(before="%s: %s\n" % (p["app"], plan["from"] or "(none)"),
-                              after="%s: %s (%s)\n" % (p["app"], plan["to"], plan["action"]))
+        result["diff"] = _plan.diff(p["app"], plan)
     if module.check_mode or not changed:
         module.exit_json(changed=changed, **result)
 
-    # carry the plan out
+    # carry the plan out: the agent writes the environment/cookie, keeps the package, runs the command
     try:
-        hs = os.path.join(client.root, ".hotswap")
-        if p["env"]:
-            lines = "".join("%s=%s\n" % (k, v) for k, v in sorted(p["env"].items()))
-            _write_private(module, os.path.join(hs, "env"), lines, 0o600)
-        if p["cookie"]:
-            _write_private(module, os.path.join(hs, "cookie"), p["cookie"], 0o400)
-        common = ["--keep", p["keep_releases"], "--timeout", p["health_timeout"],
-                  "--service-manager", p["service_manager"]]
-        if p["health_check"]:
-            common += ["--check", p["health_check"]]
-        pkg = []
+        package = None
         if plan["package"]:
             art = p["manifest"]["artifacts"][plan["package"]]
-            path = os.path.join(hs, "packages", "%s-%s" % (art["sha256"], art["file"]))
-            if p["package_src"] and not os.path.exists(path):
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                module.atomic_move(p["package_src"], path)
-            elif p["artifact_url"] and not os.path.exists(path):
+            path = os.path.join(client.root, ".hotswap", "packages", "%s-%s" % (art["sha256"], art["file"]))
+            if p["artifact_url"] and not os.path.exists(path) and not p["package_src"]:
                 _pull(module, p["artifact_url"], p["manifest"], art, path)
                 result["pulled"] = art["file"]
-            if not os.path.exists(path):
+            if p["package_src"] and not os.path.exists(path):
+                package = (p["package_src"], art["sha256"])
+            elif os.path.exists(path):
+                package = (path, art["sha256"])
+            else:
                 module.fail_json(msg="the package %s is not on the host (expected %s); the run's facts were stale: "
                                  "re-run the play" % (art["file"], path), changed=False, **result)
-            pkg = ["--package", path, "--sha256", art["sha256"]]
-        action = plan["action"]
-        if action == _plan.HOT and plan["direction"] == "up":
-            out = client.run("hot", "--version", plan["to"], *(pkg + common))
-        elif action == _plan.HOT:
-            out = client.run("rollback", "--version", plan["to"], "--mode", "hot", *common)
-        elif action == _plan.COLD and plan["direction"] == "down":
-            out = client.run("rollback", "--version", plan["to"], "--mode", "cold", *common)
-        elif action == _plan.COLD:
-            out = client.run("cold", "--version", plan["to"], *(pkg + common))
-        elif action == _plan.INSTALL:
-            out = client.run("first-install", "--version", plan["to"], *(pkg + common))
-        elif action == _plan.START:
-            out = client.run("start", "--version", plan["to"], *common)
-        else:  # COMMIT
-            out = client.run("commit", "--version", plan["to"], *common)
+        command, args = plan_command(plan, p, package)
+        if package and package[0] != path:
+            args += ["--store-package", art["file"]]
+        out = client.run(command, *args, settings=settings_of(p))
     except AgentError as e:
-        r = e.result
-        result.update(agent=r, reverted=bool(r.get("reverted")), host_version=r.get("host_version"))
-        module.fail_json(msg="%s failed on this host: %s" % (summary, e), changed=bool(r.get("changed", True)), **result)
-    result.update(agent=out, host_version=out.get("host_version", plan["to"]), timing=_timing(out))
+        module.fail_json(**failure_result(result, summary, e))
+    result.update(agent=out, host_version=out.get("host_version", plan["to"]), timing=timing(out))
     module.exit_json(changed=True, **result)
 
 

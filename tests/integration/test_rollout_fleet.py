@@ -169,10 +169,10 @@ def _assert_on(fleet, host, version):
 
 
 def _outcome(out, host):
-    """The one-line outcome the upgrade role printed for host ("FROM -> TO: ACTION (why) — timing")."""
-    r = task_result(out, "Report the outcome", host)
+    """The one-line outcome of the release task for host ("FROM -> TO: ACTION (why)"; needs -v)."""
+    r = task_result(out, "Deploy or roll back", host)
     assert r and r["result"], "no outcome printed for %s" % host
-    return r["result"]["msg"]
+    return r["result"]["summary"]
 
 
 def _tail(out, err, n=4000):
@@ -346,7 +346,7 @@ def test_revert_on_failure_fleet_puts_every_host_upgraded_in_this_run_back(fleet
     fleet.run("target3", ["touch", "/opt/fail-here"])
     try:
         rc, out, err, recap = _deploy(fleet, env, "4.0.0", label="deploy 4.0.0 revert=fleet (fails on target3)",
-                                      hotswap_serial=[1, 2], hotswap_revert_on_failure="fleet",
+                                      args=["-v"], hotswap_serial=[1, 2], hotswap_revert_on_failure="fleet",
                                       hotswap_health_check="cmd:/usr/bin/test ! -e /opt/fail-here",
                                       hotswap_health_timeout=10)
     finally:
@@ -458,3 +458,45 @@ def test_pull_mode_hosts_fetch_only_what_they_need(fleet, env, http_server):
     assert all(recap[t]["changed"] == 0 for t in TARGETS), recap
     for t in TARGETS:
         assert len(_gets(http_server["log"], fleet.host(t).address, since)) == 1
+
+
+# ----------------------------------------------------------------------------------------------- 7
+
+def test_a_plan_made_from_stale_facts_is_refused_by_the_agent_and_made_again_by_the_module(fleet, env):
+    """Facts are read, then someone else moves the host: the agent refuses the controller's plan
+    (--expect-state), nothing happens on that plan, and the module plans again from the host itself."""
+    _assert_on(fleet, "target1", "5.0.0")
+    manifest = json.loads((env["tmp"] / "artifacts" / "sample" / "5.0.0" / "manifest.json").read_text())
+    journal_before = fleet.run("target1", ["wc", "-l", ROOT + "/.hotswap/journal.jsonl"]).stdout.split()[0]
+    play = env["tmp"] / "stale.yml"
+    play.write_text(json.dumps([{
+        "hosts": "target1", "gather_facts": False,
+        "roles": [{"role": "beam.hotswap.agent"}],
+        "tasks": [
+            {"name": "Another operator rolls the host back meanwhile",
+             "ansible.builtin.command": {"argv": AGENT + ["--user", "sample", "rollback", "--version", "2.0.0",
+                                                          "--mode", "hot"]},
+             "changed_when": True},
+            {"name": "Roll back to 2.0.0, planned from the stale facts",
+             "beam.hotswap.release": {"app": "sample", "root": ROOT, "user": "sample", "state": "rolled_back",
+                                      "version": "2.0.0", "service_manager": "daemon"}},
+            {"name": "Deploy 5.0.0, planned from the stale facts",
+             "beam.hotswap.release": {"app": "sample", "root": ROOT, "user": "sample", "manifest": manifest,
+                                      "service_manager": "daemon",
+                                      "artifact_dir": str(env["tmp"] / "artifacts")}},
+        ]}]))
+    rc, out, err, recap = _play(fleet, str(play), env["common"](), "stale facts (-v)", args=["-v"])
+    assert rc == 0, _tail(out, err)
+    back = task_result(out, "Roll back to 2.0.0, planned", "target1")["result"]
+    fwd = task_result(out, "Deploy 5.0.0, planned", "target1")["result"]
+    # the facts said 5.0.0 (the controller planned 5.0.0 -> 2.0.0 hot); the plan that ran starts from 2.0.0,
+    # what the host really ran: made again on the host, and there was nothing to do
+    assert back["changed"] is False and back["plan"]["action"] == "noop", back
+    assert back["plan"]["from"] == "2.0.0", back
+    # the facts said 5.0.0 (the controller planned nothing); the host ran 2.0.0: a hot upgrade after all
+    assert fwd["changed"] is True and fwd["plan"]["action"] == "hot" and fwd["plan"]["from"] == "2.0.0", fwd
+    _assert_on(fleet, "target1", "5.0.0")
+    # the refused plans left no trace in the journal: only the operator's rollback and the upgrade
+    lines = fleet.run("target1", ["tail", "-n", "+%d" % (int(journal_before) + 1),
+                                  ROOT + "/.hotswap/journal.jsonl"]).stdout.splitlines()
+    assert [json.loads(x)["op"] for x in lines] == ["rollback", "hot"], lines

@@ -3,7 +3,8 @@
 # The agent (hotswap_agent.py) prepends one line `hs = %{...}` built from validated literals
 # (op, app, versions, paths) and passes the whole text as the rpc expression.  Nothing here
 # defines a module: everything is anonymous functions in the evaluation's binding.
-# The result is printed as one line `HOTSWAP_RESULT <json>` on the caller's stdout.
+# The result is one JSON text, `hs_out`: over `bin/APP rpc` the agent prints it as one line
+# `HOTSWAP_RESULT <json>` on the caller's stdout; over erl_call it is the evaluation's value.
 #
 # ops (hs["op"]):
 #   "install"  -> ensure RELEASES, [set_unpacked], merge runtime config, install_release, verify
@@ -374,7 +375,9 @@ hs_result =
             %{"ok" => true, "rehearsed" => [], "peer" => false}
           else
             args =
-              ["-boot", boot, "-boot_var", "RELEASE_LIB", Path.join(root, "lib"), "-kernel", "logger_level", "critical",
+              # one scheduler, no async threads: a scratch VM for a few calls, as light on the host's CPU as it gets
+              ["+S", "1:1", "+SDcpu", "1:1", "+SDio", "1", "+A", "0",
+               "-boot", boot, "-boot_var", "RELEASE_LIB", Path.join(root, "lib"), "-kernel", "logger_level", "critical",
                "-eval", "spawn(fun() -> timer:sleep(120000), erlang:halt(3) end)", "-pa" | peer_path]
               |> Enum.map(&String.to_charlist/1)
 
@@ -819,4 +822,6 @@ hs_result =
     k, r -> %{"ok" => false, "error" => Exception.format(k, r, __STACKTRACE__)}
   end
 
-IO.puts("HOTSWAP_RESULT " <> hs_json.(hs_json, hs_result))
+# the evaluation's value; the agent appends how it travels back (printed for `bin/APP rpc`,
+# returned for erl_call)
+hs_out = hs_json.(hs_json, hs_result)
