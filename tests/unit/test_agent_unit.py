@@ -935,3 +935,22 @@ def test_store_package_across_filesystems_and_stale_uploads(tmp_path, monkeypatc
     os.utime(old, (1, 1))
     ag._drop_stale_uploads(h)
     assert not old.exists() and new.exists()
+
+
+def test_ensure_user_creates_only_a_missing_user(monkeypatch):
+    assert ag.ensure_user("root") is False
+    calls = []
+
+    def no_user(name):
+        raise KeyError(name)
+
+    class Done:
+        def __init__(self, rc):
+            self.returncode, self.stdout, self.stderr = rc, "", "useradd: cannot lock /etc/passwd"
+    monkeypatch.setattr(ag.pwd, "getpwnam", no_user)
+    monkeypatch.setattr(ag.subprocess, "run", lambda argv, **kw: calls.append(argv) or Done(0))
+    assert ag.ensure_user("svc") is True
+    assert calls == [["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "svc"]]
+    monkeypatch.setattr(ag.subprocess, "run", lambda argv, **kw: Done(1))
+    with pytest.raises(ag.OpFailed, match="cannot lock"):
+        ag.ensure_user("svc")

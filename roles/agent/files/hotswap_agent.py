@@ -39,8 +39,6 @@ import sys
 import tarfile
 import tempfile
 import time
-import urllib.error
-import urllib.request
 
 AGENT_VERSION = "1.1.0"
 
@@ -1210,6 +1208,23 @@ def cmd_status(h, a):
     }
 
 
+def ensure_user(name):
+    """The node's run user, created on first install when missing (a system user: no home, no shell).
+    Returns True when it was created."""
+    try:
+        pwd.getpwnam(name)
+        return False
+    except KeyError:
+        pass
+    if os.geteuid() != 0:
+        raise BadInput(f"no such user {name!r} (and only root can create it)")
+    p = subprocess.run(["useradd", "--system", "--no-create-home",
+                        "--shell", "/usr/sbin/nologin", name], capture_output=True, text=True, timeout=60, check=False)
+    if p.returncode != 0:
+        raise OpFailed(f"could not create the run user {name!r}: {(p.stderr or p.stdout).strip()[-300:]}")
+    return True
+
+
 def state_key(h):
     """What the plan was made from, in one string: node up, running, permanent (see `facts`)."""
     st = cmd_status(h, None)
@@ -1721,6 +1736,8 @@ def cmd_install(h, a):
 
 
 def _http_check(url, timeout):
+    import urllib.error  # pylint: disable=import-outside-toplevel  (only HTTP checks need it: 13 ms of every start)
+    import urllib.request  # pylint: disable=import-outside-toplevel
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             return 200 <= resp.status < 300, f"HTTP {resp.status}"
@@ -2953,6 +2970,8 @@ def run(argv, settings=None):
         if (not os.path.isabs(a.root) or os.path.normpath(a.root) in ("/", "//") or ".." in a.root.split("/")
                 or any(ord(c) < 0x20 or ord(c) == 0x7F for c in a.root)):
             raise BadInput(f"--root must be an absolute path below / without '..' (got {a.root!r})")
+        if a.command == "first-install" and a.user and a.user != "root" and ensure_user(a.user):
+            out["user_created"] = a.user
         h = Host(a.root, a.app, a.user)
         h.service_manager = resolve_service_manager(a.service_manager)
         if a.command == "first-install" and not os.path.isdir(h.root):
