@@ -321,6 +321,15 @@ class PortPoller:
 
 # ------------------------------------------------------------------------------- ansible timing
 
+def warm_connections(bf: BenchFleet, hosts) -> None:
+    """Untimed: open (or keep alive) Ansible's ssh control masters to ``hosts`` with one ``raw true``,
+    so every timed run starts in the same connection state as the hand-written baseline (whose master
+    is warmed too), however long ago a host was last contacted."""
+    subprocess.run([str(ANSIBLE_PLAYBOOK.parent / "ansible"), "-i", str(bf.fleet.inventory_path),
+                    ",".join(hosts), "-m", "raw", "-a", "true"],
+                   env=ansible_env(bf.fleet), capture_output=True, cwd=str(REPO), check=True, timeout=120)
+
+
 def empty_playbook_seconds(bf: BenchFleet, runs: int = 2) -> float:
     """ansible-playbook start-up: the median wall time of a play with no tasks on localhost."""
     pb = bf.dir / "empty.yml"

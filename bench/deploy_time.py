@@ -12,6 +12,9 @@ so every measured ``deploy.yml`` finds it in the store and its build step only c
               default batches [1, 50%, 100%], and 6 hosts in one batch.  The 1-host runs alternate with the
               baseline runs (same load on a shared machine).  Reset between runs: the agent's hot rollback
               to 1.0.0 on each host (untimed).
+  connections every timed run (baseline and playbook) starts with warm ssh control masters: the baseline's
+              is opened before the first run, the playbook's by an untimed `ansible -m raw -a true` on its hosts.
+              Ansible runs with the settings of docs/ansible.cfg.example (pipelining, ControlPersist, forks 20).
   profile     every measured deploy runs with a small generated callback (tests/output/bench/callback_plugins)
               that stamps each play and task start: seconds per task (start to the next start, summed over
               batches), start-up to the first play; an empty play's wall time for comparison.
@@ -23,7 +26,9 @@ Goals: 1 host <= 1.5 x the baseline; 6 hosts <= 1.3 x 1 host.
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import resource
 import shlex
 import statistics
 import subprocess
@@ -41,6 +46,13 @@ PLAY_HOSTS = [f"target{i}" for i in range(1, 7)]
 BASE_HOST = "target7"
 BASE_CM = Path("/run/hotswap-fleet") / f"{C.PREFIX}-base-cm"   # short: unix socket paths are limited
 ENV = "set -a; . /opt/sample/.hotswap/env; set +a; cd /opt/sample; "
+# Seven hosts' nodes share this machine's cores with the controller: without this, each idle node's
+# schedulers spin between its 1 ms ticks (BEAM's busy-wait) and the idle fleet alone keeps about two
+# thirds of 2 cores busy. On real hosts that spinning uses each host's own CPU; here it is switched off
+# for every node (and every `bin/sample rpc` of the baseline), so both sides of each ratio run on the
+# cores the fleet leaves free.
+NODE_ENV = {"SAMPLE_PORT": str(C.PORT), "SAMPLE_GREETING": "hello-bench",
+            "ERL_AFLAGS": "+sbwt none +sbwtdcpu none +sbwtdio none"}
 
 
 def _ssh_opts(bf):
@@ -98,15 +110,38 @@ def reset(bf, hosts):
         raise RuntimeError(f"reset to 1.0.0 failed: {errs}")
 
 
+def machine_cpu() -> float:
+    """CPU seconds every process on this machine has used (/proc/stat: all but idle and iowait)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def background_cpu_rate(seconds: float = 3.0) -> float:
+    """CPU seconds per second the idle fleet uses (its nodes' timers, sshd...), to subtract below."""
+    m0 = machine_cpu()
+    time.sleep(seconds)
+    return (machine_cpu() - m0) / seconds
+
+
 def playbook_deploy(bf, name, hosts, i, **kw):
     tfile = C.WORKDIR / "timer" / f"{len(hosts)}-{'one' if kw else 'batches'}-{i}.jsonl"
+    C.warm_connections(bf, hosts + ["build1"])
     t0 = time.time()
+    m0, c0 = machine_cpu(), children_cpu()
     t, out = bf.deploy("2.0.0", hosts=hosts, label=f"hot-{len(hosts)}{'-onebatch' if kw else ''}-{i}",
-                       env=C.timer_env(tfile), hotswap_mode="hot", **kw)
+                       env=C.timer_env(tfile), hotswap_mode="hot", hotswap_env=NODE_ENV, **kw)
+    cpu = {"machine": machine_cpu() - m0, "controller": children_cpu() - c0}
     if len(re.findall(r"^\s+\"target\d+\s+1\.0\.0\s+2\.0\.0\s+hot\s+changed\s", out, re.M)) < len(hosts):
         raise RuntimeError(f"{name}: not every host went 1.0.0 -> 2.0.0 hot (see the log)")
     prof = C.timer_profile(tfile, end=t0 + t)
     prof["wall"] = t
+    prof["cpu"] = cpu
     return t, prof
 
 
@@ -114,7 +149,8 @@ def run(reps: int = 3) -> dict:
     res: dict = {"baseline": [], "deploys": {}, "profiles": {}}
     with C.BenchFleet("deploy_time", targets=7) as bf:
         all_hosts = PLAY_HOSTS + [BASE_HOST]
-        t, _ign = bf.deploy("1.0.0", hosts=all_hosts, label="first-install", hotswap_serial=["100%"])
+        t, _ign = bf.deploy("1.0.0", hosts=all_hosts, label="first-install", hotswap_serial=["100%"],
+                            hotswap_env=NODE_ENV)
         C.log(f"  first install of 1.0.0 on 7 hosts: {t:.1f}s")
         t, _ign = bf.build_only("2.0.0", ["1.0.0"])
         C.log(f"  2.0.0 published: {t:.1f}s")
@@ -126,6 +162,7 @@ def run(reps: int = 3) -> dict:
             pkg = found[0]
         res["package_bytes"] = pkg.stat().st_size
 
+        res["background_cpu_per_s"] = background_cpu_rate()
         # ansible-playbook start-up (empty play on localhost)
         res["startup"] = C.empty_playbook_seconds(bf, runs=3)
         C.log(f"  ansible-playbook start-up (empty play): {res['startup']:.2f}s")
@@ -189,6 +226,19 @@ def report(res: dict) -> str:
                f"{s['six_vs_one']:.2f}x ({'met' if s['goal_six_met'] else 'NOT met'})")
     out.append(f"ansible-playbook start-up (empty play): {res['startup']:.2f}s; upgrade package "
                f"{res['package_bytes'] / 1024:.0f} KiB")
+    bg = res.get("background_cpu_per_s", 0.0)
+    cpu_rows = []
+    for key, p in res["profiles"].items():
+        c = p.get("cpu")
+        if c:
+            hosts = max(0.0, c["machine"] - c["controller"] - bg * p["wall"])
+            cpu_rows.append({"run": key, "wall_s": p["wall"], "controller_cpu_s": c["controller"],
+                             "hosts_cpu_s": hosts, "cpu_busy": f"{100 * c['machine'] / ((os.cpu_count() or 1) * p['wall']):.0f}%"})
+    if cpu_rows:
+        out.append("")
+        out.append(C.table(cpu_rows, ["run", "wall_s", "controller_cpu_s", "hosts_cpu_s", "cpu_busy"],
+                           f"CPU during the last run of each (this machine's {os.cpu_count()} cores run the controller "
+                           f"and every host; idle fleet's own {bg:.2f} CPU-s/s left out)"))
     for key, label in (("1 host", "1 host"), ("6 hosts", "6 hosts, default batches")):
         p = res["profiles"].get(key)
         if not p:
