@@ -24,7 +24,6 @@ import shutil
 import signal
 import socket
 import sys
-import textwrap
 import threading
 import time
 import traceback
@@ -37,7 +36,7 @@ for _p in (REPO / "tests", REPO / ".venv" / "collections"):
 os.environ.setdefault("ANSIBLE_CONFIG", str(REPO / "tests" / "ansible.cfg"))
 
 from hotswap_testlib import sample  # noqa: E402
-from hotswap_testlib.ansible_run import parse_recap, run_playbook  # noqa: E402
+from hotswap_testlib.ansible_run import parse_recap, run_playbook, task_results  # noqa: E402
 from hotswap_testlib.fleet import Fleet, FleetError, usable  # noqa: E402
 
 WORK = REPO / ".hotswap-demo"
@@ -71,37 +70,10 @@ def heading(n, title):
 
 
 def debug_msgs(stdout: str, task_contains: str) -> list:
-    """The ``msg`` of every debug task whose name contains ``task_contains`` (yaml result format)."""
-    import yaml  # ansible-core's dependency: present in the venv
-    found = []
-    lines = stdout.splitlines()
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if line.startswith("TASK [") and task_contains in line:
-            j = i + 1
-            while j < len(lines) and not lines[j].startswith(("TASK [", "PLAY [", "PLAY RECAP")):
-                if lines[j].startswith(("ok: [", "changed: [")) and lines[j].rstrip().endswith("=>"):
-                    k = j + 1
-                    block = []
-                    while k < len(lines) and (lines[k].startswith(" ") or not lines[k].strip()):
-                        if not lines[k].strip():
-                            break
-                        block.append(lines[k])
-                        k += 1
-                    try:
-                        data = yaml.safe_load(textwrap.dedent("\n".join(block))) or {}
-                        if isinstance(data, dict) and "msg" in data:
-                            found.append(data["msg"])
-                    except yaml.YAMLError:
-                        found.append("\n".join(block))
-                    j = k
-                    continue
-                j += 1
-            i = j
-            continue
-        i += 1
-    return found
+    """The ``msg`` of every debug task whose name contains ``task_contains`` (the JSON results that
+    run_playbook's pinned result format prints)."""
+    return [r["result"]["msg"] for r in task_results(stdout)
+            if r["task"] and task_contains in r["task"] and isinstance(r["result"], dict) and "msg" in r["result"]]
 
 
 def show_msgs(stdout, task_contains, indent=4, label=""):
