@@ -1139,7 +1139,9 @@ def repair_boot_files(h):
 
 # =========================================================================== commands
 
-def cmd_status(h, a):
+def host_state(h):
+    """What runs: RELEASES (or why it cannot be read), start_erl.data, node up, OS pid, boot, running,
+    permanent, current -- the part of `status` a plan depends on, without its slower extras."""
     releases_error = None
     try:
         rels = h.releases()
@@ -1169,6 +1171,14 @@ def cmd_status(h, a):
             running = perm or boot or (se or {}).get("version")
         if running != perm:
             current = running
+    return {"rels": rels, "releases_error": releases_error, "se": se, "up": up, "pid": pid, "boot": boot,
+            "perm": perm, "running": running, "current": current}
+
+
+def cmd_status(h, a):
+    hs = host_state(h)
+    rels, releases_error, se, up, pid, boot, perm, running, current = (
+        hs[k] for k in ("rels", "releases_error", "se", "up", "pid", "boot", "perm", "running", "current"))
     rv = running if up else perm
     relup_up, relup_down, relup_error = [], [], None
     if rv:
@@ -1227,8 +1237,8 @@ def ensure_user(name):
 
 def state_key(h):
     """What the plan was made from, in one string: node up, running, permanent (see `facts`)."""
-    st = cmd_status(h, None)
-    return "%s:%s:%s" % ("up" if st["node_up"] else "down", st["running"] or "-", st["permanent"] or "-")
+    st = host_state(h)
+    return "%s:%s:%s" % ("up" if st["up"] else "down", st["running"] or "-", st["perm"] or "-")
 
 
 def _os_release():
@@ -1299,26 +1309,29 @@ def cmd_facts(h, a):
     return res
 
 
-def _write_private(path, text, mode):
-    """Write `text` to `path` (temp file + rename) with `mode`, root-owned; True when it changed."""
+def _write_private(path, data, mode, owner=(0, 0), strip=False):
+    """Write bytes `data` to `path` (temp file + rename) with `mode` and, when we are root, `owner`
+    (uid, gid); True when it changed.  A regular file with the same content (with `strip`: ignoring
+    surrounding whitespace), mode and owner is left alone."""
     try:
         st = os.lstat(path)
         if stat.S_ISREG(st.st_mode):
-            with open(path, encoding="utf-8") as fh:
-                if fh.read() == text:
-                    if stat.S_IMODE(st.st_mode) == mode:
-                        return False
-                    os.chmod(path, mode)
-                    return True
-    except (OSError, UnicodeDecodeError):
+            with open(path, "rb") as fh:
+                old = fh.read()
+            if (old.strip() == data.strip() if strip else old == data) and stat.S_IMODE(st.st_mode) == mode \
+                    and (os.geteuid() != 0 or (st.st_uid, st.st_gid) == tuple(owner)):
+                return False
+    except OSError:
         pass
     tmp = path + ".hotswap-tmp"
     if os.path.lexists(tmp):
         os.unlink(tmp)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        os.write(fd, text.encode("utf-8"))
+        os.write(fd, data)
         os.fchmod(fd, mode)
+        if os.geteuid() == 0:
+            os.fchown(fd, *owner)
     finally:
         os.close(fd)
     os.replace(tmp, path)
@@ -1340,13 +1353,13 @@ def apply_settings(h, settings):
                 raise BadInput(f"hotswap_env {k!r}: names are letters, digits and _; values are one line")
         h.ensure_hs()
         text = "".join(f"{k}={v}\n" for k, v in sorted(env.items()))
-        if _write_private(os.path.join(h.hs, "env"), text, 0o600):
+        if _write_private(os.path.join(h.hs, "env"), text.encode("utf-8"), 0o600):
             changed.append("env")
     if cookie:
         if not isinstance(cookie, str) or any(c in cookie for c in "\n\r\0"):
             raise BadInput("the cookie must be one line of text")
         h.ensure_hs()
-        if _write_private(os.path.join(h.hs, "cookie"), cookie, 0o400):
+        if _write_private(os.path.join(h.hs, "cookie"), cookie.encode("utf-8"), 0o400):
             changed.append("cookie")
     return changed
 
@@ -2387,29 +2400,7 @@ def install_cookie(h, owner):
         data = fh.read().strip()
     if not data:
         return False
-    dst = h.p("releases", "COOKIE")
-    try:
-        st = os.lstat(dst)
-        with open(dst, "rb") as fh:
-            same = fh.read().strip() == data
-        if same and stat.S_ISREG(st.st_mode) and (st.st_mode & 0o777) == 0o400 \
-                and (os.geteuid() != 0 or (st.st_uid, st.st_gid) == tuple(owner)):
-            return False
-    except OSError:
-        pass
-    tmp = dst + ".hotswap-tmp"
-    if os.path.lexists(tmp):
-        os.unlink(tmp)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
-    try:
-        os.write(fd, data)
-        os.fchmod(fd, 0o400)
-        if os.geteuid() == 0:
-            os.fchown(fd, *owner)
-    finally:
-        os.close(fd)
-    os.replace(tmp, dst)
-    return True
+    return _write_private(h.p("releases", "COOKIE"), data, 0o400, owner, strip=True)
 
 
 def _copy_tree(src, dst):
