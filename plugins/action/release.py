@@ -21,13 +21,9 @@ from ansible.plugins.action import ActionBase
 
 from ansible_collections.beam.hotswap.plugins.module_utils import _fingerprint, _plan
 from ansible_collections.beam.hotswap.plugins.module_utils._agent_client import (
-    AgentError, check_root, failure_result, plan_command, settings_of, state_key, timing)
+    RELEASE_DEFAULTS, AgentError, check_root, failure_result, plan_command, settings_of, state_key, timing)
 from ansible_collections.beam.hotswap.plugins.module_utils._build import manifest_errors, sha256_file
 from ansible_collections.beam.hotswap.plugins.plugin_utils._agent_direct import run_agent
-
-# the module's defaults, for the direct path
-DEFAULTS = {"state": "deployed", "mode": "auto", "health_timeout": 30, "keep_releases": 5, "service_manager": "auto",
-            "env": {}, "cookie": None, "health_check": None, "user": None}
 
 
 class ActionModule(ActionBase):
@@ -87,13 +83,12 @@ class ActionModule(ActionBase):
                                     "manifest: rebuild or delete %s" % (art["file"], local))
         return local
 
-    def _direct(self, args, status, plan, package, task_vars):
+    def _direct(self, params, status, plan, package, task_vars):
         """Carry ``plan`` out through the agent; None when the host changed since its facts (stale)."""
-        params = dict(DEFAULTS, **dict((k, v) for k, v in args.items() if v is not None))
         summary = _plan.describe(plan)
         result = {"plan": plan, "summary": summary, "host_version": plan["from"]}
         if self._task.diff:
-            result["diff"] = _plan.diff(args["app"], plan)
+            result["diff"] = _plan.diff(params["app"], plan)
         if plan["action"] == _plan.NOOP:
             # nothing to do, if the host is still where its facts said: one read to make sure
             command, cargs, settings = "status", [], None
@@ -103,8 +98,8 @@ class ActionModule(ActionBase):
                 cargs += ["--store-package", package[2]]
             settings = settings_of(params)
         cargs += ["--expect-state", state_key(status)]
-        rc, out, err = run_agent(self, task_vars, check_root(args["root"]), args["app"], params["user"], command,
-                                 cargs, settings=settings)
+        rc, out, err = run_agent(self, task_vars, check_root(params["root"]), params["app"], params.get("user"),
+                                 command, cargs, settings=settings)
         if out is None:
             raise AnsibleActionFail("%s: the agent gave no answer (exit %s): %s" % (summary, rc, err[-2000:]))
         if out.get("stale_facts"):
@@ -119,53 +114,51 @@ class ActionModule(ActionBase):
         result.update(changed=True, agent=out, host_version=out.get("host_version", plan["to"]), timing=timing(out))
         return result
 
-    def _direct_ok(self, args, status, plan, task_vars):
+    def _direct_ok(self, params, status, plan, have_facts):
         """Whether the plan may be carried out by the agent directly: everything the module would check
         holds (anything else goes through the module, which reports it)."""
         try:
-            keep, timeout = int(args.get("keep_releases", 5)), int(args.get("health_timeout", 30))
+            keep, timeout = int(params["keep_releases"]), int(params["health_timeout"])
         except (TypeError, ValueError):
             return False
-        plain = all(isinstance(args.get(k), (str, type(None))) for k in ("user", "cookie", "health_check"))
-        ok = (plan is not None and not self._task.delegate_to and not args.get("artifact_url") and keep >= 2
-              and timeout > 0 and plain and isinstance(args.get("env") or {}, dict)
-              and args.get("service_manager", "auto") in ("auto", "systemd", "daemon")
-              and bool((task_vars.get("ansible_facts") or {}).get("hotswap_host")))
-        if ok and args["state"] == "deployed" and not args.get("allow_os_mismatch"):
-            ok = not _fingerprint.package_mismatch(args["manifest"], status.get("fingerprint") or {})
+        plain = all(isinstance(params.get(k), (str, type(None))) for k in ("user", "cookie", "health_check"))
+        ok = (plan is not None and have_facts and not self._task.delegate_to and not params.get("artifact_url")
+              and keep >= 2 and timeout > 0 and plain and isinstance(params["env"], dict)
+              and params["service_manager"] in ("auto", "systemd", "daemon"))
+        if ok and params["state"] == "deployed" and not params.get("allow_os_mismatch"):
+            ok = not _fingerprint.package_mismatch(params["manifest"], status.get("fingerprint") or {})
         return ok
 
     def run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars)
-        args = dict(self._task.args)
-        args.setdefault("state", "deployed")
-        args.setdefault("mode", "auto")
+        args = dict(self._task.args)  # what the module gets
+        params = dict(RELEASE_DEFAULTS, **dict((k, v) for k, v in args.items() if v is not None))
         have_facts = bool((task_vars.get("ansible_facts") or {}).get("hotswap_host"))
         try:
-            manifest = args.get("manifest")
-            deploying = args["state"] == "deployed" and isinstance(manifest, dict)
-            if self._task.check_mode or args.get("mode") not in _plan.MODES \
-                    or not (deploying or (args["state"] == "rolled_back" and have_facts)):
+            manifest = params.get("manifest")
+            deploying = params["state"] == "deployed" and isinstance(manifest, dict)
+            if self._task.check_mode or params["mode"] not in _plan.MODES or not params.get("app") \
+                    or not params.get("root") or not (deploying or (params["state"] == "rolled_back" and have_facts)):
                 result.update(self._execute_module(module_name="beam.hotswap.release", module_args=args,
                                                    task_vars=task_vars))
                 return result
-            status = self._host_status(args, task_vars)
-            plan = self._make_plan(args, status)
-            direct = self._direct_ok(args, status, plan, task_vars)
+            status = self._host_status(params, task_vars)
+            plan = self._make_plan(params, status)
+            direct = self._direct_ok(params, status, plan, have_facts)
             package = None  # (path on the host, sha256, name to keep it under or None)
             kind = plan.get("package") if plan else None
             art = (manifest.get("artifacts") or {}).get(kind) if kind and deploying else None
             if art:
-                root = check_root(args["root"])
+                root = check_root(params["root"])
                 if art.get("sha256") in (status.get("packages") or {}):
                     package = ("%s/.hotswap/packages/%s-%s" % (root, art["sha256"], art["file"]), art["sha256"], None)
-                elif not args.get("artifact_url"):
-                    remote = self._upload(self._local_artifact(args, manifest, art), root, art, direct)
+                elif not params.get("artifact_url"):
+                    remote = self._upload(self._local_artifact(params, manifest, art), root, art, direct)
                     package = (remote, art["sha256"], art["file"])
                     args["package_src"] = remote
                     result["uploaded"] = art["file"]
             if direct:
-                res = self._direct(args, status, plan, package, task_vars)
+                res = self._direct(params, status, plan, package, task_vars)
                 if res is not None:
                     result.update(res)
                     return result

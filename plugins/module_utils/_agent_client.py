@@ -21,6 +21,10 @@ APP_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}\Z")
 
 _LOADED = {}  # agent path -> its run() (or False), loaded once per module process
 
+# beam.hotswap.release's defaults: its argument spec and its action plugin's direct path both use these
+RELEASE_DEFAULTS = {"state": "deployed", "mode": "auto", "health_timeout": 30, "keep_releases": 5,
+                    "service_manager": "auto", "env": {}}
+
 
 class AgentError(Exception):
     def __init__(self, msg, result=None):

@@ -182,7 +182,7 @@ from ansible.module_utils.urls import fetch_url
 
 from ansible_collections.beam.hotswap.plugins.module_utils import _fingerprint, _plan
 from ansible_collections.beam.hotswap.plugins.module_utils._agent_client import (
-    AgentClient, AgentError, failure_result, plan_command, settings_of, timing)
+    RELEASE_DEFAULTS, AgentClient, AgentError, failure_result, plan_command, settings_of, timing)
 from ansible_collections.beam.hotswap.plugins.module_utils._build import VERSION_RE, manifest_errors
 
 
@@ -213,16 +213,16 @@ def main():
             app=dict(type="str", required=True),
             root=dict(type="path", required=True),
             user=dict(type="str"),
-            state=dict(type="str", default="deployed", choices=["deployed", "rolled_back"]),
+            state=dict(type="str", default=RELEASE_DEFAULTS["state"], choices=["deployed", "rolled_back"]),
             manifest=dict(type="dict"),
             version=dict(type="str"),
-            mode=dict(type="str", default="auto", choices=["auto", "hot", "cold"]),
+            mode=dict(type="str", default=RELEASE_DEFAULTS["mode"], choices=["auto", "hot", "cold"]),
             package_src=dict(type="path"),
             health_check=dict(type="str"),
-            health_timeout=dict(type="int", default=30),
-            keep_releases=dict(type="int", default=5),
-            service_manager=dict(type="str", default="auto", choices=["auto", "systemd", "daemon"]),
-            env=dict(type="dict", default={}, no_log=True),
+            health_timeout=dict(type="int", default=RELEASE_DEFAULTS["health_timeout"]),
+            keep_releases=dict(type="int", default=RELEASE_DEFAULTS["keep_releases"]),
+            service_manager=dict(type="str", default=RELEASE_DEFAULTS["service_manager"], choices=["auto", "systemd", "daemon"]),
+            env=dict(type="dict", default=RELEASE_DEFAULTS["env"], no_log=True),
             cookie=dict(type="str", no_log=True),
             artifact_dir=dict(type="path"),
             artifact_url=dict(type="str"),
