@@ -389,6 +389,20 @@ def stop(handle: LocalNode, timeout: float = 15.0) -> None:
 
 # --- compiled code ---------------------------------------------------------------
 
+def tree_listing(root) -> dict:
+    """Paths, sizes and mtimes of a release tree (not .hotswap, tmp, log): to assert a refused
+    operation left it untouched."""
+    out = {}
+    for dp, _dns, fns in os.walk(root):
+        rel = os.path.relpath(dp, root)
+        if rel.split(os.sep)[0] in (".hotswap", "tmp", "log"):
+            continue
+        for fn in fns:
+            st = os.lstat(os.path.join(dp, fn))
+            out[os.path.relpath(os.path.join(dp, fn), root)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
 def ebin_dir(rel_dir, version: str) -> Path:
     return Path(rel_dir) / "lib" / f"{APP}-{version}" / "ebin"
 

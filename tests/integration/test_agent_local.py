@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from hotswap_testlib import sample
+
 REPO = Path(__file__).resolve().parents[2]
 AGENT = REPO / "roles" / "agent" / "files" / "hotswap_agent.py"
 NODE_EXS = REPO / "roles" / "agent" / "files" / "hotswap_node.exs"
@@ -229,20 +231,6 @@ def rpc(root, node, expr):
     return p.stdout.strip()
 
 
-def tree_digest(root: Path) -> dict:
-    """Paths + sizes + mtimes of the release tree (not .hotswap, not tmp/log)."""
-    out = {}
-    for dp, dns, fns in os.walk(root):
-        rel = os.path.relpath(dp, root)
-        if rel.split(os.sep)[0] in (".hotswap", "tmp", "log"):
-            continue
-        for fn in fns:
-            p = os.path.join(dp, fn)
-            st = os.lstat(p)
-            out[os.path.relpath(p, root)] = (st.st_size, st.st_mtime_ns)
-    return out
-
-
 @pytest.fixture(scope="session")
 def built(tmp_path_factory):
     if not shutil.which("mix") or not shutil.which("erl"):
@@ -341,23 +329,23 @@ def test_hot_keeps_state_then_revert(node):
 def test_tampered_package_refused(node):
     root = node["root"]
     rpc(root, node["name"], "Demo.Counter.incr(5)")
-    before = tree_digest(root)
+    before = sample.tree_listing(root)
     rc, out = agent(root, "hot", "--package", node["tampered"], "--sha256", node["sha256"],
                     "--version", "2.0.0")
     assert rc == 1 and out["failed"] is True
     assert "sha256" in out["msg"]
-    assert tree_digest(root) == before
+    assert sample.tree_listing(root) == before
     assert counter(node) == "{5, 1, 5}"
 
 
 def test_traversal_package_refused(node):
     root = node["root"]
-    before = tree_digest(root)
+    before = sample.tree_listing(root)
     rc, out = agent(root, "unpack", "--package", node["evil"], "--sha256", node["evil_sha256"],
                     "--version", "2.0.0")
     assert rc == 2 and out["failed"] is True, out   # a refused package is bad input
     assert ".." in out["msg"]
-    assert tree_digest(root) == before
+    assert sample.tree_listing(root) == before
     assert not (root.parent / "escape.txt").exists()
     assert not (root / "escape.txt").exists()
 
@@ -583,7 +571,6 @@ def sagent(root, *args, timeout=180):
 
 
 def _vsn_over_tcp(port):
-    from hotswap_testlib import sample
     sample.wait_ping("127.0.0.1", port, timeout=20)
     with sample.SampleClient("127.0.0.1", port) as c:
         return c.vsn()
@@ -591,7 +578,6 @@ def _vsn_over_tcp(port):
 
 @pytest.fixture
 def sample_root(tmp_path):
-    from hotswap_testlib import sample
     root = tmp_path / "sroot"
     port = sample.free_port()
     (root / ".hotswap").mkdir(parents=True, mode=0o750)

@@ -119,19 +119,6 @@ def node_rpc(h, expr):
     return p.stdout.strip()
 
 
-def tree_digest(root: Path) -> dict:
-    """Paths, sizes and mtimes of the release tree (not .hotswap, tmp, log)."""
-    out = {}
-    for dp, _dns, fns in os.walk(root):
-        rel = os.path.relpath(dp, root)
-        if rel.split(os.sep)[0] in (".hotswap", "tmp", "log"):
-            continue
-        for fn in fns:
-            st = os.lstat(os.path.join(dp, fn))
-            out[os.path.relpath(os.path.join(dp, fn), root)] = (st.st_size, st.st_mtime_ns)
-    return out
-
-
 def start_erl_vsn(root):
     return (Path(root) / "releases" / "start_erl.data").read_text().split()[1]
 
@@ -173,27 +160,25 @@ def _first_install(root, pkgs):
     assert rc == 0 and out["host_version"] == "1.0.0", out
 
 
-@pytest.fixture
-def host(pkgs, tmp_path):
-    root = tmp_path / "root"
+def _v1_node(root, pkgs):
+    """A fresh root with 1.0.0 installed and running, for as long as the generator is open."""
     port = _new_root(root)
     try:
         _first_install(root, pkgs)
         yield {"root": root, "port": port, **pkgs}
     finally:
         _teardown_root(root)
+
+
+@pytest.fixture
+def host(pkgs, tmp_path):
+    yield from _v1_node(tmp_path / "root", pkgs)
 
 
 @pytest.fixture(scope="module")
 def shared_host(pkgs, tmp_path_factory):
     """One v1 node for the bad-input tests (which, by definition, change nothing)."""
-    root = tmp_path_factory.mktemp("bad_input") / "root"
-    port = _new_root(root)
-    try:
-        _first_install(root, pkgs)
-        yield {"root": root, "port": port, **pkgs}
-    finally:
-        _teardown_root(root)
+    yield from _v1_node(tmp_path_factory.mktemp("bad_input") / "root", pkgs)
 
 
 def _status(root):
@@ -349,12 +334,12 @@ def test_disk_full_during_unpack(tmpfs_host):
             left -= len(chunk)
     st = os.statvfs(root)
     assert st.f_bavail * st.f_frsize <= 64 * 1024
-    before = tree_digest(root)
+    before = sample.tree_listing(root)
     rc, out = _hot(h, "good2")
     print("\nDISK FULL:", json.dumps({k: out.get(k) for k in ("msg", "space_needed_kb", "space_free_kb")}))
     assert rc == 1 and out["failed"] is True, out
     assert "no space left on device while unpacking" in out["msg"] and "nothing changed" in out["msg"], out
-    assert tree_digest(root) == before
+    assert sample.tree_listing(root) == before
     assert not [n for n in os.listdir(root / ".hotswap") if n.startswith("staging")]
     assert not (root / "releases" / "2.0.0").exists() and not (root / "lib" / "sample-2.0.0").exists()
     st = _status(root)
@@ -478,14 +463,14 @@ def test_bad_package_exit_2_nothing_changed(shared_host, tmp_path, kind):
     root, port = h["root"], h["port"]
     edit, extra, why = BAD_PACKAGES[kind]
     pkg, sha = _retar(h["good2"], tmp_path / f"{kind}.tar.gz", edit, extra)
-    before, st0 = tree_digest(root), _status(root)
+    before, st0 = sample.tree_listing(root), _status(root)
     tcp(port, "ADD 1")
     total = tcp(port, "GET")[0]
     for cmd in ("hot", "unpack"):
         rc, out = sagent(root, cmd, "--version", "2.0.0", "--package", str(pkg), "--sha256", sha)
         assert rc == 2 and out["failed"] is True and out["msg"].startswith("bad input: package refused"), out
         assert why in out["msg"] and "nothing changed" in out["msg"], out
-    assert tree_digest(root) == before
+    assert sample.tree_listing(root) == before
     assert not Path("/tmp/hotswap-evil").exists() and not (root.parent / "escape.txt").exists()
     st = _status(root)
     assert (st["os_pid"], st["running"], st["permanent"]) == (st0["os_pid"], "1.0.0", "1.0.0")
@@ -497,12 +482,12 @@ def test_bad_package_exit_2_nothing_changed(shared_host, tmp_path, kind):
                                  "2.0.0\n", "..", "1..2", "-rf", ".hidden", "", "2.0.0 ", "x" * 65])
 def test_bad_versions_exit_2(shared_host, vsn):
     root = shared_host["root"]
-    before = tree_digest(root)
+    before = sample.tree_listing(root)
     for args in (("hot", "--package", shared_host["good2"], "--sha256", shared_host["good2_sha"]),
                  ("install",), ("commit",), ("revert",)):
         rc, out = sagent(root, args[0], "--version", vsn, *args[1:])
         assert rc == 2 and out["msg"].startswith("bad input"), (args, out)
-    assert tree_digest(root) == before
+    assert sample.tree_listing(root) == before
 
 
 @pytest.mark.bad_input

@@ -262,6 +262,23 @@ def test_app_that_is_not_the_releases_name_fails_the_build_naming_it(fleet, env)
         _healthy_permanent(fleet, t, {"1.0.0"})
 
 
+def _release_play(env, file_name, task_name, manifest_var):
+    """A one-task playbook: beam.hotswap.release on target1 with the manifest in extra var ``manifest_var``."""
+    play = env["tmp"] / file_name
+    play.write_text(
+        "- hosts: target1\n"
+        "  gather_facts: false\n"
+        "  tasks:\n"
+        "    - name: %s\n"
+        "      beam.hotswap.release:\n"
+        "        app: %s\n"
+        "        root: %s\n"
+        "        manifest: \"{{ %s }}\"\n"
+        "        service_manager: daemon\n"
+        "        artifact_dir: %s\n" % (task_name, APP, ROOT, manifest_var, env["tmp"] / "artifacts"))
+    return play
+
+
 BAD_MANIFESTS = [
     ("missing-fields", {"schema": 1, "app": APP}),
     ("no-artifacts", {"schema": 1, "app": APP, "version": "9.0.0", "edges": []}),
@@ -273,18 +290,7 @@ BAD_MANIFESTS = [
 @pytest.mark.bad_input
 @pytest.mark.parametrize("name,manifest", BAD_MANIFESTS, ids=[b[0] for b in BAD_MANIFESTS])
 def test_unusable_manifest_is_refused_by_the_release_module(fleet, env, name, manifest):
-    play = env["tmp"] / ("manifest-%s.yml" % name)
-    play.write_text(
-        "- hosts: target1\n"
-        "  gather_facts: false\n"
-        "  tasks:\n"
-        "    - name: Deploy from a broken manifest\n"
-        "      beam.hotswap.release:\n"
-        "        app: %s\n"
-        "        root: %s\n"
-        "        manifest: \"{{ bad_manifest }}\"\n"
-        "        service_manager: daemon\n"
-        "        artifact_dir: %s\n" % (APP, ROOT, env["tmp"] / "artifacts"))
+    play = _release_play(env, "manifest-%s.yml" % name, "Deploy from a broken manifest", "bad_manifest")
     before = _digests(fleet)
     rc, out, err = run_playbook(fleet, str(play), {"bad_manifest": manifest}, args=["-vvv"], timeout=600)
     assert rc != 0, out[-3000:]
@@ -299,18 +305,7 @@ def test_package_built_for_another_os_fingerprint_is_refused(fleet, env):
     man_path = next(iter(sorted((env["tmp"] / "artifacts" / APP).glob("*/manifest.json"))))
     manifest = json.loads(man_path.read_text())
     manifest["os"] = dict(manifest["os"], glibc="2.17-elsewhere")
-    play = env["tmp"] / "manifest-other-os.yml"
-    play.write_text(
-        "- hosts: target1\n"
-        "  gather_facts: false\n"
-        "  tasks:\n"
-        "    - name: Deploy a package built for another OS\n"
-        "      beam.hotswap.release:\n"
-        "        app: %s\n"
-        "        root: %s\n"
-        "        manifest: \"{{ foreign_manifest }}\"\n"
-        "        service_manager: daemon\n"
-        "        artifact_dir: %s\n" % (APP, ROOT, env["tmp"] / "artifacts"))
+    play = _release_play(env, "manifest-other-os.yml", "Deploy a package built for another OS", "foreign_manifest")
     before = _digests(fleet)
     rc, out, err = run_playbook(fleet, str(play), {"foreign_manifest": manifest}, timeout=600)
     assert rc != 0, out[-3000:]
