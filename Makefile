@@ -6,8 +6,9 @@ VENV        := .venv
 PY          := $(VENV)/bin/python
 COLL_ROOT   := $(CURDIR)/$(VENV)/collections
 COLL_LINK   := $(COLL_ROOT)/ansible_collections/beam/hotswap
-APT_PKGS    := erlang-nox erlang-dev erlang-src elixir openssh-server openssh-client iproute2 \
-               util-linux procps git shellcheck systemd
+# Everything the demo and the suite use; `make setup` asks dpkg each time and installs what is missing.
+APT_PKGS    := python3 python3-venv erlang-nox erlang-dev erlang-src elixir rebar3 openssh-server \
+               openssh-client iproute2 util-linux procps git shellcheck systemd debootstrap ca-certificates
 PY_PKGS     := ansible-core==2.19.14 ansible-lint==26.10.1 pytest==9.2.0 hypothesis==6.170.17 \
                jinja2==3.1.6 packaging==26.4
 export ANSIBLE_COLLECTIONS_PATH := $(COLL_ROOT)
@@ -16,24 +17,19 @@ export PYTHONPATH := $(COLL_ROOT):$(CURDIR)/tests
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-setup: .stamp-apt $(VENV)/.stamp $(COLL_LINK) ## install apt packages, the .venv and the collection link
-
-.stamp-apt:
-	@missing=$$(for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+setup: ## install what is missing: apt packages, the .venv, the collection link (checked every time)
+	@missing=$$(for p in $(APT_PKGS); do dpkg-query -W -f='$${db:Status-Status}' $$p 2>/dev/null | grep -qx installed || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
-	  echo "apt: installing $$missing"; \
+	  echo "apt: installing" $$missing; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
-	@touch $@
-
-$(VENV)/.stamp: Makefile
-	@test -x $(PY) || python3 -m venv $(VENV)
-	@$(PY) -m pip install -q --disable-pip-version-check $(PY_PKGS)
+	@if ! $(PY) -c 'import sys' 2>/dev/null; then rm -rf $(VENV) && /usr/bin/python3 -m venv $(VENV) || python3 -m venv $(VENV); fi
+	@if [ "$$(cat $(VENV)/pins 2>/dev/null)" != "$(PY_PKGS)" ] || ! $(PY) -c 'import ansible, pytest, jinja2, packaging' 2>/dev/null; then \
+	  echo "pip: installing $(PY_PKGS)"; \
+	  $(PY) -m pip install -q --disable-pip-version-check $(PY_PKGS) && echo "$(PY_PKGS)" > $(VENV)/pins; \
+	fi
 	@mkdir -p $(HOME)/.ansible/test/cache && cp tests/tools/get_pip_stub.py $(HOME)/.ansible/test/cache/get_pip_24_2.py
-	@touch $@
-
-$(COLL_LINK):
-	@mkdir -p $(dir $@) && ln -sfn $(CURDIR) $@
+	@mkdir -p $(dir $(COLL_LINK)) && ln -sfn $(CURDIR) $(COLL_LINK)
 
 test: setup ## the whole suite: unit + integration (real nodes, real fleet), sanity, lint
 	$(VENV)/bin/pytest tests/unit tests/integration
