@@ -15,4 +15,5 @@ pytest_plugins = [
     "hotswap_testlib.pytest_sample",
     "hotswap_testlib.pytest_fleet",
     "hotswap_testlib.pytest_counts",
+    "hotswap_testlib.pytest_noskip",
 ]

@@ -21,10 +21,11 @@ def fleet_skip_reason() -> str | None:
 
 @pytest.fixture(scope="session")
 def fleet_available():
-    """Skip (with the reason) if netns fleets can't be built here."""
+    """Fail (with the reason and what to install) if netns fleets can't be built here."""
     why = fleet_skip_reason()
     if why:
-        pytest.skip(why)
+        pytest.fail(f"the test fleet cannot run here: {why}; run the suite as root after `make setup`",
+                    pytrace=False)
 
 
 @pytest.fixture(scope="session")

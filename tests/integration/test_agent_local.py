@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from hotswap_testlib import sample
+from hotswap_testlib.requirements import require
 
 REPO = Path(__file__).resolve().parents[2]
 AGENT = REPO / "roles" / "agent" / "files" / "hotswap_agent.py"
@@ -233,8 +234,7 @@ def rpc(root, node, expr):
 
 @pytest.fixture(scope="session")
 def built(tmp_path_factory):
-    if not shutil.which("mix") or not shutil.which("erl"):
-        pytest.skip("elixir/erlang not installed")
+    require("mix", "erl")
     base = tmp_path_factory.mktemp("hsfixture")
     info = build_fixture(base)
     info.update(make_bad_packages(info, base))

@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -30,6 +29,7 @@ for p in (REPO / ".venv" / "collections", REPO / "tests"):
         sys.path.insert(0, str(p))
 
 from hotswap_testlib import sample  # noqa: E402
+from hotswap_testlib.requirements import require, require_root  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -128,8 +128,7 @@ SM = ("--service-manager", "daemon")
 
 @pytest.fixture(scope="session")
 def pkgs(tmp_path_factory):
-    if not shutil.which("mix") or not shutil.which("erl"):
-        pytest.skip("elixir/erlang not installed")
+    require("mix", "erl")
     return build_packages(tmp_path_factory.mktemp("fault_pkgs"))
 
 
@@ -294,8 +293,8 @@ def test_unknown_fault_value_is_ignored(host):
 
 @pytest.fixture
 def tmpfs_host(pkgs, tmp_path):
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("needs root to mount a tmpfs")
+    require_root("it mounts a tmpfs")
+    require("mount")
     root = tmp_path / "tmpfs_root"
     root.mkdir()
     size = sum(os.lstat(os.path.join(dp, f)).st_blocks * 512 for dp, _d, fs in os.walk(pkgs["full1_release_dir"])
@@ -304,7 +303,7 @@ def tmpfs_host(pkgs, tmp_path):
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(root)],
                        capture_output=True, text=True, check=False)
     if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
+        pytest.fail(f"cannot mount a tmpfs: {r.stderr.strip()}", pytrace=False)
     try:
         port = _new_root(root)
         _first_install(root, pkgs)

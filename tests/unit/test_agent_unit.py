@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from hotswap_testlib.requirements import require
+
 AGENT_PATH = Path(__file__).resolve().parents[2] / "roles" / "agent" / "files" / "hotswap_agent.py"
 
 
@@ -154,8 +156,7 @@ def test_ex_lit_escapes_interpolation_and_quotes():
 
 
 def test_ex_lit_roundtrip_through_elixir():
-    if not os.path.exists("/usr/bin/elixir"):
-        pytest.skip("no elixir")
+    require("elixir")
     s = 'q"#{1}\\ \t\n\u00e9\U0001F600'
     p = subprocess.run(["elixir", "-e", "IO.write(" + ag.ex_lit(s) + ")"], capture_output=True, text=True, check=False)
     assert p.stdout == s
@@ -450,8 +451,8 @@ def test_systemd_unit_text():
     assert ag.unit_name("demo") == "hotswap-demo.service"
 
 
-@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
 def test_systemd_unit_verifies(tmp_path):
+    require("systemd-analyze")
     root = tmp_path / "root"
     (root / "bin").mkdir(parents=True)
     (root / ".hotswap").mkdir()

@@ -1,11 +1,11 @@
 """Appup generation from two sets of real compiled modules (compiled here with elixirc)."""
-import shutil
 import subprocess
 import textwrap
 
 import pytest
 
 from ansible_collections.beam.hotswap.plugins.module_utils import _appup, _beam, _erlterm
+from hotswap_testlib.requirements import require
 
 A = _beam.Atom
 
@@ -105,8 +105,7 @@ def _compile(tmp, name, sources):
 
 @pytest.fixture(scope="module")
 def ebins(tmp_path_factory):
-    if not shutil.which("elixirc"):
-        pytest.skip("elixirc not installed (run make setup)")
+    require("elixirc")
     tmp = tmp_path_factory.mktemp("appup")
     return _compile(tmp, "v1", V1), _compile(tmp, "v2", V2)
 

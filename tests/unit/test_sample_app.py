@@ -2,15 +2,18 @@
 modules compile to the same code in every version (only the modules meant to change do)."""
 from __future__ import annotations
 
-import shutil
 import time
 
 import pytest
 
 from hotswap_testlib import sample
+from hotswap_testlib.requirements import require
 
-pytestmark = pytest.mark.skipif(shutil.which("mix") is None or shutil.which("erl") is None,
-                                reason="needs Elixir (mix) and Erlang (erl)")
+
+@pytest.fixture(autouse=True)
+def _elixir_and_erlang():
+    require("mix", "erl")
+
 
 STABLE = ["Elixir.Sample.Application", "Elixir.Sample.Listener", "Elixir.Sample.Conn",
           "Elixir.Sample.Ticker", "Elixir.Sample.Features", "Elixir.Sample.Render",
