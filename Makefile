@@ -32,8 +32,9 @@ setup: ## install what is missing: apt packages, the .venv, the collection link 
 	@mkdir -p $(dir $(COLL_LINK)) && ln -sfn $(CURDIR) $(COLL_LINK)
 
 test: setup ## the whole suite: unit + integration (real nodes, real fleet), sanity, lint
-	$(VENV)/bin/pytest tests/unit tests/integration
-	$(MAKE) --no-print-directory sanity lint
+	@t=$$SECONDS; $(VENV)/bin/pytest tests/unit tests/integration; rc=$$?; echo "test: pytest took $$((SECONDS - t)) s"; exit $$rc
+	@t=$$SECONDS; $(MAKE) --no-print-directory sanity; rc=$$?; echo "test: sanity took $$((SECONDS - t)) s"; exit $$rc
+	@t=$$SECONDS; $(MAKE) --no-print-directory lint; rc=$$?; echo "test: ansible-lint took $$((SECONDS - t)) s"; exit $$rc
 
 unit: setup ## fast unit tests only
 	$(VENV)/bin/pytest -m "not integration" tests/unit
@@ -52,10 +53,16 @@ lint: setup ## ansible-lint, production profile
 demo: setup ## local demo fleet: build, first install, hot upgrade under load, cold deploy, rollback, status
 	$(PY) tests/hotswap_testlib/demo.py
 
+agent: ## assemble roles/agent/files/hotswap_agent.py from plugins/module_utils/_agent/ (commit the result)
+	python3 plugins/module_utils/_agent/_assemble.py
+
 bench: setup ## benchmarks (print figures and ratios; never fail on time)
 	$(PY) bench/run.py
+
+fresh-check: ## on a new Debian 12 root (debootstrap): README setup, make unit, one real-node test, make demo
+	bash tests/fresh_check/run.sh
 
 clean: ## remove build output (not the venv)
 	rm -rf tests/output .hotswap-demo .pytest_cache
 
-.PHONY: help setup test unit sanity lint demo bench clean
+.PHONY: help setup test unit sanity lint demo agent bench fresh-check clean

@@ -2,12 +2,12 @@
 
     python3 agent.py --root /opt/APP --app APP [--user U] COMMAND [options]
 
-Commands: status, unpack, install, health, commit, revert, rollback, hot, cold, first-install,
+Commands: status, facts, unpack, install, health, commit, revert, rollback, hot, cold, first-install,
 prune, start, stop.
 Prints exactly one JSON object on stdout.  Exit 0 ok, 1 operation failed, 2 bad input.
-Python 3 standard library only.  The node-side code lives in node.exs (installed next to
-this file; `hotswap_node.exs` in the repository) and is evaluated by ONE `bin/APP rpc`
-call per phase.
+Python 3.9+ standard library only.  The node-side code lives in node.exs (installed next to
+this file; `hotswap_node.exs` in the repository); the agent runs its phases on the live node
+through `erl_call` (shipped with every ERTS), falling back to one `bin/APP rpc` call per phase.
 
 Before a hot install the node rehearses every code_change of the relup edge on a copy of
 the live state in a scratch peer node; if one raises, the install is refused (nothing is
@@ -16,6 +16,13 @@ installed, the host keeps its version and its state).
 TEST-ONLY fault injection: the environment variable HOTSWAP_AGENT_FAULT=before_install makes
 `hot` and `install` SIGKILL the node right before the install rpc (to test recovery from a node
 that dies mid-deploy).  Any other value is ignored.  Never set it in production.
+
+Source layout: this package's modules, each owning one concern, in the order they are assembled
+(each imports only from those before it); `_assemble.py` joins them into the single stdlib-only
+file a host receives, roles/agent/files/hotswap_agent.py (`make agent`).
+
+GENERATED from plugins/module_utils/_agent/ by _assemble.py: edit those modules, then run
+`make agent`.
 """
 import argparse
 import base64
@@ -40,14 +47,12 @@ import tarfile
 import tempfile
 import time
 
-AGENT_VERSION = "1.1.0"
 
-VSN_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$")
-APP_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\$?$")
-ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
+# ==================================================================================================
+# errors.py
+# The agent's errors and their exit codes: BadInput and PackageRefused exit 2 (nothing changed),
+# OpFailed exits 1 (the operation failed; its extra fields go into the JSON result).
+# ==================================================================================================
 
 class BadInput(Exception):
     """exit 2"""
@@ -76,7 +81,29 @@ def now_ms():
     return time.monotonic() * 1000.0
 
 
-# =========================================================================== validation
+# ==================================================================================================
+# names.py
+# Names and versions the agent accepts (app, release version, sha256, user, env keys), the agent's
+# own version, and the order of release versions.
+# ==================================================================================================
+
+AGENT_VERSION = "1.1.0"
+
+
+VSN_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$")
+
+
+APP_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\$?$")
+
+
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
 
 def check_vsn(v, what="version"):
     if not isinstance(v, str) or not VSN_RE.fullmatch(v) or ".." in v:
@@ -106,7 +133,11 @@ def vsn_key(v):
     return (parts, 0 if pre else 1, pre)
 
 
-# =========================================================================== Erlang terms
+# ==================================================================================================
+# erlterms.py
+# Erlang terms: a reader for the files release_handler and mix write (RELEASES, .rel, start_erl.data,
+# sys.config; maps, `base#`, `$c` included) and a writer whose output `file:consult` reads back.
+# ==================================================================================================
 
 class Atom(str):
     """An Erlang atom (a str subclass so it compares with plain strings)."""
@@ -416,7 +447,12 @@ def parse_rel(text):
             "apps": [(str(a[0]), _s(a[1])) for a in apps]}
 
 
-# =========================================================================== env file, epmd
+# ==================================================================================================
+# files.py
+# Files on the host: the node's env file, epmd's registered names, sha256 of a file, and the tar safety
+# rules (members that stay inside the root, no links out, no device files) used before anything is
+# extracted; chown and removal of trees.
+# ==================================================================================================
 
 def parse_env(text):
     """KEY=VALUE lines; '#' comments, blank lines, optional 'export ', optional quotes."""
@@ -459,8 +495,6 @@ def epmd_names(host="127.0.0.1", port=None, timeout=1.0):
             names[m.group(1)] = int(m.group(2))
     return names
 
-
-# =========================================================================== tar safety
 
 def _inside(root, path):
     root = os.path.normpath(root)
@@ -586,7 +620,12 @@ def rmtree(path):
         shutil.rmtree(path)
 
 
-# =========================================================================== Elixir literals
+# ==================================================================================================
+# host.py
+# One release root on one host (`Host`): its paths and records (RELEASES, start_erl.data, releases/),
+# the run user, and the node transport: erl_call (or the `bin/APP rpc` fallback) running node.exs
+# phases on the live node, with values passed as Elixir literals.
+# ==================================================================================================
 
 def ex_lit(v):
     """Python value -> Elixir literal (str/int/bool/None/list/dict with str keys)."""
@@ -618,8 +657,6 @@ def ex_lit(v):
         return "%{" + ", ".join(ex_lit(str(k)) + " => " + ex_lit(x) for k, x in v.items()) + "}"
     raise BadInput(f"cannot pass {type(v).__name__} to the node")
 
-
-# =========================================================================== the host
 
 def same_namespaces(pid):
     """True when process ``pid`` shares this process's network and mount namespaces (where they can be
@@ -945,7 +982,11 @@ class Host:
                        rpc_transport=True)
 
 
-# =========================================================================== lock + journal
+# ==================================================================================================
+# state.py
+# The root's state: the lock, the JSON-lines journal, repairs of RELEASES and the boot files, and
+# `host_state` (what runs, what is permanent, what is unpacked) that every plan depends on.
+# ==================================================================================================
 
 class Lock:
     def __init__(self, host, cmd):
@@ -1010,8 +1051,6 @@ def journal(host, entry):
     except OSError:
         pass
 
-
-# =========================================================================== repairs
 
 def releases_from_disk(h):
     """Every complete release on disk, newest first: releases/V/APP.rel naming APP V, its boot
@@ -1137,8 +1176,6 @@ def repair_boot_files(h):
     return repaired
 
 
-# =========================================================================== commands
-
 def host_state(h):
     """What runs: RELEASES (or why it cannot be read), start_erl.data, node up, OS pid, boot, running,
     permanent, current -- the part of `status` a plan depends on, without its slower extras."""
@@ -1174,6 +1211,37 @@ def host_state(h):
     return {"rels": rels, "releases_error": releases_error, "se": se, "up": up, "pid": pid, "boot": boot,
             "perm": perm, "running": running, "current": current}
 
+
+def _make_permanent_offline(h, old):
+    rels = h.releases()
+    if rels is None:
+        raise OpFailed("RELEASES is missing: cannot revert cold")
+    entry = next((r for r in rels if r["version"] == old), None)
+    if entry is None:
+        raise OpFailed(f"{old} is not in RELEASES: nothing to revert to")
+    for r in rels:
+        if r["version"] == old:
+            r["status"] = "permanent"
+        elif r["status"] in ("permanent", "current"):
+            r["status"] = "old"
+    h.write_releases(rels)
+    h.write_owned(os.path.join(h.rel_dir, "start_erl.data"), f"{entry['erts']} {old}\n")
+
+
+def _rel_libs(rel):
+    return [f"{a}-{v}" for a, v in rel["apps"]]
+
+
+def _releases_entry(h, rel, status, relative=True):
+    libs = [(a, v, f"lib/{a}-{v}" if relative else h.p("lib", f"{a}-{v}")) for a, v in rel["apps"]]
+    return {"name": rel["name"], "version": rel["version"], "erts": rel["erts"], "libs": libs, "status": status}
+
+
+# ==================================================================================================
+# reads.py
+# Read-only commands: `status` and `facts` (state, OS fingerprint, agent checksums), the relup edges a
+# release offers, the previous release, and the state key a plan is checked against.
+# ==================================================================================================
 
 def cmd_status(h, a):
     hs = host_state(h)
@@ -1309,6 +1377,112 @@ def cmd_facts(h, a):
     return res
 
 
+def _relup_edges_scan(text):
+    """Fallback for relups the term parser cannot read: walk the text tracking only nesting,
+    skipping strings, quoted atoms, char literals and comments, and pick the version strings at
+    {_, [{HERE, ...}], [{HERE, ...}]}."""
+    ups, downs = [], []
+    stack = []
+    pos, n = 0, len(text)
+    str_re = re.compile(r'"((?:[^"\\]|\\.)*)"', re.S)
+    while pos < n:
+        c = text[pos]
+        if c == "%":
+            nl = text.find("\n", pos)
+            pos = n if nl < 0 else nl + 1
+        elif c == '"':
+            m = str_re.match(text, pos)
+            if not m:
+                raise TermError("unterminated string in relup")
+            if (len(stack) == 3 and stack[0][0] == "{" and stack[0][1] in (1, 2) and stack[1][0] == "["
+                    and stack[2][0] == "{" and stack[2][1] == 0):
+                (ups if stack[0][1] == 1 else downs).append(m.group(1))
+            pos = m.end()
+        elif c == "'":
+            m = re.compile(r"'((?:[^'\\]|\\.)*)'", re.S).match(text, pos)
+            if not m:
+                raise TermError("unterminated quoted atom in relup")
+            pos = m.end()
+        elif c == "$":
+            m = re.compile(r"\$(\\(x\{[0-9a-fA-F]+\}|x[0-9a-fA-F]{2}|[0-7]{1,3}|\^.|.)|.)", re.S).match(text, pos)
+            pos = m.end() if m else pos + 1
+        elif text.startswith("<<", pos):
+            stack.append(["<<", 0])
+            pos += 2
+        elif text.startswith(">>", pos) and stack and stack[-1][0] == "<<":
+            stack.pop()
+            pos += 2
+        elif c in "{[":
+            stack.append([c, 0])
+            pos += 1
+        elif c in "}]":
+            if not stack:
+                raise TermError("unbalanced relup")
+            stack.pop()
+            pos += 1
+        elif c == ",":
+            if stack:
+                stack[-1][1] += 1
+            pos += 1
+        elif c == "." and not stack and (pos + 1 >= n or text[pos + 1] in " \t\r\n%"):
+            break
+        else:
+            pos += 1
+    return ups, downs
+
+
+def relup_edges(text):
+    """(up-from versions, down-to versions) of a relup file {Vsn, Ups, Downs}."""
+    try:
+        terms = parse_terms(text)
+        t = terms[0] if terms else None
+        if not (isinstance(t, tuple) and len(t) == 3 and isinstance(t[1], list) and isinstance(t[2], list)):
+            raise TermError("not {Vsn, Ups, Downs}")
+        return [_s(e[0]) for e in t[1]], [_s(e[0]) for e in t[2]]
+    except (TermError, ValueError, IndexError, TypeError, KeyError):
+        return _relup_edges_scan(text)
+
+
+TRANSITION_OPS = ("hot", "cold", "rollback", "revert", "first-install", "install", "commit")
+
+
+def previous_release(h, perm, rels):
+    """The release this host ran before `perm`: the journal's last successful transition to perm
+    (its `from`); else the newest `old` release in RELEASES."""
+    f = os.path.join(h.hs, "journal.jsonl")
+    lines = []
+    try:
+        with open(f, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - (4 << 20)))
+            lines = fh.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        pass
+    for line in reversed(lines):
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(e, dict) or e.get("result") != "ok" or e.get("op") not in TRANSITION_OPS:
+            continue
+        if e.get("version") != perm or e.get("op") == "commit":
+            continue  # a commit's `from` is in the install before it
+        frm = e.get("from")
+        if e.get("op") == "first-install":
+            break
+        if frm and frm != perm:
+            return frm
+    olds = sorted((r["version"] for r in rels or [] if r["status"] == "old"), key=vsn_key)
+    return olds[-1] if olds else None
+
+
+# ==================================================================================================
+# packages.py
+# Packages: the node's settings (env and cookie, private files), storing an uploaded package, verifying
+# and opening it, unpacking an upgrade package into the root (space check, undo), and `unpack`.
+# ==================================================================================================
+
 def _write_private(path, data, mode, owner=(0, 0), strip=False):
     """Write bytes `data` to `path` (temp file + rename) with `mode` and, when we are root, `owner`
     (uid, gid); True when it changed.  A regular file with the same content (with `strip`: ignoring
@@ -1392,8 +1566,6 @@ def store_package(h, path, sha, name):
         os.unlink(path)
     return dest
 
-
-# ---------------------------------------------------------------- unpack
 
 def _referenced_libs(rels, skip_vsn=None):
     return {os.path.basename(d.rstrip("/")) for r in rels or [] if r["version"] != skip_vsn for _ign, _ign, d in r["libs"]}
@@ -1605,147 +1777,16 @@ def cmd_unpack(h, a):
         return {"changed": True, "version": vsn, "cleaned": prep["cleaned"], "registered": "rpc" if up else "file"}
 
 
-# ---------------------------------------------------------------- install / health / commit / revert
+# ==================================================================================================
+# health.py
+# Health checks after install and before commit: an http(s) URL, a command on the host, or an rpc
+# expression on the node (the default: the node answers and runs the new release).
+# ==================================================================================================
 
 def _need_up(h, what):
     if not h.node_up():
         raise OpFailed(f"node {h.node_name()} is not running: {what} needs a running node "
                        f"(start it, or use the cold path)", node_up=False)
-
-
-def fault_point(h, name):
-    """TEST-ONLY fault injection (HOTSWAP_AGENT_FAULT=NAME, see the module docstring): SIGKILL the
-    node's OS process at the named point.  Does nothing unless the variable names this point."""
-    if os.environ.get("HOTSWAP_AGENT_FAULT") != name:
-        return
-    pid, _ign = h.os_pid()
-    if not pid:
-        return
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    end = time.monotonic() + 10
-    while _pid_alive(pid) and time.monotonic() < end:
-        time.sleep(0.02)
-
-
-def _recover_dead_node(h, old, err, timeout=60):
-    """The node's OS process died mid-deploy (killed, OOM...).  Nothing was committed, so the
-    permanent release is still `old`: make sure the files say so and start it cold.  Returns the
-    failure info (with "msg") for the caller's OpFailed."""
-    h.set_installed_record(None)
-    repaired = []
-    try:
-        rels = h.releases() or []
-    except OpFailed:
-        rels = []
-    perm = next((r["version"] for r in rels if r["status"] == "permanent"), None)
-    se = (h.start_erl() or {}).get("version")
-    if old and any(r["version"] == old for r in rels) and (perm != old or se != old):
-        _make_permanent_offline(h, old)
-        repaired.append(f"{old} made permanent again (was {perm}, start_erl.data {se})")
-    try:
-        st = start_node(h, start_timeout(timeout))
-    except OpFailed as e2:
-        return {"host_version": None, "node_up": h.node_up(), "reverted": False, "state_lost": True,
-                "node_died": True, "repaired": repaired,
-                "msg": f"{err}; the node died and did not start again: {e2.msg}"}
-    running = st.get("running")
-    return {"host_version": running, "node_up": True, "reverted": running == old, "os_pid": st.get("os_pid"),
-            "state_lost": True, "restarted": "cold", "node_died": True, "repaired": repaired,
-            "msg": (f"{err}; the node died (its OS process is gone) before the upgrade was committed: "
-                    f"started the permanent release {running} again cold (in-memory state lost)")}
-
-
-def _after_failure(h, old, err, rh_pid_before=None, wait_s=60, pid_before=None):
-    """install_release failed or the rpc died.  Past the relup's point of no return
-    release_handler replies {error, _} and then calls init:restart(): the VM reboots in place
-    from the permanent release, losing all in-memory state.  Find out which happened: wait until
-    the node answers with init 'started', and compare release_handler's pid with the one from
-    before the install (a new pid = the node restarted)."""
-    deadline = time.monotonic() + wait_s
-    info = None
-    while time.monotonic() < deadline:
-        if h.node_up():
-            try:
-                info = h.rpc("ready", timeout=max(5, int(deadline - time.monotonic()) + 5),
-                             timeout_ms=int(max(1, deadline - time.monotonic()) * 1000))
-                if info.get("ok"):
-                    break
-            except OpFailed:
-                info = None
-        elif pid_before and not _pid_alive(pid_before):
-            # not an in-place restart (that keeps the OS pid): the VM is gone
-            return _recover_dead_node(h, old, err, timeout=max(30, wait_s))
-        time.sleep(0.3)
-    h.set_installed_record(None)
-    if info is None or not info.get("ok"):
-        return {"host_version": None, "node_up": h.node_up(), "reverted": False, "state_lost": None,
-                "msg": f"{err}; the node did not answer afterwards: check it (status), then start it"}
-    restarted = rh_pid_before is None or info.get("rh_pid") != rh_pid_before
-    running = info.get("running")
-    res = {"host_version": running, "node_up": True, "reverted": running == old, "os_pid": info.get("os_pid"),
-           "state_lost": restarted, "restarted_in_place": restarted}
-    if restarted:
-        res["msg"] = (f"{err}; release_handler restarted the node in place on {running} "
-                      f"(same OS pid, in-memory state LOST)")
-    else:
-        res["msg"] = f"{err}; node still runs {running}, state intact"
-    return res
-
-
-def _rehearsal_fields(r):
-    """The rehearsal's figures from a node result, for the agent's JSON."""
-    out = {"rehearse_ms": r.get("rehearse_ms"), "rehearsal_warnings": r.get("rehearsal_warnings") or [],
-           "rehearsed": r.get("rehearsed") or []}
-    if r.get("rehearsal_failures"):
-        out["rehearsal_failures"] = r["rehearsal_failures"]
-    return out
-
-
-def _refusal_msg(vsn, r):
-    fails = r.get("rehearsal_failures") or []
-    what = "; ".join(f"{f.get('module')}.code_change({f.get('old_vsn')}, state, extra) in {f.get('pid')} "
-                     + (f"(callback {f.get('callback')}) " if f.get("callback") not in (None, f.get("module")) else "")
-                     + f"{f.get('error')}" for f in fails[:3]) or r.get("error")
-    keeps = r.get("running")
-    return (f"hot upgrade to {vsn} refused: {what} -- rehearsed on a copy of the live state; nothing was "
-            f"installed; the host keeps {keeps} and its state")
-
-
-def cmd_install(h, a):
-    vsn = a.version
-    with Lock(h, "install"):
-        _need_up(h, "install")
-        rels = h.releases()
-        if rels is not None and not any(r["version"] == vsn for r in rels):
-            raise OpFailed(f"{vsn} is not unpacked on this host: run unpack first", releases=[r["version"] for r in rels])
-        pid, _ign = h.os_pid()
-        perm = next((r["version"] for r in rels or [] if r["status"] == "permanent"), None)
-        fault_point(h, "before_install")
-        try:
-            r = h.rpc("install", vsn=vsn, rehearse=True, timeout=a.timeout + 60)
-        except OpFailed as e:
-            if e.extra.get("rpc_transport"):
-                info = _after_failure(h, perm, e.msg, pid_before=pid)
-                raise OpFailed(info.pop("msg"), **info)
-            raise
-        if not r.get("ok") and r.get("stage") == "rehearse":
-            raise OpFailed(_refusal_msg(vsn, r), stage="rehearse", host_version=r.get("running"),
-                           **_rehearsal_fields(r))
-        if not r.get("ok"):
-            msg = f"install_release({vsn}) failed at {r.get('stage')}: {r.get('error')}"
-            if r.get("stage") == "install":
-                raise OpFailed(**_after_failure(h, perm, msg, r.get("rh_pid_before")))
-            raise OpFailed(f"{msg}; node runs {r.get('running')}", host_version=r.get("running"))
-        if r.get("running") != r.get("permanent"):
-            h.set_installed_record({"version": r.get("running"), "os_pid": r.get("os_pid") or pid})
-        return dict({"changed": r.get("changed", True), "version": vsn, "from": r.get("from"),
-                     "host_version": r.get("running"), "permanent": r.get("permanent"),
-                     "install_ms": r.get("install_ms"), "runtime_keys": r.get("runtime_keys"),
-                     "created_releases": r.get("created_releases"), "os_pid": r.get("os_pid")},
-                    **_rehearsal_fields(r))
 
 
 def _http_check(url, timeout):
@@ -1825,282 +1866,11 @@ def cmd_health(h, a):
     return {"changed": False, "healthy": True, "version": a.version, "check": check[0]}
 
 
-def _verify_committed(h, vsn):
-    se = h.start_erl() or {}
-    rels = h.releases() or []
-    perm = next((r["version"] for r in rels if r["status"] == "permanent"), None)
-    problems = []
-    if se.get("version") != vsn:
-        problems.append(f"start_erl.data names {se.get('version')}")
-    if perm != vsn:
-        problems.append(f"RELEASES has {perm} permanent")
-    return problems
-
-
-def cmd_commit(h, a):
-    vsn = a.version
-    with Lock(h, "commit"):
-        _need_up(h, "commit")
-        r = h.rpc("commit", vsn=vsn, timeout=60)
-        if not r.get("ok"):
-            raise OpFailed(f"make_permanent({vsn}) failed: {r.get('error')}", host_version=r.get("running"))
-        problems = _verify_committed(h, vsn)
-        if problems:
-            raise OpFailed(f"{vsn} committed but the files disagree: {'; '.join(problems)}",
-                           host_version=r.get("running"))
-        h.set_installed_record(None)
-        return {"changed": r.get("changed", True), "version": vsn, "host_version": r.get("running"),
-                "permanent": r.get("permanent"), "commit_ms": r.get("commit_ms")}
-
-
-def _make_permanent_offline(h, old):
-    rels = h.releases()
-    if rels is None:
-        raise OpFailed("RELEASES is missing: cannot revert cold")
-    entry = next((r for r in rels if r["version"] == old), None)
-    if entry is None:
-        raise OpFailed(f"{old} is not in RELEASES: nothing to revert to")
-    for r in rels:
-        if r["version"] == old:
-            r["status"] = "permanent"
-        elif r["status"] in ("permanent", "current"):
-            r["status"] = "old"
-    h.write_releases(rels)
-    h.write_owned(os.path.join(h.rel_dir, "start_erl.data"), f"{entry['erts']} {old}\n")
-
-
-def do_revert(h, old, timeout, mode="hot"):
-    """Hot revert to old; cold (stop, fix files, start) if that fails or mode == "cold"."""
-    if not h.node_up():
-        _make_permanent_offline(h, old)
-        h.set_installed_record(None)
-        return {"changed": True, "mode": "files", "reverted": True, "host_version": old, "node_up": False}
-    hot_err = None
-    try:
-        if mode == "cold":
-            raise OpFailed("cold revert requested")
-        r = h.rpc("revert", vsn=old, rehearse=True, timeout=timeout + 60)
-        if r.get("ok") and not _verify_committed(h, old):
-            h.set_installed_record(None)
-            return {"changed": r.get("changed", True), "mode": "hot", "reverted": True,
-                    "host_version": r.get("running"), "from": r.get("from"),
-                    "install_ms": r.get("revert_install_ms")}
-        hot_err = r.get("error") or "; ".join(_verify_committed(h, old))
-    except OpFailed as e:
-        hot_err = e.msg
-    # cold: stop, fix start_erl.data / RELEASES, start
-    frm = next((r["version"] for r in h.releases() or [] if r["status"] == "permanent"), None)
-    stop_node(h)
-    _make_permanent_offline(h, old)
-    h.set_installed_record(None)
-    st = start_node(h, start_timeout(timeout))
-    return {"changed": True, "mode": "cold", "reverted": st.get("running") == old, "state_lost": True, "from": frm,
-            "hot_error": None if mode == "cold" else hot_err, "host_version": st.get("running"), "os_pid": st.get("os_pid")}
-
-
-def cmd_revert(h, a):
-    with Lock(h, a.command):
-        res = do_revert(h, a.version, a.timeout, getattr(a, "mode", "hot"))
-        if not res.get("reverted"):
-            raise OpFailed(f"revert to {a.version} failed; node runs {res.get('host_version')}", **res)
-        return dict(res, version=a.version)
-
-
-# ---------------------------------------------------------------- hot
-
-def _revert_or_recover(h, old, timeout, err):
-    """After a failed health check/commit: revert to old (hot, else cold); when the node is gone
-    altogether (its OS process died), start the permanent release old again cold."""
-    if not h.node_up():
-        info = _recover_dead_node(h, old, err, timeout=max(30, timeout))
-        return dict(info, mode="cold-start")
-    return do_revert(h, old, timeout)
-
-
-def cmd_hot(h, a):
-    vsn = a.version
-    check = parse_check(a.check)
-    with Lock(h, "hot"):
-        _need_up(h, "a hot upgrade")
-        h.repaired += repair_releases(h, up=True)
-        rels = h.releases()
-        perm = next((r["version"] for r in rels or [] if r["status"] == "permanent"), None)
-        rec = h.installed_record()
-        pid, boot = h.os_pid()
-        running = rec["version"] if rec and rec.get("os_pid") == pid else (perm or boot)
-        old = perm or running
-        if running == vsn and perm == vsn:
-            recorded = h.sha_record(vsn)
-            if recorded not in (None, a.sha256):
-                raise OpFailed(f"{vsn} already runs from another package (sha256 {recorded}); publish a new version",
-                               host_version=vsn)
-            got = sha256_file(a.package) if os.path.isfile(a.package) else None
-            if got != a.sha256:
-                raise OpFailed(f"package {a.package} refused: sha256 is {got}, expected {a.sha256}; nothing changed",
-                               host_version=vsn)
-            res = {"changed": False, "version": vsn, "host_version": vsn, "from": vsn}
-            if a.keep:
-                res["removed"] = do_prune(h, a.keep)
-            return res
-        t_unpack = now_ms()
-        prep = prepare_unpack(h, a.package, a.sha256, vsn, True, running=running)
-        unpack_ms = round(now_ms() - t_unpack, 1)
-        one_rpc = check[0] in ("default", "rpc")
-        fault_point(h, "before_install")
-        try:
-            r = h.rpc("install", vsn=vsn, rel_file=prep["rel_file"], old=old, verify=one_rpc, commit=one_rpc,
-                      revert_on_failure=one_rpc, check_rpc=check[1] if check[0] == "rpc" else None,
-                      rehearse=True, timeout_ms=int(a.timeout * 1000), timeout=a.timeout + 90)
-        except OpFailed as e:
-            if e.extra.get("rpc_transport"):
-                info = _after_failure(h, old, e.msg, pid_before=pid)
-                raise OpFailed(info.pop("msg"), version=vsn, changed=True, stage="install", **{"from": old}, **info)
-            raise
-        if not r.get("ok") and r.get("stage") == "rehearse":
-            # nothing was registered: take the files back out so the version can be retried
-            undo_unpack(h, prep)
-            raise OpFailed(_refusal_msg(vsn, r), stage="rehearse", changed=False, reverted=False,
-                           host_version=r.get("running"), permanent=r.get("permanent"), os_pid=r.get("os_pid"),
-                           unpack_ms=unpack_ms, cleaned=prep.get("cleaned"), **_rehearsal_fields(r))
-        if not r.get("ok") and r.get("stage") == "unpack":
-            undo_unpack(h, prep)
-            raise OpFailed(f"release_handler refused to register {vsn}: {r.get('error')}; nothing changed",
-                           host_version=r.get("running"), stage="unpack")
-        h.set_sha_record(vsn, a.sha256)
-        base = {"version": vsn, "from": old, "install_ms": r.get("install_ms"), "unpack_ms": unpack_ms,
-                "runtime_keys": r.get("runtime_keys"), "os_pid": r.get("os_pid"), **_rehearsal_fields(r)}
-        if not r.get("ok") and r.get("stage") == "install":
-            info = _after_failure(h, old, f"hot upgrade to {vsn} failed at install: {r.get('error')}",
-                                  r.get("rh_pid_before"))
-            raise OpFailed(info.pop("msg"), stage="install", changed=True, **dict(base, **info))
-        if not r.get("ok"):
-            stage = r.get("stage")
-            reverted = r.get("running") == old and r.get("permanent") == old
-            if stage in ("health", "commit") and not r.get("reverted") and r.get("running") != old:
-                rv = _revert_or_recover(h, old, a.timeout, f"hot upgrade to {vsn} failed at {stage}")
-                reverted = rv.get("reverted")
-                base["revert_mode"] = rv.get("mode")
-            raise OpFailed(f"hot upgrade to {vsn} failed at {stage}: {r.get('error')}; "
-                           + (f"reverted to {old}" if reverted else f"node runs {r.get('running')}"),
-                           stage=stage, reverted=bool(reverted), host_version=old if reverted else r.get("running"),
-                           changed=True, **base)
-        if not r.get("changed", True):
-            return dict(base, changed=False, host_version=r.get("running"))
-        if not one_rpc:
-            h.set_installed_record({"version": vsn, "os_pid": r.get("os_pid")})
-            ok, why = run_health(h, vsn, check, a.timeout)
-            if not ok:
-                rv = _revert_or_recover(h, old, a.timeout, f"health check ({check[0]}) of {vsn} failed: {why}")
-                raise OpFailed(f"health check ({check[0]}) of {vsn} failed: {why}; "
-                               + (f"reverted to {old} ({rv.get('mode')})" if rv.get("reverted")
-                                  else f"REVERT FAILED, node runs {rv.get('host_version')}"),
-                               stage="health", reverted=bool(rv.get("reverted")), revert_mode=rv.get("mode"),
-                               host_version=rv.get("host_version"), changed=True,
-                               **dict(base, **{k: rv[k] for k in ("state_lost", "node_died", "os_pid") if k in rv}))
-            try:
-                c = h.rpc("commit", vsn=vsn, timeout=60)
-            except OpFailed as e:
-                if not e.extra.get("rpc_transport"):
-                    raise
-                c = {"ok": False, "error": e.msg}
-            if not c.get("ok"):
-                rv = _revert_or_recover(h, old, a.timeout, f"make_permanent({vsn}) failed: {c.get('error')}")
-                if rv.get("node_died"):
-                    msg = rv["msg"]
-                else:
-                    msg = f"make_permanent({vsn}) failed: {c.get('error')}; reverted={rv.get('reverted')}"
-                raise OpFailed(msg, stage="commit", reverted=bool(rv.get("reverted")), revert_mode=rv.get("mode"),
-                               host_version=rv.get("host_version"), changed=True,
-                               **dict(base, **{k: rv[k] for k in ("state_lost", "node_died", "os_pid") if k in rv}))
-        h.set_installed_record(None)
-        problems = _verify_committed(h, vsn)
-        if problems:
-            raise OpFailed(f"{vsn} runs but the files disagree: {'; '.join(problems)}", host_version=vsn, **base)
-        res = dict(base, changed=True, host_version=vsn, permanent=vsn)
-        if a.keep:
-            res["removed"] = do_prune(h, a.keep)
-        return res
-
-
-# ---------------------------------------------------------------- prune
-
-def _drop_stale_uploads(h, age_s=3600):
-    """Uploads a failed or interrupted run left in .hotswap/ (.upload-*.part, older than an hour)."""
-    try:
-        names = os.listdir(h.hs)
-    except OSError:
-        return
-    for n in names:
-        f = os.path.join(h.hs, n)
-        try:
-            if n.startswith(".upload-") and n.endswith(".part") and time.time() - os.lstat(f).st_mtime > age_s:
-                os.unlink(f)
-        except OSError:
-            pass
-
-
-def do_prune(h, keep):
-    _drop_stale_uploads(h)
-    rels = h.releases()
-    if not rels:
-        return []
-    up = h.node_up()
-    perm = next((r["version"] for r in rels if r["status"] == "permanent"), None)
-    protected = {perm}
-    pid, boot = h.os_pid() if up else (None, None)
-    rec = h.installed_record()
-    if up:
-        protected.add(boot)  # its consolidated dir stays on the code path
-        if rec:
-            protected.add(rec.get("version"))
-    if perm:
-        older = sorted((r["version"] for r in rels if vsn_key(r["version"]) < vsn_key(perm)), key=vsn_key)
-        if older:
-            protected.add(older[-1])  # rollback target
-    cands = sorted((r["version"] for r in rels if r["version"] not in protected), key=vsn_key)
-    remove = []
-    total = len(rels)
-    for v in cands:
-        if total <= keep:
-            break
-        remove.append(v)
-        total -= 1
-    if not remove:
-        return []
-    if up:
-        r = h.rpc("remove", remove=remove, timeout=60)
-        removed = r.get("removed") or []
-        for v in removed:
-            for x in (h.p("releases", f"{h.app}-{v}.rel"), os.path.join(h.hs, "bin", v)):
-                if os.path.lexists(x):
-                    rmtree(x)
-            h.set_sha_record(v, None)
-            h.set_full_sha(v, None)
-        if not r.get("ok"):
-            raise OpFailed(f"prune: {r.get('error')}", removed=removed)
-        return removed
-    for v in remove:
-        entry = next(r for r in rels if r["version"] == v)
-        rels = [r for r in rels if r["version"] != v]
-        _remove_files_of(h, v, rels, [os.path.basename(d.rstrip("/")) for _ign, _ign, d in entry["libs"]])
-        h.write_releases(rels)
-        h.set_sha_record(v, None)
-        h.set_full_sha(v, None)
-        rmtree(os.path.join(h.hs, "bin", v))
-    return remove
-
-
-def cmd_prune(h, a):
-    if a.keep is None:
-        raise BadInput("prune needs --keep N")
-    if a.keep < 1:
-        raise BadInput("--keep must be >= 1")
-    with Lock(h, "prune"):
-        removed = do_prune(h, a.keep)
-        return {"changed": bool(removed), "removed": removed}
-
-
-# ---------------------------------------------------------------- service managers
+# ==================================================================================================
+# service.py
+# Service managers (systemd unit or the release's own daemon mode): write the unit, start and stop the
+# node, wait for it to answer.
+# ==================================================================================================
 
 SYSTEMD_UNIT_DIR = "/etc/systemd/system"
 
@@ -2182,8 +1952,6 @@ def ensure_unit(h, unit_dir=SYSTEMD_UNIT_DIR, run=None):
     _systemctl("enable", unit_name(h.app), run=run, check=False)
     return True
 
-
-# ---------------------------------------------------------------- start / stop
 
 def _pid_alive(pid):
     try:
@@ -2345,7 +2113,407 @@ def cmd_stop(h, a):
         return stop_node(h, a.timeout)
 
 
-# ---------------------------------------------------------------- full tarballs (first-install, cold)
+# ==================================================================================================
+# hot.py
+# The hot path: install over the relup (after the code_change rehearsal), commit, revert, and `hot`
+# which carries them out in one lock; pruning old releases.
+# ==================================================================================================
+
+def fault_point(h, name):
+    """TEST-ONLY fault injection (HOTSWAP_AGENT_FAULT=NAME, see the module docstring): SIGKILL the
+    node's OS process at the named point.  Does nothing unless the variable names this point."""
+    if os.environ.get("HOTSWAP_AGENT_FAULT") != name:
+        return
+    pid, _ign = h.os_pid()
+    if not pid:
+        return
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    end = time.monotonic() + 10
+    while _pid_alive(pid) and time.monotonic() < end:
+        time.sleep(0.02)
+
+
+def _recover_dead_node(h, old, err, timeout=60):
+    """The node's OS process died mid-deploy (killed, OOM...).  Nothing was committed, so the
+    permanent release is still `old`: make sure the files say so and start it cold.  Returns the
+    failure info (with "msg") for the caller's OpFailed."""
+    h.set_installed_record(None)
+    repaired = []
+    try:
+        rels = h.releases() or []
+    except OpFailed:
+        rels = []
+    perm = next((r["version"] for r in rels if r["status"] == "permanent"), None)
+    se = (h.start_erl() or {}).get("version")
+    if old and any(r["version"] == old for r in rels) and (perm != old or se != old):
+        _make_permanent_offline(h, old)
+        repaired.append(f"{old} made permanent again (was {perm}, start_erl.data {se})")
+    try:
+        st = start_node(h, start_timeout(timeout))
+    except OpFailed as e2:
+        return {"host_version": None, "node_up": h.node_up(), "reverted": False, "state_lost": True,
+                "node_died": True, "repaired": repaired,
+                "msg": f"{err}; the node died and did not start again: {e2.msg}"}
+    running = st.get("running")
+    return {"host_version": running, "node_up": True, "reverted": running == old, "os_pid": st.get("os_pid"),
+            "state_lost": True, "restarted": "cold", "node_died": True, "repaired": repaired,
+            "msg": (f"{err}; the node died (its OS process is gone) before the upgrade was committed: "
+                    f"started the permanent release {running} again cold (in-memory state lost)")}
+
+
+def _after_failure(h, old, err, rh_pid_before=None, wait_s=60, pid_before=None):
+    """install_release failed or the rpc died.  Past the relup's point of no return
+    release_handler replies {error, _} and then calls init:restart(): the VM reboots in place
+    from the permanent release, losing all in-memory state.  Find out which happened: wait until
+    the node answers with init 'started', and compare release_handler's pid with the one from
+    before the install (a new pid = the node restarted)."""
+    deadline = time.monotonic() + wait_s
+    info = None
+    while time.monotonic() < deadline:
+        if h.node_up():
+            try:
+                info = h.rpc("ready", timeout=max(5, int(deadline - time.monotonic()) + 5),
+                             timeout_ms=int(max(1, deadline - time.monotonic()) * 1000))
+                if info.get("ok"):
+                    break
+            except OpFailed:
+                info = None
+        elif pid_before and not _pid_alive(pid_before):
+            # not an in-place restart (that keeps the OS pid): the VM is gone
+            return _recover_dead_node(h, old, err, timeout=max(30, wait_s))
+        time.sleep(0.3)
+    h.set_installed_record(None)
+    if info is None or not info.get("ok"):
+        return {"host_version": None, "node_up": h.node_up(), "reverted": False, "state_lost": None,
+                "msg": f"{err}; the node did not answer afterwards: check it (status), then start it"}
+    restarted = rh_pid_before is None or info.get("rh_pid") != rh_pid_before
+    running = info.get("running")
+    res = {"host_version": running, "node_up": True, "reverted": running == old, "os_pid": info.get("os_pid"),
+           "state_lost": restarted, "restarted_in_place": restarted}
+    if restarted:
+        res["msg"] = (f"{err}; release_handler restarted the node in place on {running} "
+                      f"(same OS pid, in-memory state LOST)")
+    else:
+        res["msg"] = f"{err}; node still runs {running}, state intact"
+    return res
+
+
+def _rehearsal_fields(r):
+    """The rehearsal's figures from a node result, for the agent's JSON."""
+    out = {"rehearse_ms": r.get("rehearse_ms"), "rehearsal_warnings": r.get("rehearsal_warnings") or [],
+           "rehearsed": r.get("rehearsed") or []}
+    if r.get("rehearsal_failures"):
+        out["rehearsal_failures"] = r["rehearsal_failures"]
+    return out
+
+
+def _refusal_msg(vsn, r):
+    fails = r.get("rehearsal_failures") or []
+    what = "; ".join(f"{f.get('module')}.code_change({f.get('old_vsn')}, state, extra) in {f.get('pid')} "
+                     + (f"(callback {f.get('callback')}) " if f.get("callback") not in (None, f.get("module")) else "")
+                     + f"{f.get('error')}" for f in fails[:3]) or r.get("error")
+    keeps = r.get("running")
+    return (f"hot upgrade to {vsn} refused: {what} -- rehearsed on a copy of the live state; nothing was "
+            f"installed; the host keeps {keeps} and its state")
+
+
+def cmd_install(h, a):
+    vsn = a.version
+    with Lock(h, "install"):
+        _need_up(h, "install")
+        rels = h.releases()
+        if rels is not None and not any(r["version"] == vsn for r in rels):
+            raise OpFailed(f"{vsn} is not unpacked on this host: run unpack first", releases=[r["version"] for r in rels])
+        pid, _ign = h.os_pid()
+        perm = next((r["version"] for r in rels or [] if r["status"] == "permanent"), None)
+        fault_point(h, "before_install")
+        try:
+            r = h.rpc("install", vsn=vsn, rehearse=True, timeout=a.timeout + 60)
+        except OpFailed as e:
+            if e.extra.get("rpc_transport"):
+                info = _after_failure(h, perm, e.msg, pid_before=pid)
+                raise OpFailed(info.pop("msg"), **info)
+            raise
+        if not r.get("ok") and r.get("stage") == "rehearse":
+            raise OpFailed(_refusal_msg(vsn, r), stage="rehearse", host_version=r.get("running"),
+                           **_rehearsal_fields(r))
+        if not r.get("ok"):
+            msg = f"install_release({vsn}) failed at {r.get('stage')}: {r.get('error')}"
+            if r.get("stage") == "install":
+                raise OpFailed(**_after_failure(h, perm, msg, r.get("rh_pid_before")))
+            raise OpFailed(f"{msg}; node runs {r.get('running')}", host_version=r.get("running"))
+        if r.get("running") != r.get("permanent"):
+            h.set_installed_record({"version": r.get("running"), "os_pid": r.get("os_pid") or pid})
+        return dict({"changed": r.get("changed", True), "version": vsn, "from": r.get("from"),
+                     "host_version": r.get("running"), "permanent": r.get("permanent"),
+                     "install_ms": r.get("install_ms"), "runtime_keys": r.get("runtime_keys"),
+                     "created_releases": r.get("created_releases"), "os_pid": r.get("os_pid")},
+                    **_rehearsal_fields(r))
+
+
+def _verify_committed(h, vsn):
+    se = h.start_erl() or {}
+    rels = h.releases() or []
+    perm = next((r["version"] for r in rels if r["status"] == "permanent"), None)
+    problems = []
+    if se.get("version") != vsn:
+        problems.append(f"start_erl.data names {se.get('version')}")
+    if perm != vsn:
+        problems.append(f"RELEASES has {perm} permanent")
+    return problems
+
+
+def cmd_commit(h, a):
+    vsn = a.version
+    with Lock(h, "commit"):
+        _need_up(h, "commit")
+        r = h.rpc("commit", vsn=vsn, timeout=60)
+        if not r.get("ok"):
+            raise OpFailed(f"make_permanent({vsn}) failed: {r.get('error')}", host_version=r.get("running"))
+        problems = _verify_committed(h, vsn)
+        if problems:
+            raise OpFailed(f"{vsn} committed but the files disagree: {'; '.join(problems)}",
+                           host_version=r.get("running"))
+        h.set_installed_record(None)
+        return {"changed": r.get("changed", True), "version": vsn, "host_version": r.get("running"),
+                "permanent": r.get("permanent"), "commit_ms": r.get("commit_ms")}
+
+
+def do_revert(h, old, timeout, mode="hot"):
+    """Hot revert to old; cold (stop, fix files, start) if that fails or mode == "cold"."""
+    if not h.node_up():
+        _make_permanent_offline(h, old)
+        h.set_installed_record(None)
+        return {"changed": True, "mode": "files", "reverted": True, "host_version": old, "node_up": False}
+    hot_err = None
+    try:
+        if mode == "cold":
+            raise OpFailed("cold revert requested")
+        r = h.rpc("revert", vsn=old, rehearse=True, timeout=timeout + 60)
+        if r.get("ok") and not _verify_committed(h, old):
+            h.set_installed_record(None)
+            return {"changed": r.get("changed", True), "mode": "hot", "reverted": True,
+                    "host_version": r.get("running"), "from": r.get("from"),
+                    "install_ms": r.get("revert_install_ms")}
+        hot_err = r.get("error") or "; ".join(_verify_committed(h, old))
+    except OpFailed as e:
+        hot_err = e.msg
+    # cold: stop, fix start_erl.data / RELEASES, start
+    frm = next((r["version"] for r in h.releases() or [] if r["status"] == "permanent"), None)
+    stop_node(h)
+    _make_permanent_offline(h, old)
+    h.set_installed_record(None)
+    st = start_node(h, start_timeout(timeout))
+    return {"changed": True, "mode": "cold", "reverted": st.get("running") == old, "state_lost": True, "from": frm,
+            "hot_error": None if mode == "cold" else hot_err, "host_version": st.get("running"), "os_pid": st.get("os_pid")}
+
+
+def cmd_revert(h, a):
+    with Lock(h, a.command):
+        res = do_revert(h, a.version, a.timeout, getattr(a, "mode", "hot"))
+        if not res.get("reverted"):
+            raise OpFailed(f"revert to {a.version} failed; node runs {res.get('host_version')}", **res)
+        return dict(res, version=a.version)
+
+
+def _revert_or_recover(h, old, timeout, err):
+    """After a failed health check/commit: revert to old (hot, else cold); when the node is gone
+    altogether (its OS process died), start the permanent release old again cold."""
+    if not h.node_up():
+        info = _recover_dead_node(h, old, err, timeout=max(30, timeout))
+        return dict(info, mode="cold-start")
+    return do_revert(h, old, timeout)
+
+
+def cmd_hot(h, a):
+    vsn = a.version
+    check = parse_check(a.check)
+    with Lock(h, "hot"):
+        _need_up(h, "a hot upgrade")
+        h.repaired += repair_releases(h, up=True)
+        rels = h.releases()
+        perm = next((r["version"] for r in rels or [] if r["status"] == "permanent"), None)
+        rec = h.installed_record()
+        pid, boot = h.os_pid()
+        running = rec["version"] if rec and rec.get("os_pid") == pid else (perm or boot)
+        old = perm or running
+        if running == vsn and perm == vsn:
+            recorded = h.sha_record(vsn)
+            if recorded not in (None, a.sha256):
+                raise OpFailed(f"{vsn} already runs from another package (sha256 {recorded}); publish a new version",
+                               host_version=vsn)
+            got = sha256_file(a.package) if os.path.isfile(a.package) else None
+            if got != a.sha256:
+                raise OpFailed(f"package {a.package} refused: sha256 is {got}, expected {a.sha256}; nothing changed",
+                               host_version=vsn)
+            res = {"changed": False, "version": vsn, "host_version": vsn, "from": vsn}
+            if a.keep:
+                res["removed"] = do_prune(h, a.keep)
+            return res
+        t_unpack = now_ms()
+        prep = prepare_unpack(h, a.package, a.sha256, vsn, True, running=running)
+        unpack_ms = round(now_ms() - t_unpack, 1)
+        one_rpc = check[0] in ("default", "rpc")
+        fault_point(h, "before_install")
+        try:
+            r = h.rpc("install", vsn=vsn, rel_file=prep["rel_file"], old=old, verify=one_rpc, commit=one_rpc,
+                      revert_on_failure=one_rpc, check_rpc=check[1] if check[0] == "rpc" else None,
+                      rehearse=True, timeout_ms=int(a.timeout * 1000), timeout=a.timeout + 90)
+        except OpFailed as e:
+            if e.extra.get("rpc_transport"):
+                info = _after_failure(h, old, e.msg, pid_before=pid)
+                raise OpFailed(info.pop("msg"), version=vsn, changed=True, stage="install", **{"from": old}, **info)
+            raise
+        if not r.get("ok") and r.get("stage") == "rehearse":
+            # nothing was registered: take the files back out so the version can be retried
+            undo_unpack(h, prep)
+            raise OpFailed(_refusal_msg(vsn, r), stage="rehearse", changed=False, reverted=False,
+                           host_version=r.get("running"), permanent=r.get("permanent"), os_pid=r.get("os_pid"),
+                           unpack_ms=unpack_ms, cleaned=prep.get("cleaned"), **_rehearsal_fields(r))
+        if not r.get("ok") and r.get("stage") == "unpack":
+            undo_unpack(h, prep)
+            raise OpFailed(f"release_handler refused to register {vsn}: {r.get('error')}; nothing changed",
+                           host_version=r.get("running"), stage="unpack")
+        h.set_sha_record(vsn, a.sha256)
+        base = {"version": vsn, "from": old, "install_ms": r.get("install_ms"), "unpack_ms": unpack_ms,
+                "runtime_keys": r.get("runtime_keys"), "os_pid": r.get("os_pid"), **_rehearsal_fields(r)}
+        if not r.get("ok") and r.get("stage") == "install":
+            info = _after_failure(h, old, f"hot upgrade to {vsn} failed at install: {r.get('error')}",
+                                  r.get("rh_pid_before"))
+            raise OpFailed(info.pop("msg"), stage="install", changed=True, **dict(base, **info))
+        if not r.get("ok"):
+            stage = r.get("stage")
+            reverted = r.get("running") == old and r.get("permanent") == old
+            if stage in ("health", "commit") and not r.get("reverted") and r.get("running") != old:
+                rv = _revert_or_recover(h, old, a.timeout, f"hot upgrade to {vsn} failed at {stage}")
+                reverted = rv.get("reverted")
+                base["revert_mode"] = rv.get("mode")
+            raise OpFailed(f"hot upgrade to {vsn} failed at {stage}: {r.get('error')}; "
+                           + (f"reverted to {old}" if reverted else f"node runs {r.get('running')}"),
+                           stage=stage, reverted=bool(reverted), host_version=old if reverted else r.get("running"),
+                           changed=True, **base)
+        if not r.get("changed", True):
+            return dict(base, changed=False, host_version=r.get("running"))
+        if not one_rpc:
+            h.set_installed_record({"version": vsn, "os_pid": r.get("os_pid")})
+            ok, why = run_health(h, vsn, check, a.timeout)
+            if not ok:
+                rv = _revert_or_recover(h, old, a.timeout, f"health check ({check[0]}) of {vsn} failed: {why}")
+                raise OpFailed(f"health check ({check[0]}) of {vsn} failed: {why}; "
+                               + (f"reverted to {old} ({rv.get('mode')})" if rv.get("reverted")
+                                  else f"REVERT FAILED, node runs {rv.get('host_version')}"),
+                               stage="health", reverted=bool(rv.get("reverted")), revert_mode=rv.get("mode"),
+                               host_version=rv.get("host_version"), changed=True,
+                               **dict(base, **{k: rv[k] for k in ("state_lost", "node_died", "os_pid") if k in rv}))
+            try:
+                c = h.rpc("commit", vsn=vsn, timeout=60)
+            except OpFailed as e:
+                if not e.extra.get("rpc_transport"):
+                    raise
+                c = {"ok": False, "error": e.msg}
+            if not c.get("ok"):
+                rv = _revert_or_recover(h, old, a.timeout, f"make_permanent({vsn}) failed: {c.get('error')}")
+                if rv.get("node_died"):
+                    msg = rv["msg"]
+                else:
+                    msg = f"make_permanent({vsn}) failed: {c.get('error')}; reverted={rv.get('reverted')}"
+                raise OpFailed(msg, stage="commit", reverted=bool(rv.get("reverted")), revert_mode=rv.get("mode"),
+                               host_version=rv.get("host_version"), changed=True,
+                               **dict(base, **{k: rv[k] for k in ("state_lost", "node_died", "os_pid") if k in rv}))
+        h.set_installed_record(None)
+        problems = _verify_committed(h, vsn)
+        if problems:
+            raise OpFailed(f"{vsn} runs but the files disagree: {'; '.join(problems)}", host_version=vsn, **base)
+        res = dict(base, changed=True, host_version=vsn, permanent=vsn)
+        if a.keep:
+            res["removed"] = do_prune(h, a.keep)
+        return res
+
+
+def _drop_stale_uploads(h, age_s=3600):
+    """Uploads a failed or interrupted run left in .hotswap/ (.upload-*.part, older than an hour)."""
+    try:
+        names = os.listdir(h.hs)
+    except OSError:
+        return
+    for n in names:
+        f = os.path.join(h.hs, n)
+        try:
+            if n.startswith(".upload-") and n.endswith(".part") and time.time() - os.lstat(f).st_mtime > age_s:
+                os.unlink(f)
+        except OSError:
+            pass
+
+
+def do_prune(h, keep):
+    _drop_stale_uploads(h)
+    rels = h.releases()
+    if not rels:
+        return []
+    up = h.node_up()
+    perm = next((r["version"] for r in rels if r["status"] == "permanent"), None)
+    protected = {perm}
+    pid, boot = h.os_pid() if up else (None, None)
+    rec = h.installed_record()
+    if up:
+        protected.add(boot)  # its consolidated dir stays on the code path
+        if rec:
+            protected.add(rec.get("version"))
+    if perm:
+        older = sorted((r["version"] for r in rels if vsn_key(r["version"]) < vsn_key(perm)), key=vsn_key)
+        if older:
+            protected.add(older[-1])  # rollback target
+    cands = sorted((r["version"] for r in rels if r["version"] not in protected), key=vsn_key)
+    remove = []
+    total = len(rels)
+    for v in cands:
+        if total <= keep:
+            break
+        remove.append(v)
+        total -= 1
+    if not remove:
+        return []
+    if up:
+        r = h.rpc("remove", remove=remove, timeout=60)
+        removed = r.get("removed") or []
+        for v in removed:
+            for x in (h.p("releases", f"{h.app}-{v}.rel"), os.path.join(h.hs, "bin", v)):
+                if os.path.lexists(x):
+                    rmtree(x)
+            h.set_sha_record(v, None)
+            h.set_full_sha(v, None)
+        if not r.get("ok"):
+            raise OpFailed(f"prune: {r.get('error')}", removed=removed)
+        return removed
+    for v in remove:
+        entry = next(r for r in rels if r["version"] == v)
+        rels = [r for r in rels if r["version"] != v]
+        _remove_files_of(h, v, rels, [os.path.basename(d.rstrip("/")) for _ign, _ign, d in entry["libs"]])
+        h.write_releases(rels)
+        h.set_sha_record(v, None)
+        h.set_full_sha(v, None)
+        rmtree(os.path.join(h.hs, "bin", v))
+    return remove
+
+
+def cmd_prune(h, a):
+    if a.keep is None:
+        raise BadInput("prune needs --keep N")
+    if a.keep < 1:
+        raise BadInput("--keep must be >= 1")
+    with Lock(h, "prune"):
+        removed = do_prune(h, a.keep)
+        return {"changed": bool(removed), "removed": removed}
+
+
+# ==================================================================================================
+# full.py
+# Full releases: first install, the cold switch with its revert, and rollback to a release the host
+# holds (hot over the relup's down edge when it exists, cold otherwise).
+# ==================================================================================================
 
 def stage_full(h, package, sha, vsn, owner):
     """Verify the sha256 FIRST, check every entry, extract into a private staging dir.
@@ -2379,15 +2547,6 @@ def stage_full(h, package, sha, vsn, owner):
             raise
     return {"staging": staging, "rel": rel, "pkg_libs": sorted(pkg_libs),
             "erts_dirs": sorted({r.split("/")[0] for r in names if r.startswith("erts-")})}
-
-
-def _rel_libs(rel):
-    return [f"{a}-{v}" for a, v in rel["apps"]]
-
-
-def _releases_entry(h, rel, status, relative=True):
-    libs = [(a, v, f"lib/{a}-{v}" if relative else h.p("lib", f"{a}-{v}")) for a, v in rel["apps"]]
-    return {"name": rel["name"], "version": rel["version"], "erts": rel["erts"], "libs": libs, "status": status}
 
 
 def install_cookie(h, owner):
@@ -2761,109 +2920,14 @@ def cmd_rollback(h, a):
         return dict(res, reverted=True, node_was_up=up)
 
 
-# ---------------------------------------------------------------- relup edges, previous release
+# ==================================================================================================
+# cli.py
+# The command line: one JSON object on stdout, exit 0 (ok), 1 (operation failed), 2 (bad input); `run`
+# is the same entry point for callers in the same process.
+# ==================================================================================================
 
-def _relup_edges_scan(text):
-    """Fallback for relups the term parser cannot read: walk the text tracking only nesting,
-    skipping strings, quoted atoms, char literals and comments, and pick the version strings at
-    {_, [{HERE, ...}], [{HERE, ...}]}."""
-    ups, downs = [], []
-    stack = []
-    pos, n = 0, len(text)
-    str_re = re.compile(r'"((?:[^"\\]|\\.)*)"', re.S)
-    while pos < n:
-        c = text[pos]
-        if c == "%":
-            nl = text.find("\n", pos)
-            pos = n if nl < 0 else nl + 1
-        elif c == '"':
-            m = str_re.match(text, pos)
-            if not m:
-                raise TermError("unterminated string in relup")
-            if (len(stack) == 3 and stack[0][0] == "{" and stack[0][1] in (1, 2) and stack[1][0] == "["
-                    and stack[2][0] == "{" and stack[2][1] == 0):
-                (ups if stack[0][1] == 1 else downs).append(m.group(1))
-            pos = m.end()
-        elif c == "'":
-            m = re.compile(r"'((?:[^'\\]|\\.)*)'", re.S).match(text, pos)
-            if not m:
-                raise TermError("unterminated quoted atom in relup")
-            pos = m.end()
-        elif c == "$":
-            m = re.compile(r"\$(\\(x\{[0-9a-fA-F]+\}|x[0-9a-fA-F]{2}|[0-7]{1,3}|\^.|.)|.)", re.S).match(text, pos)
-            pos = m.end() if m else pos + 1
-        elif text.startswith("<<", pos):
-            stack.append(["<<", 0])
-            pos += 2
-        elif text.startswith(">>", pos) and stack and stack[-1][0] == "<<":
-            stack.pop()
-            pos += 2
-        elif c in "{[":
-            stack.append([c, 0])
-            pos += 1
-        elif c in "}]":
-            if not stack:
-                raise TermError("unbalanced relup")
-            stack.pop()
-            pos += 1
-        elif c == ",":
-            if stack:
-                stack[-1][1] += 1
-            pos += 1
-        elif c == "." and not stack and (pos + 1 >= n or text[pos + 1] in " \t\r\n%"):
-            break
-        else:
-            pos += 1
-    return ups, downs
+DESCRIPTION = "beam.hotswap host agent: moves one mix release root from one state to another."
 
-
-def relup_edges(text):
-    """(up-from versions, down-to versions) of a relup file {Vsn, Ups, Downs}."""
-    try:
-        terms = parse_terms(text)
-        t = terms[0] if terms else None
-        if not (isinstance(t, tuple) and len(t) == 3 and isinstance(t[1], list) and isinstance(t[2], list)):
-            raise TermError("not {Vsn, Ups, Downs}")
-        return [_s(e[0]) for e in t[1]], [_s(e[0]) for e in t[2]]
-    except (TermError, ValueError, IndexError, TypeError, KeyError):
-        return _relup_edges_scan(text)
-
-
-TRANSITION_OPS = ("hot", "cold", "rollback", "revert", "first-install", "install", "commit")
-
-
-def previous_release(h, perm, rels):
-    """The release this host ran before `perm`: the journal's last successful transition to perm
-    (its `from`); else the newest `old` release in RELEASES."""
-    f = os.path.join(h.hs, "journal.jsonl")
-    lines = []
-    try:
-        with open(f, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - (4 << 20)))
-            lines = fh.read().decode("utf-8", "replace").splitlines()
-    except OSError:
-        pass
-    for line in reversed(lines):
-        try:
-            e = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(e, dict) or e.get("result") != "ok" or e.get("op") not in TRANSITION_OPS:
-            continue
-        if e.get("version") != perm or e.get("op") == "commit":
-            continue  # a commit's `from` is in the install before it
-        frm = e.get("from")
-        if e.get("op") == "first-install":
-            break
-        if frm and frm != perm:
-            return frm
-    olds = sorted((r["version"] for r in rels or [] if r["status"] == "old"), key=vsn_key)
-    return olds[-1] if olds else None
-
-
-# =========================================================================== CLI
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):
@@ -2876,7 +2940,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser():
-    p = Parser(prog="agent.py", description=__doc__.split("\n", maxsplit=1)[0])
+    p = Parser(prog="agent.py", description=DESCRIPTION)
     p.add_argument("--root", required=True)
     p.add_argument("--app", required=True)
     p.add_argument("--user")

@@ -1,0 +1,313 @@
+"""Erlang terms: a reader for the files release_handler and mix write (RELEASES, .rel, start_erl.data,
+sys.config; maps, `base#`, `$c` included) and a writer whose output `file:consult` reads back.
+"""
+
+import re
+
+
+class Atom(str):
+    """An Erlang atom (a str subclass so it compares with plain strings)."""
+
+    def __repr__(self):
+        return f"Atom({str.__repr__(self)})"
+
+
+class TermError(ValueError):
+    pass
+
+
+_ESC = {"n": "\n", "t": "\t", "r": "\r", "s": " ", "b": "\b", "f": "\f", "v": "\v",
+        "e": "\x1b", "d": "\x7f", "\\": "\\", '"': '"', "'": "'"}
+
+
+def parse_terms(text):
+    """Parse a file of Erlang terms each ending with '.' (file:consult subset):
+    atoms, quoted atoms, strings, integers (incl. base#), floats, tuples, lists,
+    binaries of strings/ints, maps.  Returns the list of terms."""
+    pos = 0
+    n = len(text)
+    out = []
+
+    def skip():
+        nonlocal pos
+        while pos < n:
+            c = text[pos]
+            if c in " \t\r\n":
+                pos += 1
+            elif c == "%":
+                while pos < n and text[pos] != "\n":
+                    pos += 1
+            else:
+                break
+
+    def quoted(q):
+        nonlocal pos
+        pos += 1
+        buf = []
+        while True:
+            if pos >= n:
+                raise TermError("unterminated quoted text")
+            c = text[pos]
+            if c == q:
+                pos += 1
+                return "".join(buf)
+            if c == "\\":
+                pos += 1
+                if pos >= n:
+                    raise TermError("bad escape")
+                c = text[pos]
+                if c in "01234567":
+                    m = re.match(r"[0-7]{1,3}", text[pos:])
+                    buf.append(chr(int(m.group(0), 8)))
+                    pos += len(m.group(0))
+                    continue
+                if c == "x":
+                    m = re.match(r"x\{([0-9a-fA-F]+)\}|x([0-9a-fA-F]{2})", text[pos:])
+                    if not m:
+                        raise TermError("bad \\x escape")
+                    buf.append(chr(int(m.group(1) or m.group(2), 16)))
+                    pos += len(m.group(0))
+                    continue
+                if c == "^":
+                    buf.append(chr(ord(text[pos + 1]) % 32))
+                    pos += 2
+                    continue
+                buf.append(_ESC.get(c, c))
+                pos += 1
+                continue
+            buf.append(c)
+            pos += 1
+
+    def seq(close):
+        nonlocal pos
+        items = []
+        skip()
+        if pos < n and text[pos] == close:
+            pos += 1
+            return items, None
+        while True:
+            items.append(value())
+            skip()
+            if pos >= n:
+                raise TermError("unterminated sequence")
+            c = text[pos]
+            if c == ",":
+                pos += 1
+                continue
+            if c == close:
+                pos += 1
+                return items, None
+            if c == "|" and close == "]":
+                pos += 1
+                tail = value()
+                skip()
+                if pos >= n or text[pos] != "]":
+                    raise TermError("bad improper list")
+                pos += 1
+                return items, tail
+            raise TermError(f"unexpected {c!r} at {pos}")
+
+    def value():
+        nonlocal pos
+        skip()
+        if pos >= n:
+            raise TermError("unexpected end of input")
+        c = text[pos]
+        if c == "[":
+            pos += 1
+            items, tail = seq("]")
+            if tail is not None:
+                if isinstance(tail, list):
+                    return items + tail
+                if isinstance(tail, str) and not isinstance(tail, Atom):
+                    return items + list(tail)
+                raise TermError("improper list")
+            return items
+        if c == "{":
+            pos += 1
+            items, _ign = seq("}")
+            return tuple(items)
+        if c == '"':
+            s = quoted('"')
+            skip()
+            while pos < n and text[pos] == '"':  # adjacent string literals concatenate
+                s += quoted('"')
+                skip()
+            return s
+        if c == "'":
+            return Atom(quoted("'"))
+        if text.startswith("<<", pos):
+            pos += 2
+            skip()
+            if text.startswith(">>", pos):
+                pos += 2
+                return b""
+            buf = bytearray()
+            while True:
+                skip()
+                v = value()
+                if isinstance(v, str) and not isinstance(v, Atom):
+                    buf += v.encode("utf-8")
+                elif isinstance(v, int):
+                    buf.append(v & 0xFF)
+                else:
+                    raise TermError("unsupported binary segment")
+                skip()
+                if text.startswith("/utf8", pos):
+                    pos += 5
+                    skip()
+                if text.startswith(">>", pos):
+                    pos += 2
+                    return bytes(buf)
+                if pos < n and text[pos] == ",":
+                    pos += 1
+                    continue
+                raise TermError(f"bad binary at {pos}")
+        if text.startswith("#{", pos):
+            pos += 2
+            d = {}
+            skip()
+            if pos < n and text[pos] == "}":
+                pos += 1
+                return d
+            while True:
+                k = value()
+                skip()
+                if not text.startswith("=>", pos):
+                    raise TermError(f"expected => at {pos}")
+                pos += 2
+                v = value()
+                d[k if not isinstance(k, list) else tuple(k)] = v
+                skip()
+                if pos < n and text[pos] == ",":
+                    pos += 1
+                    continue
+                if pos < n and text[pos] == "}":
+                    pos += 1
+                    return d
+                raise TermError(f"bad map at {pos}")
+        if c == "$":
+            if text[pos + 1] == "\\":
+                pos += 1
+                s = quoted_char()
+                return s
+            pos += 2
+            return ord(text[pos - 1])
+        m = re.compile(r"-?\d+(\.\d+([eE][-+]?\d+)?|#[0-9a-zA-Z]+)?").match(text, pos)
+        if m and m.group(0) not in ("-",):
+            tok = m.group(0)
+            pos = m.end()
+            if "#" in tok:
+                base, digits = tok.split("#")
+                return int(digits, int(base.lstrip("-"))) * (-1 if base.startswith("-") else 1)
+            if "." in tok:
+                return float(tok)
+            return int(tok)
+        m = re.compile(r"[a-z][A-Za-z0-9_@]*").match(text, pos)
+        if m:
+            pos = m.end()
+            return Atom(m.group(0))
+        raise TermError(f"unexpected {c!r} at offset {pos}")
+
+    def quoted_char():
+        nonlocal pos
+        # pos at backslash of $\x
+        c = text[pos + 1]
+        pos += 2
+        return ord(_ESC.get(c, c))
+
+    while True:
+        skip()
+        if pos >= n:
+            return out
+        out.append(value())
+        skip()
+        if pos >= n or text[pos] != ".":
+            raise TermError(f"expected '.' after term at offset {pos}")
+        pos += 1
+
+
+def _estr(s):
+    out = ['"']
+    for ch in s:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append("\\x{%x}" % ord(ch))
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _eatom(a):
+    if re.fullmatch(r"[a-z][A-Za-z0-9_@]*", a) and a not in ("after", "and", "andalso", "band", "begin",
+                                                             "bnot", "bor", "bsl", "bsr", "bxor", "case",
+                                                             "catch", "cond", "div", "end", "fun", "if",
+                                                             "let", "not", "of", "or", "orelse",
+                                                             "receive", "rem", "try", "when", "xor"):
+        return a
+    return "'" + a.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def format_term(t):
+    if isinstance(t, Atom):
+        return _eatom(t)
+    if isinstance(t, bool):
+        return "true" if t else "false"
+    if isinstance(t, str):
+        return _estr(t)
+    if isinstance(t, int):
+        return str(t)
+    if isinstance(t, tuple):
+        return "{" + ",".join(format_term(x) for x in t) + "}"
+    if isinstance(t, list):
+        return "[" + ",".join(format_term(x) for x in t) + "]"
+    raise TermError(f"cannot format {type(t).__name__}")
+
+
+def _s(v):
+    """Erlang string (str or list of ints) -> str."""
+    if isinstance(v, list) and all(isinstance(x, int) for x in v):
+        return "".join(chr(x) for x in v)
+    if isinstance(v, (str, bytes)):
+        return v.decode() if isinstance(v, bytes) else str(v)
+    raise TermError(f"expected a string, got {v!r}")
+
+
+def parse_releases(text):
+    """releases/RELEASES -> [{"name","version","erts","libs":[(app,vsn,dir)],"status"}]"""
+    terms = parse_terms(text)
+    if len(terms) != 1 or not isinstance(terms[0], list):
+        raise TermError("RELEASES must hold one list")
+    rels = []
+    for r in terms[0]:
+        if not (isinstance(r, tuple) and len(r) == 6 and r[0] == "release"):
+            raise TermError(f"bad release entry {r!r}")
+        _ign, name, vsn, erts, libs, status = r
+        rels.append({
+            "name": _s(name), "version": _s(vsn), "erts": _s(erts), "status": str(status),
+            "libs": [(str(l[0]), _s(l[1]), _s(l[2])) for l in libs],
+        })
+    return rels
+
+
+def format_releases(rels):
+    body = [(Atom("release"), r["name"], r["version"], r["erts"],
+             [(Atom(a), v, d) for a, v, d in r["libs"]], Atom(r["status"])) for r in rels]
+    return "%% coding: utf-8\n" + format_term(body) + ".\n"
+
+
+def parse_rel(text):
+    """APP.rel -> {"name","version","erts","apps":[(app,vsn)]}"""
+    terms = parse_terms(text)
+    if len(terms) != 1:
+        raise TermError(".rel must hold one term")
+    t = terms[0]
+    if not (isinstance(t, tuple) and len(t) == 4 and t[0] == "release"):
+        raise TermError("not a release resource term")
+    _ign, (name, vsn), (_erts_tag, erts), apps = t
+    return {"name": _s(name), "version": _s(vsn), "erts": _s(erts),
+            "apps": [(str(a[0]), _s(a[1])) for a in apps]}

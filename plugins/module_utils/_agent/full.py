@@ -1,0 +1,422 @@
+"""Full releases: first install, the cold switch with its revert, and rollback to a release the host
+holds (hot over the relup's down edge when it exists, cold otherwise).
+"""
+
+import json
+import os
+import shutil
+
+from .errors import now_ms, OpFailed, PackageRefused
+from .erlterms import parse_rel, TermError
+from .files import check_full_member, chown_tree, rmtree, safe_extract, sha256_file
+from .state import Lock, _make_permanent_offline, _rel_libs, _releases_entry
+from .reads import relup_edges
+from .packages import open_verified, _referenced_libs, _write_private
+from .health import parse_check
+from .service import _gate, start_node, start_timeout, stop_node
+from .hot import do_prune, do_revert
+
+
+def stage_full(h, package, sha, vsn, owner):
+    """Verify the sha256 FIRST, check every entry, extract into a private staging dir.
+    Returns {"staging", "rel", "members"}; the caller removes the staging dir."""
+    tf, members = open_verified(package, sha, lambda m: check_full_member(m, h.app, vsn))
+    with tf:
+        names = {rel for _ign, rel in members}
+        rel_name = f"releases/{vsn}/{h.app}.rel"
+        for need in (rel_name, f"bin/{h.app}"):
+            if need not in names:
+                raise PackageRefused(f"package refused: {need} missing (not a full `mix release` tarball of "
+                                     f"{h.app} {vsn}); nothing changed")
+        relm = next(m for m, r in members if r == rel_name)
+        try:
+            rel = parse_rel(tf.extractfile(relm).read().decode("utf-8"))
+        except (TermError, ValueError, UnicodeDecodeError, AttributeError) as e:
+            raise PackageRefused(f"package refused: {rel_name} unreadable ({e}); nothing changed")
+        if rel["version"] != vsn or rel["name"] != h.app:
+            raise PackageRefused(f"package refused: {rel_name} describes {rel['name']} {rel['version']}, "
+                                 f"expected {h.app} {vsn}; nothing changed")
+        pkg_libs = {r.split("/")[1] for r in names if r.startswith("lib/")}
+        h.ensure_hs()
+        staging = os.path.join(h.hs, f"staging-{os.getpid()}")
+        rmtree(staging)
+        os.makedirs(staging, mode=0o700)
+        try:
+            safe_extract(tf, members, staging)
+            chown_tree(staging, *owner)
+        except BaseException:
+            rmtree(staging)
+            raise
+    return {"staging": staging, "rel": rel, "pkg_libs": sorted(pkg_libs),
+            "erts_dirs": sorted({r.split("/")[0] for r in names if r.startswith("erts-")})}
+
+
+def install_cookie(h, owner):
+    """.hotswap/cookie (written by the module) -> releases/COOKIE, 0400, owned by the node's user.
+    Never printed or journalled.  Returns True when the file changed."""
+    src = os.path.join(h.hs, "cookie")
+    if not os.path.isfile(src):
+        return False
+    with open(src, "rb") as fh:
+        data = fh.read().strip()
+    if not data:
+        return False
+    return _write_private(h.p("releases", "COOKIE"), data, 0o400, owner, strip=True)
+
+
+def _copy_tree(src, dst):
+    rmtree(dst)
+    shutil.copytree(src, dst, symlinks=True)
+
+
+def save_bin(h, vsn, force=False):
+    """Keep a copy of the bin/ that boots vsn under .hotswap/bin/VSN (restored on a cold switch back)."""
+    if not vsn or not os.path.isdir(h.p("bin")):
+        return None
+    dst = os.path.join(h.hs, "bin", vsn)
+    if force and os.path.isdir(dst) and not _tree_same(dst, h.p("bin")):
+        rmtree(dst)
+    if not os.path.isdir(dst):
+        os.makedirs(os.path.dirname(dst), mode=0o750, exist_ok=True)
+        _copy_tree(h.p("bin"), dst + ".tmp")
+        os.rename(dst + ".tmp", dst)
+    return dst
+
+
+def _tree_same(a, b):
+    def listing(d):
+        out = {}
+        for dp, dns, fns in os.walk(d):
+            for f in fns:
+                p = os.path.join(dp, f)
+                out[os.path.relpath(p, d)] = os.readlink(p) if os.path.islink(p) else sha256_file(p)
+        return out
+    return os.path.isdir(a) and os.path.isdir(b) and listing(a) == listing(b)
+
+
+def swap_bin(h, src, owner):
+    """Replace ROOT/bin with a copy of src (atomic rename of the directory). Returns True if changed."""
+    if not src or not os.path.isdir(src) or _tree_same(src, h.p("bin")):
+        return False
+    new = h.p("bin.hotswap-new")
+    old = h.p("bin.hotswap-old")
+    _copy_tree(src, new)
+    chown_tree(new, *owner)
+    os.chmod(new, 0o755)
+    rmtree(old)
+    if os.path.lexists(h.p("bin")):
+        os.rename(h.p("bin"), old)
+    os.rename(new, h.p("bin"))
+    rmtree(old)
+    return True
+
+
+def place_release(h, stage, vsn, rels, owner):
+    """Move what the root lacks from the staged full release: new erts-*, new lib dirs,
+    releases/VSN/ (bin/ is swapped later, when the node is down).  A lib dir that a release
+    in RELEASES uses is never touched.  Returns the list of paths placed."""
+    st = stage["staging"]
+    referenced = _referenced_libs(rels)
+    placed = []
+    for e in stage["erts_dirs"]:
+        if not os.path.isdir(h.p(e)):
+            os.rename(os.path.join(st, e), h.p(e))
+            placed.append(e)
+    os.makedirs(h.p("lib"), exist_ok=True)
+    for ln in stage["pkg_libs"]:
+        dst = h.p("lib", ln)
+        if os.path.lexists(dst):
+            if ln in referenced:
+                continue
+            rmtree(dst)  # left over from an unregistered attempt
+        os.rename(os.path.join(st, "lib", ln), dst)
+        placed.append("lib/" + ln)
+    rdir = h.p("releases", vsn)
+    registered = any(r["version"] == vsn for r in rels or [])
+    if os.path.isdir(rdir) and registered:
+        # keep what release_handler unpacked (relup...), add what the full release has on top
+        src = os.path.join(st, "releases", vsn)
+        for dp, dns, fns in os.walk(src):
+            rel_dp = os.path.relpath(dp, src)
+            os.makedirs(os.path.join(rdir, rel_dp), exist_ok=True)
+            for f in fns:
+                d = os.path.join(rdir, rel_dp, f)
+                if not os.path.lexists(d):
+                    shutil.copy2(os.path.join(dp, f), d, follow_symlinks=False)
+                    placed.append(os.path.relpath(d, h.root))
+        chown_tree(rdir, *owner)
+    else:
+        rmtree(rdir)
+        os.rename(os.path.join(st, "releases", vsn), rdir)
+        placed.append(f"releases/{vsn}")
+    missing = [ln for ln in _rel_libs(stage["rel"]) if not os.path.isdir(h.p("lib", ln))]
+    if missing:
+        raise OpFailed(f"the release needs lib dirs that are neither on the host nor in the package: "
+                       f"{', '.join(missing)}")
+    if not os.path.isdir(h.p(f"erts-{stage['rel']['erts']}")) and stage["erts_dirs"]:
+        raise OpFailed(f"the release needs erts-{stage['rel']['erts']}, which the package does not hold")
+    return placed
+
+
+def cmd_first_install(h, a):
+    vsn = a.version
+    check = parse_check(a.check)
+    with Lock(h, "first-install"):
+        pending = os.path.join(h.hs, "first-install.json")
+        rels = h.releases()
+        perm = next((r["version"] for r in rels or [] if r["status"] == "permanent"), None)
+        installed = rels is not None or os.path.exists(h.p("bin", h.app))
+        retry = installed and os.path.exists(pending)
+        if installed and not retry:
+            raise OpFailed(f"{h.app} is already installed in {h.root} ({perm or 'bin/' + h.app + ' exists'}): "
+                           f"use hot/cold", host_version=perm)
+        if h.node_up():
+            raise OpFailed(f"a node named {h.node_name()} is already running: stop it before a first install",
+                           host_version=perm)
+        owner = h.tree_owner()
+        t0 = now_ms()
+        stage = stage_full(h, a.package, a.sha256, vsn, owner)
+        try:
+            with open(pending, "w") as fh:
+                json.dump({"version": vsn, "sha256": a.sha256}, fh)
+            st = stage["staging"]
+            for name in sorted(os.listdir(st)):  # bin, erts-*, lib, releases
+                _merge_move(os.path.join(st, name), h.p(name))
+        finally:
+            rmtree(stage["staging"])
+        rel = stage["rel"]
+        # RELEASES before the node ever starts (relocatable, as create_RELEASES("", ...) writes it)
+        h.write_releases([_releases_entry(h, rel, "permanent")])
+        h.write_owned(os.path.join(h.rel_dir, "start_erl.data"), f"{rel['erts']} {vsn}\n")
+        install_cookie(h, owner)
+        os.makedirs(h.p("tmp"), exist_ok=True)
+        if os.geteuid() == 0:
+            os.lchown(h.root, *owner)
+            for name in os.listdir(h.root):
+                if name != ".hotswap":
+                    chown_tree(h.p(name), *owner)
+        save_bin(h, vsn)
+        h.set_full_sha(vsn, a.sha256)
+        place_ms = round(now_ms() - t0, 1)
+        t_start = now_ms()
+        stage_name = "start"
+        try:
+            started = start_node(h, start_timeout(a.timeout))
+            stage_name = "health"
+            ok, why = _gate(h, vsn, check, a.timeout, started)
+            if not ok:
+                raise OpFailed(f"health check ({check[0]}) failed: {why}")
+        except OpFailed as e:
+            try:
+                stop_node(h, a.timeout)
+            except OpFailed as e2:
+                raise OpFailed(f"first install of {vsn} failed at {stage_name}: {e.msg}; and the node did not "
+                               f"stop: {e2.msg}", stage=stage_name, changed=True, node_up=h.node_up())
+            raise OpFailed(f"first install of {vsn} failed at {stage_name}: {e.msg}; node stopped, files left "
+                           f"in {h.root} (re-run first-install or fix and `start`)",
+                           stage=stage_name, changed=True, node_up=False, host_version=None)
+        os.unlink(pending)
+        return {"changed": True, "version": vsn, "from": None, "host_version": started.get("running"),
+                "permanent": vsn, "start_ms": round(now_ms() - t_start, 1), "place_ms": place_ms,
+                "os_pid": started.get("os_pid"), "service_manager": h.service_manager,
+                "retried": retry}
+
+
+def _merge_move(src, dst):
+    """Move src to dst; directories that exist on both sides are merged, files replaced."""
+    if os.path.isdir(src) and not os.path.islink(src) and os.path.isdir(dst) and not os.path.islink(dst):
+        for name in os.listdir(src):
+            _merge_move(os.path.join(src, name), os.path.join(dst, name))
+        return
+    if os.path.lexists(dst):
+        rmtree(dst)
+    os.rename(src, dst)
+
+
+def _restore_files(h, backup):
+    for name in ("RELEASES", "start_erl.data"):
+        b = os.path.join(backup, name)
+        if os.path.exists(b):
+            with open(b, encoding="utf-8") as fh:
+                h.write_owned(os.path.join(h.rel_dir, name), fh.read())
+
+
+def cold_switch(h, target, prev, check, timeout, owner, new_bin=None, was_up=None):
+    """Stop the node, make `target` the release that boots (RELEASES permanent + start_erl.data,
+    bin/), start, health-gate.  On failure: stop, restore RELEASES/start_erl.data/bin and start
+    `prev` again (when the node was up before).  Returns the result dict or raises OpFailed."""
+    rels = h.releases()
+    entry = next((r for r in rels or [] if r["version"] == target), None)
+    if entry is None:
+        raise OpFailed(f"{target} is not registered in RELEASES")
+    up = h.node_up() if was_up is None else was_up
+    backup = os.path.join(h.hs, "cold-backup")
+    rmtree(backup)
+    os.makedirs(backup, mode=0o700)
+    for name in ("RELEASES", "start_erl.data"):
+        if os.path.exists(os.path.join(h.rel_dir, name)):
+            shutil.copy2(os.path.join(h.rel_dir, name), os.path.join(backup, name))
+    prev_bin = save_bin(h, prev)
+    bin_src = new_bin or os.path.join(h.hs, "bin", target)
+    t_down = now_ms()
+    stopped = stop_node(h, timeout) if up else {"changed": False}
+    stage = "switch"
+    bin_swapped = False
+    try:
+        _make_permanent_offline(h, target)
+        bin_swapped = swap_bin(h, bin_src, owner)
+        if new_bin:
+            save_bin(h, target, force=True)
+        install_cookie(h, owner)
+        stage = "start"
+        started = start_node(h, start_timeout(timeout))
+        stage = "health"
+        ok, why = _gate(h, target, check, timeout, started)
+        if not ok:
+            raise OpFailed(f"health check ({check[0]}) failed: {why}")
+    except OpFailed as e:
+        err = f"cold switch to {target} failed at {stage}: {e.msg}"
+        info = {"stage": stage, "changed": True, "from": prev, "bin_swapped": bin_swapped}
+        try:
+            stop_node(h, timeout)
+            _restore_files(h, backup)
+            if bin_swapped and prev_bin:
+                swap_bin(h, prev_bin, owner)
+            if not up or prev == target:
+                raise OpFailed(f"{err}; files restored ({prev} permanent), node left down",
+                               reverted=True, host_version=prev, node_up=False, **info)
+            back = start_node(h, start_timeout(timeout))
+            ok = back.get("running") == prev
+        except OpFailed as e2:
+            if e2.extra.get("reverted"):
+                raise
+            raise OpFailed(f"{err}; RESTORING {prev} FAILED: {e2.msg}", reverted=False,
+                           host_version=None, node_up=h.node_up(), **info)
+        raise OpFailed(f"{err}; " + (f"reverted to {prev} (cold, state lost)" if ok
+                                     else f"restarted but the node runs {back.get('running')}"),
+                       reverted=ok, host_version=back.get("running"), os_pid=back.get("os_pid"),
+                       downtime_ms=round(now_ms() - t_down, 1), **info)
+    return {"changed": True, "from": prev, "version": target, "host_version": started.get("running"),
+            "permanent": target, "mode": "cold", "downtime_ms": round(now_ms() - t_down, 1) if up else None,
+            "start_ms": started.get("boot_ms"), "stop_ms": stopped.get("stop_ms"),
+            "os_pid": started.get("os_pid"), "bin_swapped": bin_swapped, "state_lost": bool(up),
+            "service_manager": h.service_manager}
+
+
+def _running_and_perm(h, rels):
+    perm = next((r["version"] for r in rels or [] if r["status"] == "permanent"), None)
+    if not h.node_up():
+        return None, perm, False
+    rec = h.installed_record()
+    pid, boot = h.os_pid()
+    running = rec["version"] if rec and rec.get("os_pid") == pid else (perm or boot)
+    return running, perm, True
+
+
+def cmd_cold(h, a):
+    vsn = a.version
+    check = parse_check(a.check)
+    with Lock(h, "cold"):
+        rels = h.releases()
+        if rels is None:
+            raise OpFailed(f"no release is installed in {h.root} (releases/RELEASES is missing): use first-install")
+        running, perm, up = _running_and_perm(h, rels)
+        if up and running != perm:
+            raise OpFailed(f"{running} runs but {perm} is permanent (an uncommitted hot install): "
+                           f"commit or revert it first", host_version=running)
+        if up and perm == vsn:
+            recorded = h.full_sha(vsn)
+            if recorded not in (None, a.sha256):
+                raise OpFailed(f"{vsn} already runs from another package (sha256 {recorded}); publish a new version",
+                               host_version=vsn)
+            got = sha256_file(a.package) if os.path.isfile(a.package) else None
+            if got != a.sha256:
+                raise OpFailed(f"package {a.package} refused: sha256 is {got}, expected {a.sha256}; nothing changed",
+                               host_version=perm)
+            res = {"changed": False, "version": vsn, "host_version": vsn, "from": vsn}
+            if a.keep:
+                res["removed"] = do_prune(h, a.keep)
+            return res
+        owner = h.tree_owner()
+        t0 = now_ms()
+        stage = stage_full(h, a.package, a.sha256, vsn, owner)
+        try:
+            entry = next((r for r in rels if r["version"] == vsn), None)
+            if entry is not None and entry["status"] in ("permanent", "current") and perm != vsn:
+                raise OpFailed(f"{vsn} is {entry['status']} in RELEASES but {perm} is permanent")
+            placed = place_release(h, stage, vsn, rels, owner)
+            if entry is None:
+                relative = all(not d.startswith("/") for r in rels for _ign, _ign, d in r["libs"])
+                rels.insert(0, _releases_entry(h, stage["rel"], "unpacked", relative))
+                h.write_releases(rels)
+            h.set_full_sha(vsn, a.sha256)
+            prep_ms = round(now_ms() - t0, 1)
+            res = cold_switch(h, vsn, perm, check, a.timeout, owner,
+                              new_bin=os.path.join(stage["staging"], "bin"), was_up=up)
+        except OpFailed as e:
+            e.extra.setdefault("version", vsn)
+            e.extra.setdefault("from", perm)
+            e.extra.setdefault("host_version", perm if not e.extra.get("changed") else None)
+            raise
+        finally:
+            rmtree(stage["staging"])
+        res.update(prep_ms=prep_ms, placed=placed)
+        if a.keep:
+            res["removed"] = do_prune(h, a.keep)
+        return res
+
+
+def _register_from_disk(h, vsn, rels):
+    """A release whose files are on disk (releases/VSN/APP.rel + its lib dirs) but that RELEASES
+    no longer lists: add it back as `old` so it can be booted."""
+    f = h.p("releases", vsn, f"{h.app}.rel")
+    if not os.path.isfile(f):
+        return None
+    with open(f, encoding="utf-8") as fh:
+        rel = parse_rel(fh.read())
+    if rel["version"] != vsn or rel["name"] != h.app:
+        return None
+    if any(not os.path.isdir(h.p("lib", ln)) for ln in _rel_libs(rel)) or not os.path.isdir(h.p(f"erts-{rel['erts']}")):
+        return None
+    relative = all(not d.startswith("/") for r in rels for _ign, _ign, d in r["libs"])
+    entry = _releases_entry(h, rel, "old", relative)
+    rels.append(entry)
+    h.write_releases(rels)
+    return entry
+
+
+def cmd_rollback(h, a):
+    """rollback --mode hot: the relup's down edge (cold if that fails, as revert does);
+    rollback --mode cold, or any rollback with the node down: a cold switch to OLD using only what
+    is on disk, ending with OLD running, healthy and permanent."""
+    target = a.version
+    with Lock(h, "rollback"):
+        rels = h.releases()
+        if rels is None:
+            raise OpFailed(f"no release is installed in {h.root}")
+        running, perm, up = _running_and_perm(h, rels)
+        down = []
+        if up:
+            try:
+                with open(h.p("releases", running, "relup"), encoding="utf-8") as fh:
+                    down = relup_edges(fh.read())[1]
+            except (OSError, TermError, ValueError, UnicodeDecodeError):
+                down = []
+        if a.mode == "hot" and up and target in down:
+            res = do_revert(h, target, a.timeout, "hot")
+            res.setdefault("from", running)
+            if not res.get("reverted"):
+                raise OpFailed(f"rollback to {target} failed; node runs {res.get('host_version')}", **res)
+            return dict(res, version=target)
+        if up and running != perm:
+            # an uncommitted hot install: the permanent release is what a restart boots anyway
+            perm = perm or running
+        if up and running == target and perm == target:
+            return {"changed": False, "version": target, "host_version": target, "mode": "cold", "reverted": True}
+        if not any(r["version"] == target for r in rels) and _register_from_disk(h, target, rels) is None:
+            raise OpFailed(f"{target} is not on this host (RELEASES lists {', '.join(r['version'] for r in rels)}, "
+                           f"and releases/{target}/ is incomplete or missing)")
+        res = cold_switch(h, target, perm, parse_check(a.check), a.timeout, h.tree_owner(), was_up=up)
+        if a.mode == "hot":
+            res["hot_error"] = f"the relup of {running} has no down edge to {target}" if up else "the node is down"
+        return dict(res, reverted=True, node_was_up=up)

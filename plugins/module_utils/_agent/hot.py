@@ -1,0 +1,405 @@
+"""The hot path: install over the relup (after the code_change rehearsal), commit, revert, and `hot`
+which carries them out in one lock; pruning old releases.
+"""
+
+import os
+import signal
+import time
+
+from .errors import BadInput, now_ms, OpFailed
+from .names import vsn_key
+from .files import rmtree, sha256_file
+from .state import Lock, _make_permanent_offline, repair_releases
+from .packages import prepare_unpack, _remove_files_of, undo_unpack
+from .health import _need_up, parse_check, run_health
+from .service import _pid_alive, start_node, start_timeout, stop_node
+
+
+def fault_point(h, name):
+    """TEST-ONLY fault injection (HOTSWAP_AGENT_FAULT=NAME, see the module docstring): SIGKILL the
+    node's OS process at the named point.  Does nothing unless the variable names this point."""
+    if os.environ.get("HOTSWAP_AGENT_FAULT") != name:
+        return
+    pid, _ign = h.os_pid()
+    if not pid:
+        return
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    end = time.monotonic() + 10
+    while _pid_alive(pid) and time.monotonic() < end:
+        time.sleep(0.02)
+
+
+def _recover_dead_node(h, old, err, timeout=60):
+    """The node's OS process died mid-deploy (killed, OOM...).  Nothing was committed, so the
+    permanent release is still `old`: make sure the files say so and start it cold.  Returns the
+    failure info (with "msg") for the caller's OpFailed."""
+    h.set_installed_record(None)
+    repaired = []
+    try:
+        rels = h.releases() or []
+    except OpFailed:
+        rels = []
+    perm = next((r["version"] for r in rels if r["status"] == "permanent"), None)
+    se = (h.start_erl() or {}).get("version")
+    if old and any(r["version"] == old for r in rels) and (perm != old or se != old):
+        _make_permanent_offline(h, old)
+        repaired.append(f"{old} made permanent again (was {perm}, start_erl.data {se})")
+    try:
+        st = start_node(h, start_timeout(timeout))
+    except OpFailed as e2:
+        return {"host_version": None, "node_up": h.node_up(), "reverted": False, "state_lost": True,
+                "node_died": True, "repaired": repaired,
+                "msg": f"{err}; the node died and did not start again: {e2.msg}"}
+    running = st.get("running")
+    return {"host_version": running, "node_up": True, "reverted": running == old, "os_pid": st.get("os_pid"),
+            "state_lost": True, "restarted": "cold", "node_died": True, "repaired": repaired,
+            "msg": (f"{err}; the node died (its OS process is gone) before the upgrade was committed: "
+                    f"started the permanent release {running} again cold (in-memory state lost)")}
+
+
+def _after_failure(h, old, err, rh_pid_before=None, wait_s=60, pid_before=None):
+    """install_release failed or the rpc died.  Past the relup's point of no return
+    release_handler replies {error, _} and then calls init:restart(): the VM reboots in place
+    from the permanent release, losing all in-memory state.  Find out which happened: wait until
+    the node answers with init 'started', and compare release_handler's pid with the one from
+    before the install (a new pid = the node restarted)."""
+    deadline = time.monotonic() + wait_s
+    info = None
+    while time.monotonic() < deadline:
+        if h.node_up():
+            try:
+                info = h.rpc("ready", timeout=max(5, int(deadline - time.monotonic()) + 5),
+                             timeout_ms=int(max(1, deadline - time.monotonic()) * 1000))
+                if info.get("ok"):
+                    break
+            except OpFailed:
+                info = None
+        elif pid_before and not _pid_alive(pid_before):
+            # not an in-place restart (that keeps the OS pid): the VM is gone
+            return _recover_dead_node(h, old, err, timeout=max(30, wait_s))
+        time.sleep(0.3)
+    h.set_installed_record(None)
+    if info is None or not info.get("ok"):
+        return {"host_version": None, "node_up": h.node_up(), "reverted": False, "state_lost": None,
+                "msg": f"{err}; the node did not answer afterwards: check it (status), then start it"}
+    restarted = rh_pid_before is None or info.get("rh_pid") != rh_pid_before
+    running = info.get("running")
+    res = {"host_version": running, "node_up": True, "reverted": running == old, "os_pid": info.get("os_pid"),
+           "state_lost": restarted, "restarted_in_place": restarted}
+    if restarted:
+        res["msg"] = (f"{err}; release_handler restarted the node in place on {running} "
+                      f"(same OS pid, in-memory state LOST)")
+    else:
+        res["msg"] = f"{err}; node still runs {running}, state intact"
+    return res
+
+
+def _rehearsal_fields(r):
+    """The rehearsal's figures from a node result, for the agent's JSON."""
+    out = {"rehearse_ms": r.get("rehearse_ms"), "rehearsal_warnings": r.get("rehearsal_warnings") or [],
+           "rehearsed": r.get("rehearsed") or []}
+    if r.get("rehearsal_failures"):
+        out["rehearsal_failures"] = r["rehearsal_failures"]
+    return out
+
+
+def _refusal_msg(vsn, r):
+    fails = r.get("rehearsal_failures") or []
+    what = "; ".join(f"{f.get('module')}.code_change({f.get('old_vsn')}, state, extra) in {f.get('pid')} "
+                     + (f"(callback {f.get('callback')}) " if f.get("callback") not in (None, f.get("module")) else "")
+                     + f"{f.get('error')}" for f in fails[:3]) or r.get("error")
+    keeps = r.get("running")
+    return (f"hot upgrade to {vsn} refused: {what} -- rehearsed on a copy of the live state; nothing was "
+            f"installed; the host keeps {keeps} and its state")
+
+
+def cmd_install(h, a):
+    vsn = a.version
+    with Lock(h, "install"):
+        _need_up(h, "install")
+        rels = h.releases()
+        if rels is not None and not any(r["version"] == vsn for r in rels):
+            raise OpFailed(f"{vsn} is not unpacked on this host: run unpack first", releases=[r["version"] for r in rels])
+        pid, _ign = h.os_pid()
+        perm = next((r["version"] for r in rels or [] if r["status"] == "permanent"), None)
+        fault_point(h, "before_install")
+        try:
+            r = h.rpc("install", vsn=vsn, rehearse=True, timeout=a.timeout + 60)
+        except OpFailed as e:
+            if e.extra.get("rpc_transport"):
+                info = _after_failure(h, perm, e.msg, pid_before=pid)
+                raise OpFailed(info.pop("msg"), **info)
+            raise
+        if not r.get("ok") and r.get("stage") == "rehearse":
+            raise OpFailed(_refusal_msg(vsn, r), stage="rehearse", host_version=r.get("running"),
+                           **_rehearsal_fields(r))
+        if not r.get("ok"):
+            msg = f"install_release({vsn}) failed at {r.get('stage')}: {r.get('error')}"
+            if r.get("stage") == "install":
+                raise OpFailed(**_after_failure(h, perm, msg, r.get("rh_pid_before")))
+            raise OpFailed(f"{msg}; node runs {r.get('running')}", host_version=r.get("running"))
+        if r.get("running") != r.get("permanent"):
+            h.set_installed_record({"version": r.get("running"), "os_pid": r.get("os_pid") or pid})
+        return dict({"changed": r.get("changed", True), "version": vsn, "from": r.get("from"),
+                     "host_version": r.get("running"), "permanent": r.get("permanent"),
+                     "install_ms": r.get("install_ms"), "runtime_keys": r.get("runtime_keys"),
+                     "created_releases": r.get("created_releases"), "os_pid": r.get("os_pid")},
+                    **_rehearsal_fields(r))
+
+
+def _verify_committed(h, vsn):
+    se = h.start_erl() or {}
+    rels = h.releases() or []
+    perm = next((r["version"] for r in rels if r["status"] == "permanent"), None)
+    problems = []
+    if se.get("version") != vsn:
+        problems.append(f"start_erl.data names {se.get('version')}")
+    if perm != vsn:
+        problems.append(f"RELEASES has {perm} permanent")
+    return problems
+
+
+def cmd_commit(h, a):
+    vsn = a.version
+    with Lock(h, "commit"):
+        _need_up(h, "commit")
+        r = h.rpc("commit", vsn=vsn, timeout=60)
+        if not r.get("ok"):
+            raise OpFailed(f"make_permanent({vsn}) failed: {r.get('error')}", host_version=r.get("running"))
+        problems = _verify_committed(h, vsn)
+        if problems:
+            raise OpFailed(f"{vsn} committed but the files disagree: {'; '.join(problems)}",
+                           host_version=r.get("running"))
+        h.set_installed_record(None)
+        return {"changed": r.get("changed", True), "version": vsn, "host_version": r.get("running"),
+                "permanent": r.get("permanent"), "commit_ms": r.get("commit_ms")}
+
+
+def do_revert(h, old, timeout, mode="hot"):
+    """Hot revert to old; cold (stop, fix files, start) if that fails or mode == "cold"."""
+    if not h.node_up():
+        _make_permanent_offline(h, old)
+        h.set_installed_record(None)
+        return {"changed": True, "mode": "files", "reverted": True, "host_version": old, "node_up": False}
+    hot_err = None
+    try:
+        if mode == "cold":
+            raise OpFailed("cold revert requested")
+        r = h.rpc("revert", vsn=old, rehearse=True, timeout=timeout + 60)
+        if r.get("ok") and not _verify_committed(h, old):
+            h.set_installed_record(None)
+            return {"changed": r.get("changed", True), "mode": "hot", "reverted": True,
+                    "host_version": r.get("running"), "from": r.get("from"),
+                    "install_ms": r.get("revert_install_ms")}
+        hot_err = r.get("error") or "; ".join(_verify_committed(h, old))
+    except OpFailed as e:
+        hot_err = e.msg
+    # cold: stop, fix start_erl.data / RELEASES, start
+    frm = next((r["version"] for r in h.releases() or [] if r["status"] == "permanent"), None)
+    stop_node(h)
+    _make_permanent_offline(h, old)
+    h.set_installed_record(None)
+    st = start_node(h, start_timeout(timeout))
+    return {"changed": True, "mode": "cold", "reverted": st.get("running") == old, "state_lost": True, "from": frm,
+            "hot_error": None if mode == "cold" else hot_err, "host_version": st.get("running"), "os_pid": st.get("os_pid")}
+
+
+def cmd_revert(h, a):
+    with Lock(h, a.command):
+        res = do_revert(h, a.version, a.timeout, getattr(a, "mode", "hot"))
+        if not res.get("reverted"):
+            raise OpFailed(f"revert to {a.version} failed; node runs {res.get('host_version')}", **res)
+        return dict(res, version=a.version)
+
+
+def _revert_or_recover(h, old, timeout, err):
+    """After a failed health check/commit: revert to old (hot, else cold); when the node is gone
+    altogether (its OS process died), start the permanent release old again cold."""
+    if not h.node_up():
+        info = _recover_dead_node(h, old, err, timeout=max(30, timeout))
+        return dict(info, mode="cold-start")
+    return do_revert(h, old, timeout)
+
+
+def cmd_hot(h, a):
+    vsn = a.version
+    check = parse_check(a.check)
+    with Lock(h, "hot"):
+        _need_up(h, "a hot upgrade")
+        h.repaired += repair_releases(h, up=True)
+        rels = h.releases()
+        perm = next((r["version"] for r in rels or [] if r["status"] == "permanent"), None)
+        rec = h.installed_record()
+        pid, boot = h.os_pid()
+        running = rec["version"] if rec and rec.get("os_pid") == pid else (perm or boot)
+        old = perm or running
+        if running == vsn and perm == vsn:
+            recorded = h.sha_record(vsn)
+            if recorded not in (None, a.sha256):
+                raise OpFailed(f"{vsn} already runs from another package (sha256 {recorded}); publish a new version",
+                               host_version=vsn)
+            got = sha256_file(a.package) if os.path.isfile(a.package) else None
+            if got != a.sha256:
+                raise OpFailed(f"package {a.package} refused: sha256 is {got}, expected {a.sha256}; nothing changed",
+                               host_version=vsn)
+            res = {"changed": False, "version": vsn, "host_version": vsn, "from": vsn}
+            if a.keep:
+                res["removed"] = do_prune(h, a.keep)
+            return res
+        t_unpack = now_ms()
+        prep = prepare_unpack(h, a.package, a.sha256, vsn, True, running=running)
+        unpack_ms = round(now_ms() - t_unpack, 1)
+        one_rpc = check[0] in ("default", "rpc")
+        fault_point(h, "before_install")
+        try:
+            r = h.rpc("install", vsn=vsn, rel_file=prep["rel_file"], old=old, verify=one_rpc, commit=one_rpc,
+                      revert_on_failure=one_rpc, check_rpc=check[1] if check[0] == "rpc" else None,
+                      rehearse=True, timeout_ms=int(a.timeout * 1000), timeout=a.timeout + 90)
+        except OpFailed as e:
+            if e.extra.get("rpc_transport"):
+                info = _after_failure(h, old, e.msg, pid_before=pid)
+                raise OpFailed(info.pop("msg"), version=vsn, changed=True, stage="install", **{"from": old}, **info)
+            raise
+        if not r.get("ok") and r.get("stage") == "rehearse":
+            # nothing was registered: take the files back out so the version can be retried
+            undo_unpack(h, prep)
+            raise OpFailed(_refusal_msg(vsn, r), stage="rehearse", changed=False, reverted=False,
+                           host_version=r.get("running"), permanent=r.get("permanent"), os_pid=r.get("os_pid"),
+                           unpack_ms=unpack_ms, cleaned=prep.get("cleaned"), **_rehearsal_fields(r))
+        if not r.get("ok") and r.get("stage") == "unpack":
+            undo_unpack(h, prep)
+            raise OpFailed(f"release_handler refused to register {vsn}: {r.get('error')}; nothing changed",
+                           host_version=r.get("running"), stage="unpack")
+        h.set_sha_record(vsn, a.sha256)
+        base = {"version": vsn, "from": old, "install_ms": r.get("install_ms"), "unpack_ms": unpack_ms,
+                "runtime_keys": r.get("runtime_keys"), "os_pid": r.get("os_pid"), **_rehearsal_fields(r)}
+        if not r.get("ok") and r.get("stage") == "install":
+            info = _after_failure(h, old, f"hot upgrade to {vsn} failed at install: {r.get('error')}",
+                                  r.get("rh_pid_before"))
+            raise OpFailed(info.pop("msg"), stage="install", changed=True, **dict(base, **info))
+        if not r.get("ok"):
+            stage = r.get("stage")
+            reverted = r.get("running") == old and r.get("permanent") == old
+            if stage in ("health", "commit") and not r.get("reverted") and r.get("running") != old:
+                rv = _revert_or_recover(h, old, a.timeout, f"hot upgrade to {vsn} failed at {stage}")
+                reverted = rv.get("reverted")
+                base["revert_mode"] = rv.get("mode")
+            raise OpFailed(f"hot upgrade to {vsn} failed at {stage}: {r.get('error')}; "
+                           + (f"reverted to {old}" if reverted else f"node runs {r.get('running')}"),
+                           stage=stage, reverted=bool(reverted), host_version=old if reverted else r.get("running"),
+                           changed=True, **base)
+        if not r.get("changed", True):
+            return dict(base, changed=False, host_version=r.get("running"))
+        if not one_rpc:
+            h.set_installed_record({"version": vsn, "os_pid": r.get("os_pid")})
+            ok, why = run_health(h, vsn, check, a.timeout)
+            if not ok:
+                rv = _revert_or_recover(h, old, a.timeout, f"health check ({check[0]}) of {vsn} failed: {why}")
+                raise OpFailed(f"health check ({check[0]}) of {vsn} failed: {why}; "
+                               + (f"reverted to {old} ({rv.get('mode')})" if rv.get("reverted")
+                                  else f"REVERT FAILED, node runs {rv.get('host_version')}"),
+                               stage="health", reverted=bool(rv.get("reverted")), revert_mode=rv.get("mode"),
+                               host_version=rv.get("host_version"), changed=True,
+                               **dict(base, **{k: rv[k] for k in ("state_lost", "node_died", "os_pid") if k in rv}))
+            try:
+                c = h.rpc("commit", vsn=vsn, timeout=60)
+            except OpFailed as e:
+                if not e.extra.get("rpc_transport"):
+                    raise
+                c = {"ok": False, "error": e.msg}
+            if not c.get("ok"):
+                rv = _revert_or_recover(h, old, a.timeout, f"make_permanent({vsn}) failed: {c.get('error')}")
+                if rv.get("node_died"):
+                    msg = rv["msg"]
+                else:
+                    msg = f"make_permanent({vsn}) failed: {c.get('error')}; reverted={rv.get('reverted')}"
+                raise OpFailed(msg, stage="commit", reverted=bool(rv.get("reverted")), revert_mode=rv.get("mode"),
+                               host_version=rv.get("host_version"), changed=True,
+                               **dict(base, **{k: rv[k] for k in ("state_lost", "node_died", "os_pid") if k in rv}))
+        h.set_installed_record(None)
+        problems = _verify_committed(h, vsn)
+        if problems:
+            raise OpFailed(f"{vsn} runs but the files disagree: {'; '.join(problems)}", host_version=vsn, **base)
+        res = dict(base, changed=True, host_version=vsn, permanent=vsn)
+        if a.keep:
+            res["removed"] = do_prune(h, a.keep)
+        return res
+
+
+def _drop_stale_uploads(h, age_s=3600):
+    """Uploads a failed or interrupted run left in .hotswap/ (.upload-*.part, older than an hour)."""
+    try:
+        names = os.listdir(h.hs)
+    except OSError:
+        return
+    for n in names:
+        f = os.path.join(h.hs, n)
+        try:
+            if n.startswith(".upload-") and n.endswith(".part") and time.time() - os.lstat(f).st_mtime > age_s:
+                os.unlink(f)
+        except OSError:
+            pass
+
+
+def do_prune(h, keep):
+    _drop_stale_uploads(h)
+    rels = h.releases()
+    if not rels:
+        return []
+    up = h.node_up()
+    perm = next((r["version"] for r in rels if r["status"] == "permanent"), None)
+    protected = {perm}
+    pid, boot = h.os_pid() if up else (None, None)
+    rec = h.installed_record()
+    if up:
+        protected.add(boot)  # its consolidated dir stays on the code path
+        if rec:
+            protected.add(rec.get("version"))
+    if perm:
+        older = sorted((r["version"] for r in rels if vsn_key(r["version"]) < vsn_key(perm)), key=vsn_key)
+        if older:
+            protected.add(older[-1])  # rollback target
+    cands = sorted((r["version"] for r in rels if r["version"] not in protected), key=vsn_key)
+    remove = []
+    total = len(rels)
+    for v in cands:
+        if total <= keep:
+            break
+        remove.append(v)
+        total -= 1
+    if not remove:
+        return []
+    if up:
+        r = h.rpc("remove", remove=remove, timeout=60)
+        removed = r.get("removed") or []
+        for v in removed:
+            for x in (h.p("releases", f"{h.app}-{v}.rel"), os.path.join(h.hs, "bin", v)):
+                if os.path.lexists(x):
+                    rmtree(x)
+            h.set_sha_record(v, None)
+            h.set_full_sha(v, None)
+        if not r.get("ok"):
+            raise OpFailed(f"prune: {r.get('error')}", removed=removed)
+        return removed
+    for v in remove:
+        entry = next(r for r in rels if r["version"] == v)
+        rels = [r for r in rels if r["version"] != v]
+        _remove_files_of(h, v, rels, [os.path.basename(d.rstrip("/")) for _ign, _ign, d in entry["libs"]])
+        h.write_releases(rels)
+        h.set_sha_record(v, None)
+        h.set_full_sha(v, None)
+        rmtree(os.path.join(h.hs, "bin", v))
+    return remove
+
+
+def cmd_prune(h, a):
+    if a.keep is None:
+        raise BadInput("prune needs --keep N")
+    if a.keep < 1:
+        raise BadInput("--keep must be >= 1")
+    with Lock(h, "prune"):
+        removed = do_prune(h, a.keep)
+        return {"changed": bool(removed), "removed": removed}
