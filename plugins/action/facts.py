@@ -15,7 +15,7 @@ import os
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.beam.hotswap.plugins.module_utils._agent_client import AgentError, check_root, status_facts
-from ansible_collections.beam.hotswap.plugins.module_utils._build import sha256_file
+from ansible_collections.beam.hotswap.plugins.module_utils._agent.files import sha256_file
 from ansible_collections.beam.hotswap.plugins.plugin_utils._agent_direct import run_agent
 
 AGENT_FILES = (("hotswap_agent.py", "agent.py", "0750"), ("hotswap_node.exs", "node.exs", "0640"))

@@ -19,10 +19,12 @@ from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.beam.hotswap.plugins.module_utils import _fingerprint, _plan
+from ansible_collections.beam.hotswap.plugins.module_utils import _plan
+from ansible_collections.beam.hotswap.plugins.module_utils._agent import fingerprint as _fingerprint
 from ansible_collections.beam.hotswap.plugins.module_utils._agent_client import (
     RELEASE_DEFAULTS, AgentError, check_root, failure_result, plan_command, settings_of, state_key, timing)
-from ansible_collections.beam.hotswap.plugins.module_utils._build import manifest_errors, sha256_file
+from ansible_collections.beam.hotswap.plugins.module_utils._agent.files import sha256_file
+from ansible_collections.beam.hotswap.plugins.module_utils._build import manifest_errors
 from ansible_collections.beam.hotswap.plugins.plugin_utils._agent_direct import run_agent
 
 

@@ -13,10 +13,10 @@ import os
 import re
 import sys
 
-# The agent version this collection was released with; an older agent on a host is refused.
-AGENT_VERSION = "1.1.0"
+# AGENT_VERSION: the agent this collection ships; an older agent on a host is refused.
+from ansible_collections.beam.hotswap.plugins.module_utils._agent.names import AGENT_VERSION, valid_app
+
 ROOT_RE = re.compile(r"^/[A-Za-z0-9._/-]*\Z")
-APP_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}\Z")
 
 
 _LOADED = {}  # agent path -> its run() (or False), loaded once per module process
@@ -48,7 +48,7 @@ def _version_tuple(v):
 class AgentClient(object):
     def __init__(self, module, root, app, user=None):
         self.module = module
-        if not isinstance(app, str) or not APP_RE.match(app):
+        if not valid_app(app):
             raise AgentError("hotswap_app %r is not a release name: lower-case letters, digits and _, starting "
                              "with a letter (the name in mix.exs releases). Nothing was changed." % (app,))
         self.root = check_root(root)

@@ -4,7 +4,7 @@
 """Appup generation, coverage check and the hot-or-cold verdict: pure functions, no I/O.
 
 Input is what :mod:`_beam` reads from two sets of compiled modules; output is appup instructions
-(Python values rendered by :func:`_erlterm.to_erl`) and the reasons an edge cannot go hot.
+(Python values rendered by :func:`_agent.erlterms.format_term`) and the reasons an edge cannot go hot.
 """
 
 from __future__ import absolute_import, division, print_function

@@ -18,6 +18,8 @@ import os
 import struct
 import zlib
 
+from ansible_collections.beam.hotswap.plugins.module_utils._agent.erlterms import Atom
+
 # Chunks that define behaviour; debug info, docs, line tables and compile info are left out.
 CODE_CHUNKS = ("Atom", "AtU8", "Code", "StrT", "ImpT", "ExpT", "FunT", "LitT", "Meth")
 
@@ -26,12 +28,6 @@ SUPERVISOR_BEHAVIOURS = frozenset(["supervisor", "Elixir.Supervisor"])
 
 class BeamError(ValueError):
     """A file is not a readable BEAM module."""
-
-
-class Atom(str):
-    """An Erlang atom read from external term format (a str subclass, so it compares as text)."""
-
-    __slots__ = ()
 
 
 def _chunks(data, path):

@@ -126,7 +126,8 @@ import socket
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.beam.hotswap.plugins.module_utils import _build, _fingerprint
+from ansible_collections.beam.hotswap.plugins.module_utils import _build
+from ansible_collections.beam.hotswap.plugins.module_utils._agent import fingerprint as _fingerprint
 
 
 def main():
@@ -151,7 +152,7 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    fp = _fingerprint.gather()
+    fp = _fingerprint.gather_fingerprint()
     result = dict(changed=False, build_fingerprint=fp)
     scratch = None
 

@@ -94,15 +94,9 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.beam.hotswap.plugins.module_utils import _fingerprint
+from ansible_collections.beam.hotswap.plugins.module_utils._agent import fingerprint as _fingerprint
+from ansible_collections.beam.hotswap.plugins.module_utils._agent.files import sha256_file
 from ansible_collections.beam.hotswap.plugins.module_utils._agent_client import AgentClient, AgentError
-
-
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        h.update(f.read())
-    return h.hexdigest()
 
 
 def install_agent(module, root, files):
@@ -110,7 +104,7 @@ def install_agent(module, root, files):
     or None when content is needed first."""
     hs = os.path.join(root, ".hotswap")
     stale = [name for name, spec in sorted(files.items())
-             if not os.path.isfile(os.path.join(hs, name)) or _sha256(os.path.join(hs, name)) != spec["sha256"]]
+             if not os.path.isfile(os.path.join(hs, name)) or sha256_file(os.path.join(hs, name)) != spec["sha256"]]
     if not stale or module.check_mode:
         return stale
     if any("content" not in files[name] for name in stale):
@@ -174,7 +168,7 @@ def main():
             status = client.status()
     except AgentError as e:
         module.fail_json(msg=str(e), agent=e.result)
-    status["fingerprint"] = _fingerprint.gather()
+    status["fingerprint"] = _fingerprint.gather_fingerprint()
     module.exit_json(changed=changed, ansible_facts=dict(hotswap_host=status), **result)
 
 

@@ -180,10 +180,12 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import fetch_url
 
-from ansible_collections.beam.hotswap.plugins.module_utils import _fingerprint, _plan
+from ansible_collections.beam.hotswap.plugins.module_utils import _plan
+from ansible_collections.beam.hotswap.plugins.module_utils._agent import fingerprint as _fingerprint
 from ansible_collections.beam.hotswap.plugins.module_utils._agent_client import (
     RELEASE_DEFAULTS, AgentClient, AgentError, failure_result, plan_command, settings_of, timing)
-from ansible_collections.beam.hotswap.plugins.module_utils._build import VERSION_RE, manifest_errors
+from ansible_collections.beam.hotswap.plugins.module_utils._agent.names import valid_version
+from ansible_collections.beam.hotswap.plugins.module_utils._build import manifest_errors
 
 
 def _pull(module, base, manifest, art, path):
@@ -247,10 +249,10 @@ def main():
             if p["manifest"]["app"] != p["app"]:
                 module.fail_json(msg="the manifest is for release %s, not %s: check hotswap_app"
                                  % (p["manifest"]["app"], p["app"]))
-            why = _fingerprint.package_mismatch(p["manifest"], _fingerprint.gather())
+            why = _fingerprint.package_mismatch(p["manifest"], _fingerprint.gather_fingerprint())
             if why and not p["allow_os_mismatch"]:
                 module.fail_json(msg=why + "; nothing changed", changed=False)
-        elif p["version"] is not None and (not VERSION_RE.match(p["version"]) or ".." in p["version"]):
+        elif p["version"] is not None and not valid_version(p["version"]):
             module.fail_json(msg="hotswap_version %r is not a valid release version (letters, digits, . _ + -)"
                              % p["version"])
         status = status_client.status()

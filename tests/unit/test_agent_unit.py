@@ -46,8 +46,7 @@ REL = """%% coding: utf-8
 """
 
 
-def test_agent_version_and_stdlib_only():
-    assert ag.AGENT_VERSION == "1.1.0"
+def test_agent_is_stdlib_only():
     src = AGENT_PATH.read_text()
     for bad in ("import yaml", "import requests", "shell=True"):
         assert bad not in src
@@ -835,12 +834,6 @@ def test_refusal_message():
 
 
 # ------------------------------------------------------------------- facts, settings, packages, stale facts
-
-def test_fingerprint_matches_the_collections():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / ".venv" / "collections"))
-    from ansible_collections.beam.hotswap.plugins.module_utils import _fingerprint
-    assert ag.fingerprint() == _fingerprint.gather()
-
 
 def test_cli_facts_reports_fingerprint_and_agent_checksums(tmp_path):
     h = _host(tmp_path)

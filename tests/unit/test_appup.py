@@ -4,7 +4,8 @@ import textwrap
 
 import pytest
 
-from ansible_collections.beam.hotswap.plugins.module_utils import _appup, _beam, _erlterm
+from ansible_collections.beam.hotswap.plugins.module_utils import _appup, _beam
+from ansible_collections.beam.hotswap.plugins.module_utils._agent import erlterms
 from hotswap_testlib.requirements import require
 
 A = _beam.Atom
@@ -189,8 +190,8 @@ def test_coverage_check_finds_a_changed_module_missing_from_a_user_appup(ebins):
 def test_appup_text_round_trips_through_the_term_parser(ebins):
     old, new = ebins
     e = _appup.app_edge("w", "1.0.0", "2.0.0", old, new)
-    text = _erlterm.to_erl(("2.0.0", [("1.0.0", e.up)], [("1.0.0", e.down)])) + "."
-    back = _erlterm.parse_terms(text)[0]
+    text = erlterms.format_term(("2.0.0", [("1.0.0", e.up)], [("1.0.0", e.down)])) + "."
+    back = erlterms.parse_terms(text)[0]
     assert back[0] == "2.0.0" and back[1][0][1] == e.up
 
 
@@ -198,7 +199,7 @@ def test_appup_text_is_accepted_by_erlang(ebins, tmp_path):
     old, new = ebins
     e = _appup.app_edge("w", "1.0.0", "2.0.0", old, new)
     p = tmp_path / "w.appup"
-    p.write_text(_erlterm.to_erl(("2.0.0", [("1.0.0", e.up)], [("1.0.0", e.down)])) + ".\n")
+    p.write_text(erlterms.format_term(("2.0.0", [("1.0.0", e.up)], [("1.0.0", e.down)])) + ".\n")
     out = subprocess.run(["erl", "-noshell", "-eval",
                           '{ok, [{"2.0.0", [{"1.0.0", Up}], _}]} = file:consult("%s"), '
                           'io:format("~p", [length(Up)]), halt().' % p], capture_output=True, text=True, check=False)

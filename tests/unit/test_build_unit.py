@@ -12,7 +12,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from ansible_collections.beam.hotswap.plugins.module_utils import _beam, _build, _erlterm, _fingerprint
+from ansible_collections.beam.hotswap.plugins.module_utils import _beam, _build
+from ansible_collections.beam.hotswap.plugins.module_utils._agent import fingerprint as _fingerprint
+from ansible_collections.beam.hotswap.plugins.module_utils._agent import erlterms
 
 A = _beam.Atom
 
@@ -257,7 +259,7 @@ def test_fingerprint_compare_names_host_and_field():
 
 
 def test_fingerprint_gather_has_all_fields():
-    fp = _fingerprint.gather()
+    fp = _fingerprint.gather_fingerprint()
     assert set(fp) == set(_fingerprint.FIELDS)
     assert fp["arch"]
 
@@ -293,21 +295,21 @@ def _same(a, b):
 @example("% not a comment. ")
 @example("\x01" + "7")
 def test_erlterm_round_trip(term):
-    text = _erlterm.to_erl(term)
-    assert _same(_erlterm.parse_terms(text + ".\n"), [term])
+    text = erlterms.format_term(term)
+    assert _same(erlterms.parse_terms(text + ".\n"), [term])
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(terms, min_size=1, max_size=4))
 def test_erlterm_round_trip_many(ts):
-    text = "%% header\n" + "".join(_erlterm.to_erl(t) + ".\n" for t in ts)
-    assert _same(_erlterm.parse_terms(text), ts)
+    text = "%% header\n" + "".join(erlterms.format_term(t) + ".\n" for t in ts)
+    assert _same(erlterms.parse_terms(text), ts)
 
 
 def test_erlterm_parses_otp_style_text():
     text = '%% coding: utf-8\n{"3.0.0",\n [{"2.0.0",[],\n   [{load,{\'Elixir.X\',brutal_purge,brutal_purge}},\n' \
            '    {apply,{m,f,[<<"code">>]}}]}],\n [{"2.0.0",[],[]}]}.\n'
-    [t] = _erlterm.parse_terms(text)
+    [t] = erlterms.parse_terms(text)
     assert t[0] == "3.0.0" and t[1][0][0] == "2.0.0"
     assert t[1][0][2][0] == (A("load"), (A("Elixir.X"), A("brutal_purge"), A("brutal_purge")))
     assert t[1][0][2][1][1][2] == [b"code"]
@@ -315,14 +317,14 @@ def test_erlterm_parses_otp_style_text():
 
 @pytest.mark.parametrize("text", ["{a,b}", "{a,b.", "[1,2", "{a b}.", "'unterminated.", "@."])
 def test_erlterm_rejects_malformed(text):
-    with pytest.raises(_erlterm.TermError):
-        _erlterm.parse_terms(text)
+    with pytest.raises(erlterms.TermError):
+        erlterms.parse_terms(text)
 
 
 # --- a package built for another OS is refused at install time ------------------------------------
 
 def test_package_for_another_os_fingerprint_is_refused_naming_the_field():
-    from ansible_collections.beam.hotswap.plugins.module_utils import _fingerprint
+    from ansible_collections.beam.hotswap.plugins.module_utils._agent import fingerprint as _fingerprint
     host = {"distro": "debian", "distro_version": "12", "arch": "x86_64", "glibc": "2.36", "openssl": "3.0.17",
             "otp": "25"}
     manifest = {"app": "sample", "version": "2.0.0", "os": dict(host, glibc="2.31"), "runtime": {"include_erts": True}}

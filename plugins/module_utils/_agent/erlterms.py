@@ -1,5 +1,9 @@
-"""Erlang terms: a reader for the files release_handler and mix write (RELEASES, .rel, start_erl.data,
-sys.config; maps, `base#`, `$c` included) and a writer whose output `file:consult` reads back.
+"""Erlang terms, for the agent and the controller alike: a reader for the files release_handler, mix and
+relx write (RELEASES, .rel, .appup, relup, start_erl.data, sys.config; maps, `base#`, `$c` included) and a
+writer whose output `file:consult` reads back.
+
+Atoms are :class:`Atom` (a ``str`` subclass); Erlang strings are ``str``; binaries are ``bytes``; tuples
+are ``tuple``; lists are ``list``; maps are ``dict``.
 """
 
 import re
@@ -8,12 +12,14 @@ import re
 class Atom(str):
     """An Erlang atom (a str subclass so it compares with plain strings)."""
 
+    __slots__ = ()
+
     def __repr__(self):
         return f"Atom({str.__repr__(self)})"
 
 
 class TermError(ValueError):
-    pass
+    """Text that is not a term this reader knows, or a value the writer cannot render."""
 
 
 _ESC = {"n": "\n", "t": "\t", "r": "\r", "s": " ", "b": "\b", "f": "\f", "v": "\v",
@@ -252,13 +258,27 @@ def _eatom(a):
     return "'" + a.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def _ebin(b):
+    if not b:
+        return "<<>>"
+    if all(0x20 <= x < 0x7F for x in b):
+        return "<<" + _estr(b.decode("ascii")) + ">>"
+    try:
+        return "<<" + _estr(b.decode("utf-8")) + "/utf8>>"
+    except UnicodeDecodeError:
+        return "<<" + ",".join(str(x) for x in b) + ">>"
+
+
 def format_term(t):
+    """Python value -> Erlang term text (without the full stop)."""
     if isinstance(t, Atom):
         return _eatom(t)
     if isinstance(t, bool):
         return "true" if t else "false"
     if isinstance(t, str):
         return _estr(t)
+    if isinstance(t, bytes):
+        return _ebin(t)
     if isinstance(t, int):
         return str(t)
     if isinstance(t, tuple):

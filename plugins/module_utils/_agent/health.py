@@ -20,7 +20,7 @@ def _http_check(url, timeout):
     import urllib.error  # pylint: disable=import-outside-toplevel
     import urllib.request  # pylint: disable=import-outside-toplevel
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.build_opener().open(url, timeout=timeout) as resp:
             return 200 <= resp.status < 300, f"HTTP {resp.status}"
     except urllib.error.HTTPError as e:
         return False, f"HTTP {e.code}"

@@ -1,5 +1,6 @@
-"""Names and versions the agent accepts (app, release version, sha256, user, env keys), the agent's
-own version, and the order of release versions.
+"""Names and versions, for the agent and the controller alike: the rules for a release name, a release
+version, a sha256, a user and an env key (one copy of each rule: the playbooks' input check, the build,
+the modules and the agent all use these), the agent's own version, and the order of release versions.
 """
 
 import re
@@ -9,30 +10,33 @@ from .errors import BadInput
 
 AGENT_VERSION = "1.1.0"
 
-
-VSN_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$")
-
-
-APP_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-
-
-SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-
-
-USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\$?$")
+# a release version: letters, digits and . _ + - (never "..": versions become paths)
+VSN_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}\Z")
+# a release name (the `releases:` key in mix.exs): an Erlang atom written bare
+APP_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}\Z")
+SHA_RE = re.compile(r"^[0-9a-f]{64}\Z")
+USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\$?\Z")
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
-ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+def valid_version(v):
+    """True for a release version (see VSN_RE)."""
+    return isinstance(v, str) and VSN_RE.match(v) is not None and ".." not in v
+
+
+def valid_app(a):
+    """True for a release name (see APP_RE)."""
+    return isinstance(a, str) and APP_RE.match(a) is not None
 
 
 def check_vsn(v, what="version"):
-    if not isinstance(v, str) or not VSN_RE.fullmatch(v) or ".." in v:
+    if not valid_version(v):
         raise BadInput(f"invalid {what} {v!r}: must match {VSN_RE.pattern} without '..'")
     return v
 
 
 def check_app(a):
-    if not isinstance(a, str) or not APP_RE.fullmatch(a):
+    if not valid_app(a):
         raise BadInput(f"invalid app name {a!r}: must match {APP_RE.pattern}")
     return a
 

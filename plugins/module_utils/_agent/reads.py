@@ -12,6 +12,7 @@ from .errors import BadInput, OpFailed
 from .names import AGENT_VERSION, vsn_key
 from .erlterms import parse_terms, _s, TermError
 from .files import sha256_file
+from .fingerprint import gather_fingerprint
 from .state import host_state
 
 
@@ -81,57 +82,11 @@ def state_key(h):
     return "%s:%s:%s" % ("up" if st["up"] else "down", st["running"] or "-", st["perm"] or "-")
 
 
-def _os_release():
-    out = {}
-    for path in ("/etc/os-release", "/usr/lib/os-release"):
-        if os.path.exists(path):
-            with open(path, encoding="utf-8", errors="replace") as fh:
-                for line in fh:
-                    k, sep, v = line.strip().partition("=")
-                    if sep:
-                        out[k] = v.strip().strip('"')
-            break
-    return out
-
-
-def fingerprint():
-    """The OS fingerprint a release depends on -- the same fields and values as the collection's
-    plugins/module_utils/_fingerprint.py gather() (a unit test holds the two together)."""
-    osr = _os_release()
-    openssl = None
-    try:
-        ver = subprocess.run(["openssl", "version"], capture_output=True, text=True, timeout=10, check=False)
-        m = re.match(r"OpenSSL (\S+)", ver.stdout)
-        openssl = m.group(1) if m else None
-    except (OSError, subprocess.SubprocessError):
-        pass
-    if openssl is None:
-        for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib"):
-            if os.path.isdir(d):
-                libs = sorted(f for f in os.listdir(d) if f.startswith("libcrypto.so."))
-                if libs:
-                    openssl = libs[-1][len("libcrypto.so."):]
-                    break
-    otp = None
-    for path in ("/usr/lib/erlang/releases", "/usr/local/lib/erlang/releases"):
-        if os.path.isdir(path):
-            rels = sorted(d for d in os.listdir(path) if d.isdigit())
-            if rels:
-                otp = rels[-1]
-                break
-    try:
-        libc = os.confstr("CS_GNU_LIBC_VERSION") or ""
-    except (ValueError, OSError):
-        libc = ""
-    return {"distro": osr.get("ID"), "distro_version": osr.get("VERSION_ID"), "arch": os.uname().machine,
-            "glibc": libc.split(" ")[-1] if libc else None, "openssl": openssl, "otp": otp}
-
-
 def cmd_facts(h, a):
     """status + the OS fingerprint + the installed agent's checksums (one read for the collection's
     facts step); with --expect-agent, `agent_current` says whether they are the expected ones."""
     res = cmd_status(h, a)
-    res["fingerprint"] = fingerprint()
+    res["fingerprint"] = gather_fingerprint()
     here = os.path.dirname(os.path.abspath(__file__))
     files = {}
     for name in ("agent.py", "node.exs"):

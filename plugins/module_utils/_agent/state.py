@@ -10,7 +10,7 @@ import os
 import shutil
 
 from .errors import OpFailed
-from .names import vsn_key, VSN_RE
+from .names import valid_version, vsn_key
 from .erlterms import parse_rel, TermError
 
 
@@ -89,7 +89,7 @@ def releases_from_disk(h):
     for v in names:
         d = h.p("releases", v)
         f = os.path.join(d, f"{h.app}.rel")
-        if not VSN_RE.fullmatch(v) or ".." in v or not os.path.isfile(f):
+        if not valid_version(v) or not os.path.isfile(f):
             continue
         try:
             with open(f, encoding="utf-8") as fh:

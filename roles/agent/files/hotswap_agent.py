@@ -33,6 +33,7 @@ import glob
 import hashlib
 import json
 import os
+import platform
 import pwd
 import re
 import shlex
@@ -83,36 +84,40 @@ def now_ms():
 
 # ==================================================================================================
 # names.py
-# Names and versions the agent accepts (app, release version, sha256, user, env keys), the agent's
-# own version, and the order of release versions.
+# Names and versions, for the agent and the controller alike: the rules for a release name, a release
+# version, a sha256, a user and an env key (one copy of each rule: the playbooks' input check, the build,
+# the modules and the agent all use these), the agent's own version, and the order of release versions.
 # ==================================================================================================
 
 AGENT_VERSION = "1.1.0"
 
-
-VSN_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$")
-
-
-APP_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-
-
-SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-
-
-USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\$?$")
+# a release version: letters, digits and . _ + - (never "..": versions become paths)
+VSN_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}\Z")
+# a release name (the `releases:` key in mix.exs): an Erlang atom written bare
+APP_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}\Z")
+SHA_RE = re.compile(r"^[0-9a-f]{64}\Z")
+USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\$?\Z")
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
-ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+def valid_version(v):
+    """True for a release version (see VSN_RE)."""
+    return isinstance(v, str) and VSN_RE.match(v) is not None and ".." not in v
+
+
+def valid_app(a):
+    """True for a release name (see APP_RE)."""
+    return isinstance(a, str) and APP_RE.match(a) is not None
 
 
 def check_vsn(v, what="version"):
-    if not isinstance(v, str) or not VSN_RE.fullmatch(v) or ".." in v:
+    if not valid_version(v):
         raise BadInput(f"invalid {what} {v!r}: must match {VSN_RE.pattern} without '..'")
     return v
 
 
 def check_app(a):
-    if not isinstance(a, str) or not APP_RE.fullmatch(a):
+    if not valid_app(a):
         raise BadInput(f"invalid app name {a!r}: must match {APP_RE.pattern}")
     return a
 
@@ -135,19 +140,25 @@ def vsn_key(v):
 
 # ==================================================================================================
 # erlterms.py
-# Erlang terms: a reader for the files release_handler and mix write (RELEASES, .rel, start_erl.data,
-# sys.config; maps, `base#`, `$c` included) and a writer whose output `file:consult` reads back.
+# Erlang terms, for the agent and the controller alike: a reader for the files release_handler, mix and
+# relx write (RELEASES, .rel, .appup, relup, start_erl.data, sys.config; maps, `base#`, `$c` included) and a
+# writer whose output `file:consult` reads back.
+#
+# Atoms are :class:`Atom` (a ``str`` subclass); Erlang strings are ``str``; binaries are ``bytes``; tuples
+# are ``tuple``; lists are ``list``; maps are ``dict``.
 # ==================================================================================================
 
 class Atom(str):
     """An Erlang atom (a str subclass so it compares with plain strings)."""
+
+    __slots__ = ()
 
     def __repr__(self):
         return f"Atom({str.__repr__(self)})"
 
 
 class TermError(ValueError):
-    pass
+    """Text that is not a term this reader knows, or a value the writer cannot render."""
 
 
 _ESC = {"n": "\n", "t": "\t", "r": "\r", "s": " ", "b": "\b", "f": "\f", "v": "\v",
@@ -386,13 +397,27 @@ def _eatom(a):
     return "'" + a.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def _ebin(b):
+    if not b:
+        return "<<>>"
+    if all(0x20 <= x < 0x7F for x in b):
+        return "<<" + _estr(b.decode("ascii")) + ">>"
+    try:
+        return "<<" + _estr(b.decode("utf-8")) + "/utf8>>"
+    except UnicodeDecodeError:
+        return "<<" + ",".join(str(x) for x in b) + ">>"
+
+
 def format_term(t):
+    """Python value -> Erlang term text (without the full stop)."""
     if isinstance(t, Atom):
         return _eatom(t)
     if isinstance(t, bool):
         return "true" if t else "false"
     if isinstance(t, str):
         return _estr(t)
+    if isinstance(t, bytes):
+        return _ebin(t)
     if isinstance(t, int):
         return str(t)
     if isinstance(t, tuple):
@@ -618,6 +643,122 @@ def rmtree(path):
         os.unlink(path)
     elif os.path.isdir(path):
         shutil.rmtree(path)
+
+
+# ==================================================================================================
+# fingerprint.py
+# The OS fingerprint a release depends on (distro and version, architecture, glibc, OpenSSL, OTP when ERTS
+# is not bundled), gathered on the build host and on every target, and the comparison between them that
+# refuses a release built for another OS.
+# ==================================================================================================
+
+FIELDS = ("distro", "distro_version", "arch", "glibc", "openssl", "otp")
+
+
+def _os_release():
+    out = {}
+    for path in ("/etc/os-release", "/usr/lib/os-release"):
+        if os.path.exists(path):
+            with open(path, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    k, sep, v = line.strip().partition("=")
+                    if sep:
+                        out[k] = v.strip().strip('"')
+            break
+    return out
+
+
+def _openssl():
+    """libcrypto's version (what crypto NIFs link against), from the openssl CLI or the library name."""
+    try:
+        out = subprocess.run(["openssl", "version"], capture_output=True, text=True, timeout=10, check=False).stdout
+        m = re.match(r"OpenSSL (\S+)", out)
+        if m:
+            return m.group(1)
+    except (OSError, subprocess.SubprocessError):
+        pass
+    for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib"):
+        if os.path.isdir(d):
+            libs = sorted(f for f in os.listdir(d) if f.startswith("libcrypto.so."))
+            if libs:
+                return libs[-1][len("libcrypto.so."):]
+    return None
+
+
+def _otp():
+    """The installed OTP release, or None (only matters when releases do not bundle ERTS)."""
+    for path in ("/usr/lib/erlang/releases", "/usr/local/lib/erlang/releases"):
+        if os.path.isdir(path):
+            rels = sorted(d for d in os.listdir(path) if d.isdigit())
+            if rels:
+                return rels[-1]
+    return None
+
+
+def gather_fingerprint():
+    """This host's fingerprint: what a release built here depends on."""
+    osr = _os_release()
+    try:
+        libc = os.confstr("CS_GNU_LIBC_VERSION") or ""
+    except (ValueError, OSError):
+        libc = ""
+    return {
+        "distro": osr.get("ID"),
+        "distro_version": osr.get("VERSION_ID"),
+        "arch": platform.machine(),
+        "glibc": libc.split(" ")[-1] if libc else None,
+        "openssl": _openssl(),
+        "otp": _otp(),
+    }
+
+
+def compare(build, targets, include_erts=True):
+    """Differences between the build host's fingerprint and each target's.
+
+    Returns a list of ``(host, field, build_value, target_value)``; ``otp`` counts only when the
+    release does not bundle ERTS.
+    """
+    fields = [f for f in FIELDS if f != "otp" or not include_erts]
+    out = []
+    for host in sorted(targets):
+        fp = targets[host] or {}
+        for f in fields:
+            if build.get(f) != fp.get(f):
+                out.append((host, f, build.get(f), fp.get(f)))
+    return out
+
+
+def describe_mismatch(build_host, diffs):
+    lines = ["%s differs from build host %s: %s (build %s, target %s)" % (h, build_host, f, b, t)
+             for h, f, b, t in diffs]
+    return "; ".join(lines)
+
+
+def targets_mismatch(build_host, build_fp, targets, include_erts=True):
+    """The error (or warning) text when targets differ from the build fingerprint, else None."""
+    diffs = compare(build_fp, targets, include_erts=include_erts)
+    return ("OS mismatch: " + describe_mismatch(build_host, diffs)) if diffs else None
+
+
+MISMATCH_HINT = (". Build on a host whose OS matches the targets (or set hotswap_allow_os_mismatch: true "
+                 "to only warn).")
+
+
+def package_mismatch(manifest, host_fp):
+    """Why a published release must not be installed on a host with fingerprint ``host_fp`` (None if it may).
+
+    The manifest records the build host's fingerprint; ``otp`` matters only when ERTS is not bundled."""
+    built = manifest.get("os")
+    if not isinstance(built, dict):
+        return None
+    include_erts = (manifest.get("runtime") or {}).get("include_erts", True)
+    diffs = compare(built, {"this host": host_fp}, include_erts=include_erts)
+    if not diffs:
+        return None
+    return ("%s %s was built for another OS: %s. Build it on a host that matches the targets (or set "
+            "hotswap_allow_os_mismatch: true to accept the risk)"
+            % (manifest.get("app"), manifest.get("version"),
+               ", ".join("%s %s (this host %s)" % (f, b, t) for _h, f, b, t in diffs)))
 
 
 # ==================================================================================================
@@ -1063,7 +1204,7 @@ def releases_from_disk(h):
     for v in names:
         d = h.p("releases", v)
         f = os.path.join(d, f"{h.app}.rel")
-        if not VSN_RE.fullmatch(v) or ".." in v or not os.path.isfile(f):
+        if not valid_version(v) or not os.path.isfile(f):
             continue
         try:
             with open(f, encoding="utf-8") as fh:
@@ -1309,57 +1450,11 @@ def state_key(h):
     return "%s:%s:%s" % ("up" if st["up"] else "down", st["running"] or "-", st["perm"] or "-")
 
 
-def _os_release():
-    out = {}
-    for path in ("/etc/os-release", "/usr/lib/os-release"):
-        if os.path.exists(path):
-            with open(path, encoding="utf-8", errors="replace") as fh:
-                for line in fh:
-                    k, sep, v = line.strip().partition("=")
-                    if sep:
-                        out[k] = v.strip().strip('"')
-            break
-    return out
-
-
-def fingerprint():
-    """The OS fingerprint a release depends on -- the same fields and values as the collection's
-    plugins/module_utils/_fingerprint.py gather() (a unit test holds the two together)."""
-    osr = _os_release()
-    openssl = None
-    try:
-        ver = subprocess.run(["openssl", "version"], capture_output=True, text=True, timeout=10, check=False)
-        m = re.match(r"OpenSSL (\S+)", ver.stdout)
-        openssl = m.group(1) if m else None
-    except (OSError, subprocess.SubprocessError):
-        pass
-    if openssl is None:
-        for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib"):
-            if os.path.isdir(d):
-                libs = sorted(f for f in os.listdir(d) if f.startswith("libcrypto.so."))
-                if libs:
-                    openssl = libs[-1][len("libcrypto.so."):]
-                    break
-    otp = None
-    for path in ("/usr/lib/erlang/releases", "/usr/local/lib/erlang/releases"):
-        if os.path.isdir(path):
-            rels = sorted(d for d in os.listdir(path) if d.isdigit())
-            if rels:
-                otp = rels[-1]
-                break
-    try:
-        libc = os.confstr("CS_GNU_LIBC_VERSION") or ""
-    except (ValueError, OSError):
-        libc = ""
-    return {"distro": osr.get("ID"), "distro_version": osr.get("VERSION_ID"), "arch": os.uname().machine,
-            "glibc": libc.split(" ")[-1] if libc else None, "openssl": openssl, "otp": otp}
-
-
 def cmd_facts(h, a):
     """status + the OS fingerprint + the installed agent's checksums (one read for the collection's
     facts step); with --expect-agent, `agent_current` says whether they are the expected ones."""
     res = cmd_status(h, a)
-    res["fingerprint"] = fingerprint()
+    res["fingerprint"] = gather_fingerprint()
     here = os.path.dirname(os.path.abspath(__file__))
     files = {}
     for name in ("agent.py", "node.exs"):
@@ -1794,7 +1889,7 @@ def _http_check(url, timeout):
     import urllib.error  # pylint: disable=import-outside-toplevel
     import urllib.request  # pylint: disable=import-outside-toplevel
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.build_opener().open(url, timeout=timeout) as resp:
             return 200 <= resp.status < 300, f"HTTP {resp.status}"
     except urllib.error.HTTPError as e:
         return False, f"HTTP {e.code}"

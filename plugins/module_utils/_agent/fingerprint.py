@@ -1,11 +1,7 @@
-# -*- coding: utf-8 -*-
-# Copyright (c) beam.hotswap contributors
-# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The OS fingerprint a release depends on, and the comparison between build host and targets."""
-
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
+"""The OS fingerprint a release depends on (distro and version, architecture, glibc, OpenSSL, OTP when ERTS
+is not bundled), gathered on the build host and on every target, and the comparison between them that
+refuses a release built for another OS.
+"""
 
 import os
 import platform
@@ -19,7 +15,7 @@ def _os_release():
     out = {}
     for path in ("/etc/os-release", "/usr/lib/os-release"):
         if os.path.exists(path):
-            with open(path) as f:
+            with open(path, encoding="utf-8", errors="replace") as f:
                 for line in f:
                     k, sep, v = line.strip().partition("=")
                     if sep:
@@ -55,8 +51,8 @@ def _otp():
     return None
 
 
-def gather():
-    """This host's fingerprint."""
+def gather_fingerprint():
+    """This host's fingerprint: what a release built here depends on."""
     osr = _os_release()
     try:
         libc = os.confstr("CS_GNU_LIBC_VERSION") or ""
