@@ -18,7 +18,8 @@ from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.beam.hotswap.plugins.module_utils._agent.files import sha256_file
-from ansible_collections.beam.hotswap.plugins.module_utils._build import SOURCE_EXCLUDE, manifest_errors, tree_digest
+from ansible_collections.beam.hotswap.plugins.module_utils._build import SOURCE_EXCLUDE, tree_digest
+from ansible_collections.beam.hotswap.plugins.module_utils._manifest import manifest_errors
 from ansible_collections.beam.hotswap.plugins.module_utils._agent.fingerprint import MISMATCH_HINT, targets_mismatch
 
 CONTROLLER_ARGS = ("source", "artifact_dir", "fetch")

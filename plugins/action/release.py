@@ -24,7 +24,7 @@ from ansible_collections.beam.hotswap.plugins.module_utils._agent import fingerp
 from ansible_collections.beam.hotswap.plugins.module_utils._agent_client import (
     RELEASE_DEFAULTS, AgentError, check_root, failure_result, plan_command, settings_of, state_key, timing)
 from ansible_collections.beam.hotswap.plugins.module_utils._agent.files import sha256_file
-from ansible_collections.beam.hotswap.plugins.module_utils._build import manifest_errors
+from ansible_collections.beam.hotswap.plugins.module_utils._manifest import manifest_errors
 from ansible_collections.beam.hotswap.plugins.plugin_utils._agent_direct import run_agent
 
 

@@ -25,10 +25,10 @@ from ansible_collections.beam.hotswap.plugins.module_utils import _appup, _beam
 from ansible_collections.beam.hotswap.plugins.module_utils._agent import fingerprint as _fingerprint
 from ansible_collections.beam.hotswap.plugins.module_utils._agent import erlterms
 from ansible_collections.beam.hotswap.plugins.module_utils._agent.files import sha256_file
-from ansible_collections.beam.hotswap.plugins.module_utils._agent.names import SHA_RE, valid_app, valid_version
+from ansible_collections.beam.hotswap.plugins.module_utils._agent.names import valid_app, valid_version
+from ansible_collections.beam.hotswap.plugins.module_utils._manifest import SCHEMA
 
 SOURCE_EXCLUDE = frozenset(["_build", "deps", ".git", ".elixir_ls", "node_modules", ".hotswap"])
-SCHEMA = 1
 
 
 class BuildError(Exception):
@@ -579,31 +579,3 @@ def scratch_builder(builder, scratch_root):
             shutil.copytree(os.path.join(cache, name), os.path.join(scratch_root, builder.app, ".work", "src", name),
                             symlinks=True)
     return Builder(builder.run, scratch_root, builder.app, builder.log)
-
-
-def manifest_errors(m):
-    """Problems with a manifest (a list of messages; empty when usable)."""
-    errs = []
-    if not isinstance(m, dict):
-        return ["the manifest is not a JSON object"]
-    for key, typ in (("schema", int), ("app", str), ("version", str), ("artifacts", dict), ("edges", list)):
-        if not isinstance(m.get(key), typ):
-            errs.append("manifest field %r is missing or not a %s" % (key, typ.__name__))
-    if errs:
-        return errs
-    if m["schema"] != SCHEMA:
-        errs.append("manifest schema %r is not %d: rebuild with this collection" % (m["schema"], SCHEMA))
-    if not valid_app(m["app"]):
-        errs.append("manifest app %r is not a valid release name" % m["app"])
-    if not valid_version(m["version"]):
-        errs.append("manifest version %r is not a valid version" % m["version"])
-    for kind, art in m["artifacts"].items():
-        if not isinstance(art, dict) or not SHA_RE.match(str(art.get("sha256", ""))) \
-                or not isinstance(art.get("file"), str) or "/" in art["file"]:
-            errs.append("manifest artifact %r needs a plain file name and a sha256" % kind)
-    if "release" not in m["artifacts"]:
-        errs.append("manifest has no full release artifact")
-    for e in m["edges"]:
-        if not isinstance(e, dict) or e.get("verdict") not in ("hot", "cold") or not isinstance(e.get("from"), str):
-            errs.append("manifest edge %r needs 'from' and a verdict hot or cold" % (e,))
-    return errs

@@ -185,7 +185,7 @@ from ansible_collections.beam.hotswap.plugins.module_utils._agent import fingerp
 from ansible_collections.beam.hotswap.plugins.module_utils._agent_client import (
     RELEASE_DEFAULTS, AgentClient, AgentError, failure_result, plan_command, settings_of, timing)
 from ansible_collections.beam.hotswap.plugins.module_utils._agent.names import valid_version
-from ansible_collections.beam.hotswap.plugins.module_utils._build import manifest_errors
+from ansible_collections.beam.hotswap.plugins.module_utils._manifest import manifest_errors
 
 
 def _pull(module, base, manifest, art, path):

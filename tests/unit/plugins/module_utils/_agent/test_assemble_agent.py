@@ -5,7 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ansible_collections.beam.hotswap.plugins.module_utils._agent import MODULES, _assemble
+from ansible_collections.beam.hotswap.plugins.module_utils._agent import (
+    MODULES,
+    _assemble,
+)
 
 REPO = Path(__file__).resolve().parents[5]
 PACKAGE = REPO / "plugins" / "module_utils" / "_agent"

@@ -1,0 +1,132 @@
+"""The root's state: releases found on disk, repairs of RELEASES and start_erl.data, unpack space checks, bad roots, fault points."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from hotswap_testlib.agent_artifact import (
+    AGENT_PATH,
+    _cli,
+    _disk_release,
+    _host,
+    _root_v1,
+    _upgrade_pkg,
+    ag,
+)
+
+# ------------------------------------------------------------------ repairs, disk full, status
+
+
+def test_releases_from_disk_only_complete(tmp_path):
+    for v, c in (("1.0.0", True), ("2.0.0", True), ("3.0.0", False)):
+        _disk_release(tmp_path, v, complete=c)
+    (tmp_path / "releases" / "bogus").mkdir()
+    h = ag.Host(str(tmp_path), "demo")
+    assert [r["version"] for r in ag.releases_from_disk(h)] == ["2.0.0", "1.0.0"]
+
+
+def test_repair_boot_files_start_erl_names_removed_version(tmp_path):
+    _disk_release(tmp_path, "1.0.0")
+    _disk_release(tmp_path, "2.0.0")
+    h = ag.Host(str(tmp_path), "demo")
+    rels = [ag._releases_entry(h, ag.parse_rel((tmp_path / "releases" / v / "demo.rel").read_text()), st)
+            for v, st in (("2.0.0", "old"), ("1.0.0", "permanent"))]
+    h.write_releases(rels)
+    (tmp_path / "releases" / "start_erl.data").write_text("13.1.5 9.9.9\n")
+    rep = ag.repair_boot_files(h)
+    assert len(rep) == 1 and "9.9.9" in rep[0] and "1.0.0" in rep[0], rep
+    assert h.start_erl() == {"erts": "13.1.5", "version": "1.0.0"}
+    assert ag.repair_boot_files(h) == []  # idempotent
+    # permanent release gone too: the newest complete one that RELEASES lists
+    shutil.rmtree(tmp_path / "releases" / "1.0.0")
+    rep = ag.repair_boot_files(h)
+    assert h.start_erl()["version"] == "2.0.0" and "made permanent" in rep[0], rep
+    assert next(r["version"] for r in h.releases() if r["status"] == "permanent") == "2.0.0"
+
+
+def test_repair_boot_files_rebuilds_corrupt_releases_from_disk(tmp_path):
+    _disk_release(tmp_path, "1.0.0")
+    _disk_release(tmp_path, "2.0.0")
+    h = ag.Host(str(tmp_path), "demo")
+    (tmp_path / "releases" / "RELEASES").write_text("garbage {{{")
+    (tmp_path / "releases" / "start_erl.data").write_text("13.1.5 1.0.0\n")
+    rep = ag.repair_boot_files(h)
+    assert any("RELEASES" in r for r in rep), rep
+    assert [(r["version"], r["status"]) for r in h.releases()] == [("2.0.0", "old"), ("1.0.0", "permanent")]
+    assert list((tmp_path / ".hotswap").glob("RELEASES.damaged-*"))
+
+
+def test_status_reports_corrupt_releases(tmp_path):
+    (tmp_path / "releases").mkdir()
+    (tmp_path / "releases" / "RELEASES").write_text("not erlang [")
+    rc, out, _ign = _cli(tmp_path, "status")
+    assert rc == 0 and out["releases_error"] and "RELEASES" in out["releases_error"], out
+
+
+def test_unpack_no_space_preflight(tmp_path, monkeypatch):
+    root, h = _root_v1(tmp_path)
+    pkg = tmp_path / "p.tar.gz"
+    sha = _upgrade_pkg(pkg)
+    monkeypatch.setattr(ag, "_space_free", lambda h: 20 * 1024)
+    with pytest.raises(ag.OpFailed) as e:
+        ag.prepare_unpack(h, str(pkg), sha, "2.0.0", False)
+    assert "no space left on device while unpacking 2.0.0" in e.value.msg and "nothing changed" in e.value.msg
+    assert not (root / "releases" / "2.0.0").exists()
+
+
+def test_unpack_enospc_midway_removes_partial_files(tmp_path, monkeypatch):
+    import errno as _errno
+    root, h = _root_v1(tmp_path)
+    pkg = tmp_path / "p.tar.gz"
+    sha = _upgrade_pkg(pkg)
+    real_rename = os.rename
+    calls = []
+
+    def rename(a, b):  # the lib dir moves, then the disk fills up
+        calls.append(b)
+        if len(calls) == 2:
+            raise OSError(_errno.ENOSPC, "No space left on device")
+        return real_rename(a, b)
+
+    monkeypatch.setattr(ag.os, "rename", rename)
+    with pytest.raises(ag.OpFailed) as e:
+        ag.prepare_unpack(h, str(pkg), sha, "2.0.0", False)
+    assert "no space left on device while unpacking" in e.value.msg and "partial files removed" in e.value.msg
+    assert not (root / "lib" / "demo-2.0.0").exists() and not (root / "releases" / "2.0.0").exists()
+    assert not [n for n in os.listdir(root / ".hotswap") if n.startswith("staging")]
+
+
+@pytest.mark.parametrize("root", ["/", "//", "/.", "/opt/..", "/opt/../etc", "rel/x", "/opt/x\n"])
+def test_cli_bad_roots(root):
+    p = subprocess.run([sys.executable, str(AGENT_PATH), "--root", root, "--app", "demo", "status"],
+                       capture_output=True, text=True, check=False)
+    assert p.returncode == 2 and "--root" in json.loads(p.stdout)["msg"]
+
+
+def test_fault_point_only_acts_on_its_name(tmp_path, monkeypatch):
+    h = _host(tmp_path)
+    killed = []
+    monkeypatch.setattr(h, "os_pid", lambda: (4242, None))
+    monkeypatch.setattr(ag.os, "kill", lambda pid, sig: killed.append((pid, sig)))
+    monkeypatch.setattr(ag, "_pid_alive", lambda pid: False)
+    monkeypatch.delenv("HOTSWAP_AGENT_FAULT", raising=False)
+    ag.fault_point(h, "before_install")
+    monkeypatch.setenv("HOTSWAP_AGENT_FAULT", "after_commit")
+    ag.fault_point(h, "before_install")
+    assert killed == []
+    monkeypatch.setenv("HOTSWAP_AGENT_FAULT", "before_install")
+    ag.fault_point(h, "before_install")
+    assert killed == [(4242, ag.signal.SIGKILL)]
+
+
+def test_refusal_message():
+    r = {"running": "1.0.0", "rehearsal_failures": [
+        {"module": "Sample.Counter", "old_vsn": "1", "pid": "#PID<0.1.0>", "callback": "Sample.Counter",
+         "error": "raised (RuntimeError) boom"}]}
+    msg = ag._refusal_msg("2.0.0", r)
+    assert msg.startswith("hot upgrade to 2.0.0 refused: Sample.Counter.code_change(1, state, extra)")
+    assert "RuntimeError" in msg and msg.endswith(
+        "rehearsed on a copy of the live state; nothing was installed; the host keeps 1.0.0 and its state")
