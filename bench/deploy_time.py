@@ -1,8 +1,9 @@
-"""Benchmark: wall time of a hot deploy of a pre-built artifact (issue 6).
+"""Benchmark: wall time of a hot deploy of a pre-built artifact.
 
 Fleet: build1 + 7 targets (prefix ``hsb``).  target1..6 take the playbook deploys, target7 the
 hand-written baseline.  All run 1.0.0 first; 2.0.0 is published once (tests/integration/playbooks/build.yml),
-so every measured ``deploy.yml`` finds it in the store and its build step only checks the edges.
+so every measured ``deploy.yml`` finds it in the controller's artifact dir and its build step does not
+contact the build host.
 
   baseline    on target7, over the fleet's ssh config (ControlMaster, like Ansible's ControlPersist):
               scp the upgrade package into releases/, then one ssh per call:

@@ -1,4 +1,4 @@
-"""Benchmark: downtime per host, cold path vs hot path (issue 5).
+"""Benchmark: downtime per host, cold path vs hot path.
 
 Fleet: build1 + 2 targets (prefix ``hsb``).  From the controller, every target's port is probed every
 5 ms (connect + ``PING``, 250 ms timeout); an outage runs from the first failed probe to the first good

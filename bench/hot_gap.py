@@ -1,4 +1,4 @@
-"""Benchmark: how much a hot install disturbs the running node (issue 4).
+"""Benchmark: how much a hot install disturbs the running node.
 
 One target + build host (fleet prefix ``hsb``).  The sample app's ``Sample.Ticker`` ticks every 1 ms
 inside the node; ``GAP`` returns the largest tick gap (µs) since the previous read.  A load client
