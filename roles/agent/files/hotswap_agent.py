@@ -559,7 +559,8 @@ def _member_rel(m):
 
 
 def check_member(m, app, vsn):
-    """Raise OpFailed unless the tar member is safe and belongs in an upgrade package."""
+    """Raise PackageRefused (exit 2, nothing changed) unless the tar member is safe and belongs in an
+    upgrade package."""
     rel = _member_rel(m)
     if not rel:
         return None
@@ -572,8 +573,9 @@ def check_member(m, app, vsn):
 
 
 def check_full_member(m, app, vsn):
-    """Raise OpFailed unless the tar member is safe and belongs in a full `mix release` tarball
-    of app vsn: bin/, erts-*/, lib/NAME-VSN/, releases/VSN/, releases/COOKIE, releases/start_erl.data."""
+    """Raise PackageRefused (exit 2, nothing changed) unless the tar member is safe and belongs in a full
+    `mix release` tarball of app vsn: bin/, erts-*/, lib/NAME-VSN/, releases/VSN/, releases/COOKIE,
+    releases/start_erl.data."""
     rel = _member_rel(m)
     if not rel:
         return None
