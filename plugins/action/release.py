@@ -19,12 +19,12 @@ from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.beam.hotswap.plugins.module_utils import _plan
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+
+from ansible_collections.beam.hotswap.plugins.module_utils import _plan, _release
 from ansible_collections.beam.hotswap.plugins.module_utils._agent import fingerprint as _fingerprint
-from ansible_collections.beam.hotswap.plugins.module_utils._agent_client import (
-    RELEASE_DEFAULTS, AgentError, check_root, failure_result, plan_command, settings_of, state_key, timing)
 from ansible_collections.beam.hotswap.plugins.module_utils._agent.files import sha256_file
-from ansible_collections.beam.hotswap.plugins.module_utils._manifest import manifest_errors
+from ansible_collections.beam.hotswap.plugins.module_utils._agent_client import AgentError, check_root, state_key
 from ansible_collections.beam.hotswap.plugins.plugin_utils._agent_direct import run_agent
 
 
@@ -45,19 +45,14 @@ class ActionModule(ActionBase):
             raise AnsibleActionFail(res.get("msg", "could not read the host's release state"))
         return res["ansible_facts"]["hotswap_host"]
 
-    def _make_plan(self, args, status):
-        """The plan from the facts, or None when only the module can tell (it then reports why)."""
-        try:
-            if args["state"] == "deployed":
-                manifest = args.get("manifest")
-                if not isinstance(manifest, dict) or manifest_errors(manifest) or manifest.get("app") != args["app"]:
-                    return None
-                return _plan.deploy(status, manifest, args["mode"])
-            if args["state"] == "rolled_back":
-                return _plan.rollback(status, args.get("version") or None, args["mode"])
-        except (_plan.PlanError, KeyError, TypeError):
+    @staticmethod
+    def _params(args):
+        """The task's arguments validated against the module's own spec, with its defaults; None when the
+        spec or the checks beyond it refuse them (the module then reports what is wrong)."""
+        res = ArgumentSpecValidator(_release.argument_spec(), required_if=_release.REQUIRED_IF).validate(args)
+        if res.error_messages or _release.input_error(res.validated_parameters):
             return None
-        return None
+        return res.validated_parameters
 
     def _upload(self, local, root, art, direct):
         """Put the package on the host: straight into ROOT/.hotswap/ (the agent verifies and keeps it) when
@@ -86,73 +81,43 @@ class ActionModule(ActionBase):
         return local
 
     def _direct(self, params, status, plan, package, task_vars):
-        """Carry ``plan`` out through the agent; None when the host changed since its facts (stale)."""
-        summary = _plan.describe(plan)
-        result = {"plan": plan, "summary": summary, "host_version": plan["from"]}
-        if self._task.diff:
-            result["diff"] = _plan.diff(params["app"], plan)
-        if plan["action"] == _plan.NOOP:
-            # nothing to do, if the host is still where its facts said: one read to make sure
-            command, cargs, settings = "status", [], None
-        else:
-            command, cargs = plan_command(plan, params, package and package[:2])
-            if package and package[2]:
-                cargs += ["--store-package", package[2]]
-            settings = settings_of(params)
-        cargs += ["--expect-state", state_key(status)]
-        rc, out, err = run_agent(self, task_vars, check_root(params["root"]), params["app"], params.get("user"),
-                                 command, cargs, settings=settings)
-        if out is None:
-            raise AnsibleActionFail("%s: the agent gave no answer (exit %s): %s" % (summary, rc, err[-2000:]))
-        if out.get("stale_facts"):
-            return None
-        if plan["action"] == _plan.NOOP and rc == 0 and not out.get("failed"):
-            result["changed"] = False
-            return result
-        if rc != 0 or out.get("failed"):
-            err = AgentError(out.get("msg") or "agent %s failed" % command, out)
-            result.update(failure_result(result, summary, err), failed=True)
-            return result
-        result.update(changed=True, agent=out, host_version=out.get("host_version", plan["to"]), timing=timing(out))
-        return result
+        """Carry ``plan`` out through the agent directly; None when the host changed since its facts."""
+        root = check_root(params["root"])
 
-    def _direct_ok(self, params, status, plan, have_facts):
-        """Whether the plan may be carried out by the agent directly: everything the module would check
-        holds (anything else goes through the module, which reports it)."""
-        try:
-            keep, timeout = int(params["keep_releases"]), int(params["health_timeout"])
-        except (TypeError, ValueError):
+        def call(command, args, settings):
+            return run_agent(self, task_vars, root, params["app"], params.get("user"), command, args, settings)
+        return _release.carry_out(plan, params, package, call, expect_state=state_key(status), diff=self._task.diff)
+
+    def _direct_ok(self, params, status, plan):
+        """Whether the agent may carry the plan out directly (anything else goes through the module)."""
+        if plan is None or self._task.delegate_to or params.get("artifact_url"):
             return False
-        plain = all(isinstance(params.get(k), (str, type(None))) for k in ("user", "cookie", "health_check"))
-        ok = (plan is not None and have_facts and not self._task.delegate_to and not params.get("artifact_url")
-              and keep >= 2 and timeout > 0 and plain and isinstance(params["env"], dict)
-              and params["service_manager"] in ("auto", "systemd", "daemon"))
-        if ok and params["state"] == "deployed" and not params.get("allow_os_mismatch"):
-            ok = not _fingerprint.package_mismatch(params["manifest"], status.get("fingerprint") or {})
-        return ok
+        if params["state"] == "deployed" and not params["allow_os_mismatch"]:
+            return not _fingerprint.package_mismatch(params["manifest"], status.get("fingerprint") or {})
+        return True
 
     def run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars)
         args = dict(self._task.args)  # what the module gets
-        params = dict(RELEASE_DEFAULTS, **dict((k, v) for k, v in args.items() if v is not None))
         have_facts = bool((task_vars.get("ansible_facts") or {}).get("hotswap_host"))
+        params = None if self._task.check_mode else self._params(args)
         try:
-            manifest = params.get("manifest")
-            deploying = params["state"] == "deployed" and isinstance(manifest, dict)
-            if self._task.check_mode or params["mode"] not in _plan.MODES or not params.get("app") \
-                    or not params.get("root") or not (deploying or (params["state"] == "rolled_back" and have_facts)):
+            if params is None or (params["state"] == "rolled_back" and not have_facts):
                 result.update(self._execute_module(module_name="beam.hotswap.release", module_args=args,
                                                    task_vars=task_vars))
                 return result
             status = self._host_status(params, task_vars)
-            plan = self._make_plan(params, status)
-            direct = self._direct_ok(params, status, plan, have_facts)
+            try:
+                plan = _release.make_plan(params, status)
+            except _plan.PlanError:
+                plan = None  # the module plans on the host and reports why
+            direct = have_facts and self._direct_ok(params, status, plan)
             package = None  # (path on the host, sha256, name to keep it under or None)
-            kind = plan.get("package") if plan else None
-            art = (manifest.get("artifacts") or {}).get(kind) if kind and deploying else None
+            manifest = params.get("manifest") or {}
+            art = manifest.get("artifacts", {}).get(plan.get("package")) if plan and plan.get("package") else None
             if art:
                 root = check_root(params["root"])
-                if art.get("sha256") in (status.get("packages") or {}):
+                if art["sha256"] in (status.get("packages") or {}):
                     package = ("%s/.hotswap/packages/%s-%s" % (root, art["sha256"], art["file"]), art["sha256"], None)
                 elif not params.get("artifact_url"):
                     remote = self._upload(self._local_artifact(params, manifest, art), root, art, direct)

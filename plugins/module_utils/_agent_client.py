@@ -21,9 +21,10 @@ ROOT_RE = re.compile(r"^/[A-Za-z0-9._/-]*\Z")
 
 _LOADED = {}  # agent path -> its run() (or False), loaded once per module process
 
-# beam.hotswap.release's defaults: its argument spec and its action plugin's direct path both use these
-RELEASE_DEFAULTS = {"state": "deployed", "mode": "auto", "health_timeout": 30, "keep_releases": 5,
-                    "service_manager": "auto", "env": {}}
+
+def release_root_spec():
+    """The options that name one release root on a host (doc fragment beam.hotswap.release_root)."""
+    return dict(app=dict(type="str", required=True), root=dict(type="path", required=True), user=dict(type="str"))
 
 
 class AgentError(Exception):
@@ -84,12 +85,11 @@ class AgentClient(object):
             self._agent_run = _LOADED[self.path] = fn
         return self._agent_run or None
 
-    def run(self, command, *args, **kw):
-        """Run one agent command; returns its JSON; raises AgentError (with the JSON) on failure.
+    def call(self, command, args, settings=None):
+        """Run one agent command; returns ``(rc, answer dict or None, error text)`` and never raises.
         ``settings`` (env, cookie) is handed to the agent, which writes them before the command."""
-        settings = kw.get("settings")
         if not self.installed():
-            raise AgentError("the reload agent is not installed at %s: apply role beam.hotswap.agent first" % self.path)
+            return 1, None, "the reload agent is not installed at %s: apply role beam.hotswap.agent first" % self.path
         argv = agent_argv(self.root, self.app, self.user, command, args)
         agent_run = self._load()
         data, rc, err, out = None, 1, "", ""
@@ -105,9 +105,17 @@ class AgentClient(object):
             rc, out, err = self.module.run_command([python, self.path] + argv,
                                                    data=json.dumps(settings) if settings else None)
             data = parse_answer(out)
+        if isinstance(data, dict):
+            data = json.loads(json.dumps(data, default=str))  # what the CLI prints: plain JSON types
+        return rc, data, (err or out or "")
+
+    def run(self, command, *args, **kw):
+        """Run one agent command; returns its JSON; raises AgentError (with the JSON) on failure."""
+        if not self.installed():
+            raise AgentError("the reload agent is not installed at %s: apply role beam.hotswap.agent first" % self.path)
+        rc, data, err = self.call(command, list(args), kw.get("settings"))
         if not isinstance(data, dict):
-            raise AgentError("the agent gave no answer to %s (exit %d): %s" % (command, rc, (err or out).strip()[-2000:]))
-        data = json.loads(json.dumps(data, default=str))  # what the CLI prints: plain JSON types
+            raise AgentError("the agent gave no answer to %s (exit %d): %s" % (command, rc, err.strip()[-2000:]))
         if rc != 0 or data.get("failed"):
             raise AgentError(data.get("msg") or "agent %s failed (exit %d)" % (command, rc), data)
         return data
@@ -153,50 +161,3 @@ def state_key(status):
     """The host state a plan was made from, as the agent's --expect-state compares it."""
     return "%s:%s:%s" % ("up" if status.get("node_up") else "down", status.get("running") or "-",
                          status.get("permanent") or "-")
-
-
-# how each planned action is carried out: agent command, and whether the package goes with it
-_COMMANDS = {
-    ("hot", "up"): ("hot", True), ("hot", "down"): ("rollback", False),
-    ("cold", "up"): ("cold", True), ("cold", "down"): ("rollback", False),
-    ("install", "up"): ("first-install", True), ("start", "up"): ("start", False), ("start", "down"): ("start", False),
-    ("commit", "up"): ("commit", False), ("commit", "down"): ("commit", False),
-}
-
-
-def plan_command(plan, params, package=None):
-    """(command, args) carrying ``plan`` out; ``package`` = (path, sha256) when the plan needs one."""
-    command, with_package = _COMMANDS[(plan["action"], plan.get("direction") or "up")]
-    args = ["--version", plan["to"]]
-    if plan["action"] in ("hot", "cold") and plan.get("direction") == "down":
-        args += ["--mode", plan["action"]]
-    if with_package and package:
-        args += ["--package", package[0], "--sha256", package[1]]
-    args += ["--keep", params["keep_releases"], "--timeout", params["health_timeout"],
-             "--service-manager", params["service_manager"]]
-    if params.get("health_check"):
-        args += ["--check", params["health_check"]]
-    return command, args
-
-
-def settings_of(params):
-    """What the agent writes before it runs a command: the node's environment and cookie."""
-    return {"env": params.get("env") or None, "cookie": params.get("cookie") or None}
-
-
-def timing(out):
-    """``install 12 ms, downtime 0 ms, total 640 ms`` from the agent's figures."""
-    parts = []
-    for key, label in (("install_ms", "install"), ("downtime_ms", "downtime"), ("total_ms", "total")):
-        if isinstance(out.get(key), (int, float)):
-            parts.append("%s %d ms" % (label, out[key]))
-    return ", ".join(parts)
-
-
-def failure_result(result, summary, err):
-    """fail_json arguments for an agent failure while carrying out ``summary``."""
-    r = err.result
-    out = dict(result, agent=r, reverted=bool(r.get("reverted")), host_version=r.get("host_version"),
-               changed=bool(r.get("changed", True)))
-    out["msg"] = "%s failed on this host: %s" % (summary, err)
-    return out

@@ -24,6 +24,8 @@ description:
   - Sets the fact C(hotswap_host).
 author:
   - beam.hotswap developers (@beam-hotswap)
+extends_documentation_fragment:
+  - beam.hotswap.release_root
 attributes:
   check_mode:
     support: full
@@ -38,17 +40,6 @@ attributes:
     support: full
     description: Sets C(hotswap_host).
 options:
-  app:
-    description: Release name.
-    type: str
-    required: true
-  root:
-    description: Release root on the host.
-    type: path
-    required: true
-  user:
-    description: User the node runs as.
-    type: str
   install_agent:
     description: Install or update the reload agent first (only when it differs).
     type: bool
@@ -96,7 +87,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.beam.hotswap.plugins.module_utils._agent import fingerprint as _fingerprint
 from ansible_collections.beam.hotswap.plugins.module_utils._agent.files import sha256_file
-from ansible_collections.beam.hotswap.plugins.module_utils._agent_client import AgentClient, AgentError
+from ansible_collections.beam.hotswap.plugins.module_utils._agent_client import AgentClient, AgentError, release_root_spec
 
 
 def install_agent(module, root, files):
@@ -133,13 +124,8 @@ def install_agent(module, root, files):
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            app=dict(type="str", required=True),
-            root=dict(type="path", required=True),
-            user=dict(type="str"),
-            install_agent=dict(type="bool", default=False),
-            agent_files=dict(type="dict"),
-        ),
+        argument_spec=dict(release_root_spec(), install_agent=dict(type="bool", default=False),
+                           agent_files=dict(type="dict")),
         supports_check_mode=True,
     )
     p = module.params

@@ -28,6 +28,8 @@ description:
     run this module.
 author:
   - beam.hotswap developers (@beam-hotswap)
+extends_documentation_fragment:
+  - beam.hotswap.release_root
 attributes:
   check_mode:
     support: full
@@ -39,17 +41,6 @@ attributes:
     support: full
     description: Running it again with the same input changes nothing.
 options:
-  app:
-    description: Release name.
-    type: str
-    required: true
-  root:
-    description: Release root on the host. Absolute, not C(/).
-    type: path
-    required: true
-  user:
-    description: Unprivileged user the node runs as (created on first install if missing).
-    type: str
   state:
     description: V(deployed) moves the host to the manifest's version; V(rolled_back) to O(version) or the previous release.
     type: str
@@ -180,12 +171,9 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import fetch_url
 
-from ansible_collections.beam.hotswap.plugins.module_utils import _plan
+from ansible_collections.beam.hotswap.plugins.module_utils import _plan, _release
 from ansible_collections.beam.hotswap.plugins.module_utils._agent import fingerprint as _fingerprint
-from ansible_collections.beam.hotswap.plugins.module_utils._agent_client import (
-    RELEASE_DEFAULTS, AgentClient, AgentError, failure_result, plan_command, settings_of, timing)
-from ansible_collections.beam.hotswap.plugins.module_utils._agent.names import valid_version
-from ansible_collections.beam.hotswap.plugins.module_utils._manifest import manifest_errors
+from ansible_collections.beam.hotswap.plugins.module_utils._agent_client import AgentClient, AgentError
 
 
 def _pull(module, base, manifest, art, path):
@@ -209,92 +197,54 @@ def _pull(module, base, manifest, art, path):
     module.atomic_move(tmp, path)
 
 
+def _package(module, client, p, plan, result):
+    """(path on the host, sha256, name to keep it under or None) of the package the plan needs, pulling
+    it first in pull mode; None when the plan needs none."""
+    if not plan["package"]:
+        return None
+    art = p["manifest"]["artifacts"][plan["package"]]
+    path = os.path.join(client.root, ".hotswap", "packages", "%s-%s" % (art["sha256"], art["file"]))
+    if p["artifact_url"] and not os.path.exists(path) and not p["package_src"]:
+        _pull(module, p["artifact_url"], p["manifest"], art, path)
+        result["pulled"] = art["file"]
+    if p["package_src"] and not os.path.exists(path):
+        return (p["package_src"], art["sha256"], art["file"])
+    if os.path.exists(path):
+        return (path, art["sha256"], None)
+    module.fail_json(msg="the package %s is not on the host (expected %s); the run's facts were stale: re-run the "
+                     "play" % (art["file"], path), changed=False, **result)
+    return None
+
+
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            app=dict(type="str", required=True),
-            root=dict(type="path", required=True),
-            user=dict(type="str"),
-            state=dict(type="str", default=RELEASE_DEFAULTS["state"], choices=["deployed", "rolled_back"]),
-            manifest=dict(type="dict"),
-            version=dict(type="str"),
-            mode=dict(type="str", default=RELEASE_DEFAULTS["mode"], choices=["auto", "hot", "cold"]),
-            package_src=dict(type="path"),
-            health_check=dict(type="str"),
-            health_timeout=dict(type="int", default=RELEASE_DEFAULTS["health_timeout"]),
-            keep_releases=dict(type="int", default=RELEASE_DEFAULTS["keep_releases"]),
-            service_manager=dict(type="str", default=RELEASE_DEFAULTS["service_manager"], choices=["auto", "systemd", "daemon"]),
-            env=dict(type="dict", default=RELEASE_DEFAULTS["env"], no_log=True),
-            cookie=dict(type="str", no_log=True),
-            artifact_dir=dict(type="path"),
-            artifact_url=dict(type="str"),
-            validate_certs=dict(type="bool", default=True),
-            allow_os_mismatch=dict(type="bool", default=False),
-        ),
-        required_if=[("state", "deployed", ("manifest",))],
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(argument_spec=_release.argument_spec(), required_if=_release.REQUIRED_IF,
+                           supports_check_mode=True)
     p = module.params
-    result = {}
+    why = _release.input_error(p)
+    if why:
+        module.fail_json(msg=why, changed=False)
     try:
         client = AgentClient(module, p["root"], p["app"], p["user"])
         status_client = AgentClient(module, p["root"], p["app"])
-        if p["keep_releases"] < 2:
-            module.fail_json(msg="hotswap_keep_releases must be at least 2 (the running release and the one a "
-                             "rollback returns to)")
         if p["state"] == "deployed":
-            errs = manifest_errors(p["manifest"])
-            if errs:
-                module.fail_json(msg="the manifest is not usable: %s" % "; ".join(errs))
-            if p["manifest"]["app"] != p["app"]:
-                module.fail_json(msg="the manifest is for release %s, not %s: check hotswap_app"
-                                 % (p["manifest"]["app"], p["app"]))
             why = _fingerprint.package_mismatch(p["manifest"], _fingerprint.gather_fingerprint())
             if why and not p["allow_os_mismatch"]:
                 module.fail_json(msg=why + "; nothing changed", changed=False)
-        elif p["version"] is not None and not valid_version(p["version"]):
-            module.fail_json(msg="hotswap_version %r is not a valid release version (letters, digits, . _ + -)"
-                             % p["version"])
-        status = status_client.status()
-        if p["state"] == "deployed":
-            plan = _plan.deploy(status, p["manifest"], p["mode"])
-        else:
-            plan = _plan.rollback(status, p["version"], p["mode"])
+        plan = _release.make_plan(p, status_client.status())
     except (AgentError, _plan.PlanError) as e:
-        module.fail_json(msg=str(e), changed=False, **result)
+        module.fail_json(msg=str(e), changed=False)
 
-    summary = _plan.describe(plan)
-    result.update(plan=plan, summary=summary, host_version=plan["from"])
-    changed = plan["action"] != _plan.NOOP
-    if module._diff:
-        result["diff"] = _plan.diff(p["app"], plan)
-    if module.check_mode or not changed:
-        module.exit_json(changed=changed, **result)
-
-    # carry the plan out: the agent writes the environment/cookie, keeps the package, runs the command
-    try:
-        package = None
-        if plan["package"]:
-            art = p["manifest"]["artifacts"][plan["package"]]
-            path = os.path.join(client.root, ".hotswap", "packages", "%s-%s" % (art["sha256"], art["file"]))
-            if p["artifact_url"] and not os.path.exists(path) and not p["package_src"]:
-                _pull(module, p["artifact_url"], p["manifest"], art, path)
-                result["pulled"] = art["file"]
-            if p["package_src"] and not os.path.exists(path):
-                package = (p["package_src"], art["sha256"])
-            elif os.path.exists(path):
-                package = (path, art["sha256"])
-            else:
-                module.fail_json(msg="the package %s is not on the host (expected %s); the run's facts were stale: "
-                                 "re-run the play" % (art["file"], path), changed=False, **result)
-        command, args = plan_command(plan, p, package)
-        if package and package[0] != path:
-            args += ["--store-package", art["file"]]
-        out = client.run(command, *args, settings=settings_of(p))
-    except AgentError as e:
-        module.fail_json(**failure_result(result, summary, e))
-    result.update(agent=out, host_version=out.get("host_version", plan["to"]), timing=timing(out))
-    module.exit_json(changed=True, **result)
+    result = _release.plan_result(plan, p["app"], module._diff)
+    if module.check_mode or plan["action"] == _plan.NOOP:
+        module.exit_json(changed=plan["action"] != _plan.NOOP, **result)
+    extra = {}
+    package = _package(module, client, p, plan, extra)
+    result = _release.carry_out(plan, p, package, client.call, diff=module._diff)
+    result.update(extra)
+    if result.get("failed"):
+        result.pop("failed")
+        module.fail_json(**result)
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

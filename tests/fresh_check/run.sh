@@ -47,10 +47,11 @@ T_START=$SECONDS
 
 say() { printf 'fresh-check: [%(%H:%M:%S)T] %s\n' -1 "$*"; }
 
-# run_killable CMD...: run CMD in the background and wait for it, so that a signal to this shell runs
-# its trap at once (which kills CHILD) instead of after CMD.
+# run_killable CMD...: run CMD in the background, in its own session and process group, and wait for
+# it, so that a signal to this shell runs its trap at once (stop_child: kills that process group;
+# an `unshare --kill-child` in it takes its whole pid namespace along).
 run_killable() {
-    "$@" </dev/null &
+    setsid "$@" </dev/null &
     CHILD=$!
     local rc=0
     wait "$CHILD" || rc=$?
@@ -177,15 +178,17 @@ on_exit() {
     exit "$rc"
 }
 
+# The running phase's process group (setsid in run_killable: its pgid is its pid): TERM, then KILL.
+# (unshare --fork ignores TERM while it waits; KILL makes --kill-child end its pid namespace.)
 stop_child() {
     [[ -n $CHILD ]] || return 0
-    kill -TERM "$CHILD" 2>/dev/null
+    kill -TERM -- "-$CHILD" 2>/dev/null
     local i
-    for ((i = 0; i < 50; i++)); do
+    for ((i = 0; i < 20; i++)); do
         kill -0 "$CHILD" 2>/dev/null || break
         sleep 0.1
     done
-    kill -KILL "$CHILD" 2>/dev/null
+    kill -KILL -- "-$CHILD" 2>/dev/null
     wait "$CHILD" 2>/dev/null
     CHILD=""
 }

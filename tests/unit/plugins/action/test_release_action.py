@@ -1,0 +1,82 @@
+"""Which path the release action takes (the agent directly, or the module) and what it uploads: one table
+row per situation, with Ansible's connection and the agent replaced by recorders."""
+from unittest import mock
+
+import pytest
+
+from ansible_collections.beam.hotswap.plugins.action import release as action_mod
+
+SHA_U, SHA_R = "b" * 64, "a" * 64
+MANIFEST = {"schema": 1, "app": "demo", "version": "2.0.0", "edges": [{"from": "1.0.0", "verdict": "hot"}],
+            "artifacts": {"release": {"file": "r.tar.gz", "sha256": SHA_R},
+                          "upgrade": {"file": "u.tar.gz", "sha256": SHA_U}}}
+FACTS = {"installed": True, "node_up": True, "running": "1.0.0", "permanent": "1.0.0", "packages": {},
+         "releases": [{"version": "1.0.0"}], "relup_down": [], "fingerprint": {}}
+
+
+def _action(args, check_mode=False, delegate_to=None):
+    task = mock.MagicMock()
+    task.args = args
+    task.check_mode = check_mode
+    task.diff = False
+    task.delegate_to = delegate_to
+    task.async_val = 0
+    a = action_mod.ActionModule(task, mock.MagicMock(), mock.MagicMock(become=False), loader=None, templar=None,
+                                shared_loader_obj=None)
+    a._execute_module = mock.MagicMock(return_value={"changed": True, "via": "module"})
+    a._upload = mock.MagicMock(return_value="/opt/demo/.hotswap/.upload-x.part")
+    a._local_artifact = mock.MagicMock(return_value="/tmp/u.tar.gz")
+    a._remove_tmp_path = mock.MagicMock()
+    return a
+
+
+def _run(args, facts=None, answer=(0, {"host_version": "2.0.0"}, ""), **kw):
+    a = _action(dict(args), **kw)
+    task_vars = {"ansible_facts": {"hotswap_host": facts}} if facts else {}
+    with mock.patch.object(action_mod, "run_agent", return_value=answer) as agent, \
+            mock.patch("ansible.plugins.action.ActionBase.run", return_value={}):
+        res = a.run(task_vars=task_vars)
+    return a, agent, res
+
+
+BASE = {"app": "demo", "root": "/opt/demo", "manifest": MANIFEST, "artifact_dir": "/tmp/artifacts"}
+
+ROUTES = [
+    # (case, args, facts, kw, via the agent directly?, uploaded?)
+    ("facts and a hot plan: the agent directly", BASE, FACTS, {}, True, True),
+    ("the host holds the package: no upload", BASE, dict(FACTS, packages={SHA_U: "u.tar.gz"}), {}, True, False),
+    ("check mode: the module", BASE, FACTS, {"check_mode": True}, False, False),
+    ("a bad mode: the module reports it", dict(BASE, mode="warm"), FACTS, {}, False, False),
+    ("keep_releases 1: the module reports it", dict(BASE, keep_releases=1), FACTS, {}, False, False),
+    ("a manifest for another app: the module reports it", dict(BASE, manifest=dict(MANIFEST, app="x")), FACTS, {},
+     False, False),
+    ("pull mode: the module downloads on the host", dict(BASE, artifact_url="http://mirror/a"), FACTS, {}, False,
+     False),
+    ("a delegated task: the module", BASE, FACTS, {"delegate_to": "elsewhere"}, False, True),
+    ("rollback without facts: the module", {"app": "demo", "root": "/opt/demo", "state": "rolled_back"}, None, {},
+     False, False),
+    ("hot asked but only cold possible: the module refuses on the host", dict(BASE, mode="hot",
+     manifest=dict(MANIFEST, edges=[])), FACTS, {}, False, False),
+]
+
+
+@pytest.mark.parametrize("case, args, facts, kw, direct, uploaded", ROUTES, ids=[r[0] for r in ROUTES])
+def test_release_action_routes(case, args, facts, kw, direct, uploaded):
+    a, agent, res = _run(args, facts, **kw)
+    assert agent.called == direct, case
+    assert a._execute_module.called == (not direct), case
+    assert a._upload.called == uploaded, case
+    if direct:
+        command, cargs = agent.call_args[0][5], agent.call_args[0][6]
+        assert command == "hot" and "--expect-state" in cargs and res["changed"] is True
+
+
+def test_stale_facts_fall_back_to_the_module_after_the_agent_refused():
+    a, agent, res = _run(BASE, FACTS, answer=(1, {"stale_facts": True}, ""))
+    assert agent.called and a._execute_module.called and res["via"] == "module"
+
+
+def test_a_failed_direct_run_fails_the_task_with_the_agents_words():
+    a, agent, res = _run(BASE, FACTS, answer=(1, {"msg": "health check failed", "reverted": True, "host_version": "1.0.0"}, ""))
+    assert res["failed"] and res["reverted"] and "health check failed" in res["msg"]
+    assert not a._execute_module.called

@@ -1,0 +1,124 @@
+"""The release task's contract: one spec, the checks beyond it, plan -> agent command, answer -> result."""
+import pytest
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+
+from ansible_collections.beam.hotswap.plugins.module_utils import _release
+
+MANIFEST = {"schema": 1, "app": "demo", "version": "2.0.0", "edges": [{"from": "1.0.0", "verdict": "hot"}],
+            "artifacts": {"release": {"file": "r.tar.gz", "sha256": "a" * 64},
+                          "upgrade": {"file": "u.tar.gz", "sha256": "b" * 64}}}
+
+
+def params(**kw):
+    args = dict({"app": "demo", "root": "/opt/demo", "manifest": MANIFEST}, **kw)
+    res = ArgumentSpecValidator(_release.argument_spec(), required_if=_release.REQUIRED_IF).validate(args)
+    assert not res.error_messages, res.error_messages
+    return res.validated_parameters
+
+
+def test_spec_defaults_are_the_documented_ones():
+    p = params()
+    assert (p["state"], p["mode"], p["health_timeout"], p["keep_releases"], p["service_manager"], p["env"]) == \
+        ("deployed", "auto", 30, 5, "auto", {})
+
+
+@pytest.mark.parametrize("args, needle", [
+    ({"mode": "warm"}, "mode"),
+    ({"service_manager": "upstart"}, "service_manager"),
+    ({"keep_releases": "many"}, "keep_releases"),
+    ({"colour": "red"}, "colour"),
+])
+def test_spec_refuses_bad_types_and_choices(args, needle):
+    full = dict({"app": "demo", "root": "/opt/demo", "manifest": MANIFEST}, **args)
+    res = ArgumentSpecValidator(_release.argument_spec(), required_if=_release.REQUIRED_IF).validate(full)
+    assert needle in " ".join(res.error_messages)
+
+
+@pytest.mark.parametrize("kw, needle", [
+    ({"keep_releases": 1}, "at least 2"),
+    ({"health_timeout": 0}, "positive number of seconds"),
+    ({"manifest": dict(MANIFEST, app="other")}, "for release other, not demo"),
+    ({"manifest": dict(MANIFEST, version="../9")}, "not usable"),
+    ({"manifest": None}, "the manifest is not usable: the manifest is not a JSON object"),
+    ({"state": "rolled_back", "manifest": None, "version": "1..0"}, "not a valid release version"),
+])
+def test_input_error_names_what_is_wrong(kw, needle):
+    assert needle in _release.input_error(params(**kw))
+
+
+def test_good_input_has_no_error():
+    assert _release.input_error(params()) is None
+    assert _release.input_error(params(state="rolled_back", manifest=None, version="1.0.0")) is None
+
+
+PLANS = [
+    # (plan, package, command, args that must be there)
+    ({"action": "hot", "from": "1.0.0", "to": "2.0.0", "direction": "up"}, ("/p", "b" * 64, "u.tar.gz"),
+     "hot", ["--version", "2.0.0", "--package", "/p", "--sha256", "b" * 64, "--store-package", "u.tar.gz"]),
+    ({"action": "cold", "from": "1.0.0", "to": "2.0.0", "direction": "up"}, ("/p", "a" * 64, None),
+     "cold", ["--package", "/p"]),
+    ({"action": "install", "from": None, "to": "2.0.0", "direction": "up"}, ("/p", "a" * 64, None),
+     "first-install", ["--package", "/p"]),
+    ({"action": "hot", "from": "2.0.0", "to": "1.0.0", "direction": "down"}, None, "rollback", ["--mode", "hot"]),
+    ({"action": "cold", "from": "2.0.0", "to": "1.0.0", "direction": "down"}, None, "rollback", ["--mode", "cold"]),
+    ({"action": "start", "from": None, "to": "2.0.0", "direction": "up"}, None, "start", ["--version", "2.0.0"]),
+    ({"action": "commit", "from": "1.0.0", "to": "2.0.0", "direction": "up"}, None, "commit", ["--version", "2.0.0"]),
+]
+
+
+@pytest.mark.parametrize("plan, package, command, must", PLANS, ids=[p[2] + "-" + p[0]["direction"] for p in PLANS])
+def test_plan_command(plan, package, command, must):
+    cmd, args = _release.plan_command(plan, params(health_check="rpc:true"), package)
+    assert cmd == command
+    assert all(isinstance(a, str) for a in args)
+    joined = " ".join(args)
+    assert " ".join(must) in joined
+    assert "--keep 5 --timeout 30 --service-manager auto --check rpc:true" in joined
+
+
+def test_noop_plan_only_reads_the_status():
+    assert _release.plan_command({"action": "noop", "from": "2.0.0", "to": "2.0.0"}, params()) == ("status", [])
+
+
+HOT = {"action": "hot", "from": "1.0.0", "to": "2.0.0", "direction": "up", "reasons": ["relup has a hot edge"],
+       "package": "upgrade"}
+
+
+def _call(rc, answer, calls):
+    def call(command, args, settings):
+        calls.append((command, args, settings))
+        return rc, answer, "boom"
+    return call
+
+
+def test_carry_out_success_passes_settings_and_expect_state():
+    calls = []
+    res = _release.carry_out(HOT, params(env={"A": "1"}, cookie="c"), ("/p", "b" * 64, None),
+                             _call(0, {"host_version": "2.0.0", "install_ms": 12}, calls), expect_state="up:1.0.0:1.0.0")
+    assert res["changed"] is True and res["host_version"] == "2.0.0" and res["timing"] == "install 12 ms"
+    command, args, settings = calls[0]
+    assert command == "hot" and args[-2:] == ["--expect-state", "up:1.0.0:1.0.0"]
+    assert settings == {"env": {"A": "1"}, "cookie": "c"}
+
+
+def test_carry_out_stale_facts_is_none_so_the_module_plans_again():
+    assert _release.carry_out(HOT, params(), None, _call(1, {"stale_facts": True}, [])) is None
+
+
+def test_carry_out_failure_reports_the_revert_and_the_version_the_host_is_on():
+    answer = {"msg": "health check failed", "reverted": True, "host_version": "1.0.0"}
+    res = _release.carry_out(HOT, params(), None, _call(1, answer, []))
+    assert res["failed"] and res["reverted"] and res["host_version"] == "1.0.0"
+    assert res["msg"] == "1.0.0 -> 2.0.0: hot (relup has a hot edge) failed on this host: health check failed"
+
+
+def test_carry_out_without_an_answer_fails_naming_the_command():
+    res = _release.carry_out(HOT, params(), None, _call(255, None, []))
+    assert res["failed"] and "no answer to hot (exit 255): boom" in res["msg"]
+
+
+def test_carry_out_noop_reads_without_settings_and_changes_nothing():
+    calls = []
+    noop = {"action": "noop", "from": "2.0.0", "to": "2.0.0", "direction": "up", "reasons": ["x"], "package": None}
+    res = _release.carry_out(noop, params(cookie="c"), None, _call(0, {"running": "2.0.0"}, calls))
+    assert res["changed"] is False and calls == [("status", [], None)]
