@@ -9,6 +9,7 @@ import sys
 
 from .errors import BadInput, now_ms, OpFailed
 from .names import AGENT_VERSION, check_app, check_sha, check_vsn, USER_RE
+from .erlterms import permanent_version
 from .host import Host
 from .state import journal
 from .reads import cmd_facts, cmd_status, ensure_user, state_key
@@ -167,7 +168,7 @@ def run(argv, settings=None):
     if "host_version" not in out and h is not None and out.get("op") not in READ_OPS and code != 2:
         try:
             rels = h.releases() or []
-            out["host_version"] = next((r["version"] for r in rels if r["status"] == "permanent"), None)
+            out["host_version"] = permanent_version(rels)
         except Exception:
             pass
     out["result"] = "bad_input" if code == 2 else ("failed" if code else ("ok" if out.get("changed") else "noop"))

@@ -314,6 +314,11 @@ def parse_releases(text):
     return rels
 
 
+def permanent_version(rels):
+    """The permanent release's version in parsed RELEASES (``parse_releases``), or None (also for None)."""
+    return next((r["version"] for r in rels or [] if r["status"] == "permanent"), None)
+
+
 def format_releases(rels):
     body = [(Atom("release"), r["name"], r["version"], r["erts"],
              [(Atom(a), v, d) for a, v, d in r["libs"]], Atom(r["status"])) for r in rels]

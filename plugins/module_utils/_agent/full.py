@@ -7,9 +7,9 @@ import os
 import shutil
 
 from .errors import now_ms, OpFailed, PackageRefused
-from .erlterms import parse_rel, TermError
+from .erlterms import parse_rel, permanent_version, TermError
 from .files import check_full_member, chown_tree, rmtree, safe_extract, sha256_file
-from .state import Lock, _make_permanent_offline, _rel_libs, _releases_entry
+from .state import Lock, _make_permanent_offline, _rel_libs, _releases_entry, running_and_permanent
 from .reads import relup_edges
 from .packages import open_verified, _referenced_libs, _write_private
 from .health import parse_check
@@ -164,7 +164,7 @@ def cmd_first_install(h, a):
     with Lock(h, "first-install"):
         pending = os.path.join(h.hs, "first-install.json")
         rels = h.releases()
-        perm = next((r["version"] for r in rels or [] if r["status"] == "permanent"), None)
+        perm = permanent_version(rels)
         installed = rels is not None or os.path.exists(h.p("bin", h.app))
         retry = installed and os.path.exists(pending)
         if installed and not retry:
@@ -303,16 +303,6 @@ def cold_switch(h, target, prev, check, timeout, owner, new_bin=None, was_up=Non
             "service_manager": h.service_manager}
 
 
-def _running_and_perm(h, rels):
-    perm = next((r["version"] for r in rels or [] if r["status"] == "permanent"), None)
-    if not h.node_up():
-        return None, perm, False
-    rec = h.installed_record()
-    pid, boot = h.os_pid()
-    running = rec["version"] if rec and rec.get("os_pid") == pid else (perm or boot)
-    return running, perm, True
-
-
 def cmd_cold(h, a):
     vsn = a.version
     check = parse_check(a.check)
@@ -320,7 +310,7 @@ def cmd_cold(h, a):
         rels = h.releases()
         if rels is None:
             raise OpFailed(f"no release is installed in {h.root} (releases/RELEASES is missing): use first-install")
-        running, perm, up = _running_and_perm(h, rels)
+        running, perm, up, _pid = running_and_permanent(h, rels)
         if up and running != perm:
             raise OpFailed(f"{running} runs but {perm} is permanent (an uncommitted hot install): "
                            f"commit or revert it first", host_version=running)
@@ -394,7 +384,7 @@ def cmd_rollback(h, a):
         rels = h.releases()
         if rels is None:
             raise OpFailed(f"no release is installed in {h.root}")
-        running, perm, up = _running_and_perm(h, rels)
+        running, perm, up, _pid = running_and_permanent(h, rels)
         down = []
         if up:
             try:

@@ -8,8 +8,9 @@ import time
 
 from .errors import BadInput, now_ms, OpFailed
 from .names import vsn_key
+from .erlterms import permanent_version
 from .files import rmtree, sha256_file
-from .state import Lock, _make_permanent_offline, repair_releases
+from .state import Lock, _make_permanent_offline, repair_releases, running_and_permanent
 from .packages import prepare_unpack, _remove_files_of, undo_unpack
 from .health import _need_up, parse_check, run_health
 from .service import _pid_alive, start_node, start_timeout, stop_node
@@ -42,7 +43,7 @@ def _recover_dead_node(h, old, err, timeout=60):
         rels = h.releases() or []
     except OpFailed:
         rels = []
-    perm = next((r["version"] for r in rels if r["status"] == "permanent"), None)
+    perm = permanent_version(rels)
     se = (h.start_erl() or {}).get("version")
     if old and any(r["version"] == old for r in rels) and (perm != old or se != old):
         _make_permanent_offline(h, old)
@@ -124,7 +125,7 @@ def cmd_install(h, a):
         if rels is not None and not any(r["version"] == vsn for r in rels):
             raise OpFailed(f"{vsn} is not unpacked on this host: run unpack first", releases=[r["version"] for r in rels])
         pid, _ign = h.os_pid()
-        perm = next((r["version"] for r in rels or [] if r["status"] == "permanent"), None)
+        perm = permanent_version(rels)
         fault_point(h, "before_install")
         try:
             r = h.rpc("install", vsn=vsn, rehearse=True, timeout=a.timeout + 60)
@@ -153,7 +154,7 @@ def cmd_install(h, a):
 def _verify_committed(h, vsn):
     se = h.start_erl() or {}
     rels = h.releases() or []
-    perm = next((r["version"] for r in rels if r["status"] == "permanent"), None)
+    perm = permanent_version(rels)
     problems = []
     if se.get("version") != vsn:
         problems.append(f"start_erl.data names {se.get('version')}")
@@ -198,7 +199,7 @@ def do_revert(h, old, timeout, mode="hot"):
     except OpFailed as e:
         hot_err = e.msg
     # cold: stop, fix start_erl.data / RELEASES, start
-    frm = next((r["version"] for r in h.releases() or [] if r["status"] == "permanent"), None)
+    frm = permanent_version(h.releases())
     stop_node(h)
     _make_permanent_offline(h, old)
     h.set_installed_record(None)
@@ -230,11 +231,7 @@ def cmd_hot(h, a):
     with Lock(h, "hot"):
         _need_up(h, "a hot upgrade")
         h.repaired += repair_releases(h, up=True)
-        rels = h.releases()
-        perm = next((r["version"] for r in rels or [] if r["status"] == "permanent"), None)
-        rec = h.installed_record()
-        pid, boot = h.os_pid()
-        running = rec["version"] if rec and rec.get("os_pid") == pid else (perm or boot)
+        running, perm, _up, pid = running_and_permanent(h, h.releases())
         old = perm or running
         if running == vsn and perm == vsn:
             recorded = h.sha_record(vsn)
@@ -350,7 +347,7 @@ def do_prune(h, keep):
     if not rels:
         return []
     up = h.node_up()
-    perm = next((r["version"] for r in rels if r["status"] == "permanent"), None)
+    perm = permanent_version(rels)
     protected = {perm}
     pid, boot = h.os_pid() if up else (None, None)
     rec = h.installed_record()

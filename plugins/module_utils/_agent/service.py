@@ -8,6 +8,7 @@ import subprocess
 import time
 
 from .errors import BadInput, now_ms, OpFailed
+from .erlterms import permanent_version
 from .state import Lock, repair_boot_files
 from .health import parse_check, run_health
 
@@ -222,7 +223,7 @@ def cmd_start(h, a):
     if not h.node_up():
         with Lock(h, "start"):
             repaired = repair_boot_files(h)
-    perm = next((r["version"] for r in h.releases() or [] if r["status"] == "permanent"), None)
+    perm = permanent_version(h.releases())
     if a.version:
         se = (h.start_erl() or {}).get("version")
         if a.version not in (perm, se):

@@ -11,7 +11,7 @@ import shutil
 
 from .errors import OpFailed
 from .names import valid_version, vsn_key
-from .erlterms import parse_rel, TermError
+from .erlterms import parse_rel, permanent_version, TermError
 
 
 class Lock:
@@ -177,7 +177,7 @@ def repair_boot_files(h):
                 for v in sorted(disk, key=vsn_key, reverse=True)]
         h.write_releases(rels)
         repaired.append(f"releases/RELEASES was missing: rebuilt from the releases on disk ({perm} permanent)")
-    perm = next((r["version"] for r in rels if r["status"] == "permanent"), None)
+    perm = permanent_version(rels)
     se = h.start_erl()
     sev = (se or {}).get("version")
     if sev in disk and (se or {}).get("erts") == disk[sev]["erts"]:
@@ -213,7 +213,7 @@ def host_state(h):
     se = h.start_erl()
     up = h.node_up()
     pid, boot = h.os_pid() if up else (None, None)
-    perm = next((r["version"] for r in rels or [] if r["status"] == "permanent"), None)
+    perm = permanent_version(rels)
     running = current = None
     if up and releases_error:
         try:  # the file cannot tell: ask release_handler (one rpc, only in this case)
@@ -236,6 +236,19 @@ def host_state(h):
             current = running
     return {"rels": rels, "releases_error": releases_error, "se": se, "up": up, "pid": pid, "boot": boot,
             "perm": perm, "running": running, "current": current}
+
+
+def running_and_permanent(h, rels):
+    """(running, permanent, node up, OS pid) of a root whose RELEASES was read as ``rels``: the running
+    release is the one the agent last installed into this very OS process, else the permanent one (else
+    the boot release).  ``host_state`` gives the fuller answer a plan needs (it may ask the node)."""
+    perm = permanent_version(rels)
+    if not h.node_up():
+        return None, perm, False, None
+    rec = h.installed_record()
+    pid, boot = h.os_pid()
+    running = rec["version"] if rec and rec.get("os_pid") == pid else (perm or boot)
+    return running, perm, True, pid
 
 
 def _make_permanent_offline(h, old):

@@ -453,6 +453,11 @@ def parse_releases(text):
     return rels
 
 
+def permanent_version(rels):
+    """The permanent release's version in parsed RELEASES (``parse_releases``), or None (also for None)."""
+    return next((r["version"] for r in rels or [] if r["status"] == "permanent"), None)
+
+
 def format_releases(rels):
     body = [(Atom("release"), r["name"], r["version"], r["erts"],
              [(Atom(a), v, d) for a, v, d in r["libs"]], Atom(r["status"])) for r in rels]
@@ -1294,7 +1299,7 @@ def repair_boot_files(h):
                 for v in sorted(disk, key=vsn_key, reverse=True)]
         h.write_releases(rels)
         repaired.append(f"releases/RELEASES was missing: rebuilt from the releases on disk ({perm} permanent)")
-    perm = next((r["version"] for r in rels if r["status"] == "permanent"), None)
+    perm = permanent_version(rels)
     se = h.start_erl()
     sev = (se or {}).get("version")
     if sev in disk and (se or {}).get("erts") == disk[sev]["erts"]:
@@ -1330,7 +1335,7 @@ def host_state(h):
     se = h.start_erl()
     up = h.node_up()
     pid, boot = h.os_pid() if up else (None, None)
-    perm = next((r["version"] for r in rels or [] if r["status"] == "permanent"), None)
+    perm = permanent_version(rels)
     running = current = None
     if up and releases_error:
         try:  # the file cannot tell: ask release_handler (one rpc, only in this case)
@@ -1353,6 +1358,19 @@ def host_state(h):
             current = running
     return {"rels": rels, "releases_error": releases_error, "se": se, "up": up, "pid": pid, "boot": boot,
             "perm": perm, "running": running, "current": current}
+
+
+def running_and_permanent(h, rels):
+    """(running, permanent, node up, OS pid) of a root whose RELEASES was read as ``rels``: the running
+    release is the one the agent last installed into this very OS process, else the permanent one (else
+    the boot release).  ``host_state`` gives the fuller answer a plan needs (it may ask the node)."""
+    perm = permanent_version(rels)
+    if not h.node_up():
+        return None, perm, False, None
+    rec = h.installed_record()
+    pid, boot = h.os_pid()
+    running = rec["version"] if rec and rec.get("os_pid") == pid else (perm or boot)
+    return running, perm, True, pid
 
 
 def _make_permanent_offline(h, old):
@@ -2179,7 +2197,7 @@ def cmd_start(h, a):
     if not h.node_up():
         with Lock(h, "start"):
             repaired = repair_boot_files(h)
-    perm = next((r["version"] for r in h.releases() or [] if r["status"] == "permanent"), None)
+    perm = permanent_version(h.releases())
     if a.version:
         se = (h.start_erl() or {}).get("version")
         if a.version not in (perm, se):
@@ -2243,7 +2261,7 @@ def _recover_dead_node(h, old, err, timeout=60):
         rels = h.releases() or []
     except OpFailed:
         rels = []
-    perm = next((r["version"] for r in rels if r["status"] == "permanent"), None)
+    perm = permanent_version(rels)
     se = (h.start_erl() or {}).get("version")
     if old and any(r["version"] == old for r in rels) and (perm != old or se != old):
         _make_permanent_offline(h, old)
@@ -2325,7 +2343,7 @@ def cmd_install(h, a):
         if rels is not None and not any(r["version"] == vsn for r in rels):
             raise OpFailed(f"{vsn} is not unpacked on this host: run unpack first", releases=[r["version"] for r in rels])
         pid, _ign = h.os_pid()
-        perm = next((r["version"] for r in rels or [] if r["status"] == "permanent"), None)
+        perm = permanent_version(rels)
         fault_point(h, "before_install")
         try:
             r = h.rpc("install", vsn=vsn, rehearse=True, timeout=a.timeout + 60)
@@ -2354,7 +2372,7 @@ def cmd_install(h, a):
 def _verify_committed(h, vsn):
     se = h.start_erl() or {}
     rels = h.releases() or []
-    perm = next((r["version"] for r in rels if r["status"] == "permanent"), None)
+    perm = permanent_version(rels)
     problems = []
     if se.get("version") != vsn:
         problems.append(f"start_erl.data names {se.get('version')}")
@@ -2399,7 +2417,7 @@ def do_revert(h, old, timeout, mode="hot"):
     except OpFailed as e:
         hot_err = e.msg
     # cold: stop, fix start_erl.data / RELEASES, start
-    frm = next((r["version"] for r in h.releases() or [] if r["status"] == "permanent"), None)
+    frm = permanent_version(h.releases())
     stop_node(h)
     _make_permanent_offline(h, old)
     h.set_installed_record(None)
@@ -2431,11 +2449,7 @@ def cmd_hot(h, a):
     with Lock(h, "hot"):
         _need_up(h, "a hot upgrade")
         h.repaired += repair_releases(h, up=True)
-        rels = h.releases()
-        perm = next((r["version"] for r in rels or [] if r["status"] == "permanent"), None)
-        rec = h.installed_record()
-        pid, boot = h.os_pid()
-        running = rec["version"] if rec and rec.get("os_pid") == pid else (perm or boot)
+        running, perm, _up, pid = running_and_permanent(h, h.releases())
         old = perm or running
         if running == vsn and perm == vsn:
             recorded = h.sha_record(vsn)
@@ -2551,7 +2565,7 @@ def do_prune(h, keep):
     if not rels:
         return []
     up = h.node_up()
-    perm = next((r["version"] for r in rels if r["status"] == "permanent"), None)
+    perm = permanent_version(rels)
     protected = {perm}
     pid, boot = h.os_pid() if up else (None, None)
     rec = h.installed_record()
@@ -2759,7 +2773,7 @@ def cmd_first_install(h, a):
     with Lock(h, "first-install"):
         pending = os.path.join(h.hs, "first-install.json")
         rels = h.releases()
-        perm = next((r["version"] for r in rels or [] if r["status"] == "permanent"), None)
+        perm = permanent_version(rels)
         installed = rels is not None or os.path.exists(h.p("bin", h.app))
         retry = installed and os.path.exists(pending)
         if installed and not retry:
@@ -2898,16 +2912,6 @@ def cold_switch(h, target, prev, check, timeout, owner, new_bin=None, was_up=Non
             "service_manager": h.service_manager}
 
 
-def _running_and_perm(h, rels):
-    perm = next((r["version"] for r in rels or [] if r["status"] == "permanent"), None)
-    if not h.node_up():
-        return None, perm, False
-    rec = h.installed_record()
-    pid, boot = h.os_pid()
-    running = rec["version"] if rec and rec.get("os_pid") == pid else (perm or boot)
-    return running, perm, True
-
-
 def cmd_cold(h, a):
     vsn = a.version
     check = parse_check(a.check)
@@ -2915,7 +2919,7 @@ def cmd_cold(h, a):
         rels = h.releases()
         if rels is None:
             raise OpFailed(f"no release is installed in {h.root} (releases/RELEASES is missing): use first-install")
-        running, perm, up = _running_and_perm(h, rels)
+        running, perm, up, _pid = running_and_permanent(h, rels)
         if up and running != perm:
             raise OpFailed(f"{running} runs but {perm} is permanent (an uncommitted hot install): "
                            f"commit or revert it first", host_version=running)
@@ -2989,7 +2993,7 @@ def cmd_rollback(h, a):
         rels = h.releases()
         if rels is None:
             raise OpFailed(f"no release is installed in {h.root}")
-        running, perm, up = _running_and_perm(h, rels)
+        running, perm, up, _pid = running_and_permanent(h, rels)
         down = []
         if up:
             try:
@@ -3172,7 +3176,7 @@ def run(argv, settings=None):
     if "host_version" not in out and h is not None and out.get("op") not in READ_OPS and code != 2:
         try:
             rels = h.releases() or []
-            out["host_version"] = next((r["version"] for r in rels if r["status"] == "permanent"), None)
+            out["host_version"] = permanent_version(rels)
         except Exception:
             pass
     out["result"] = "bad_input" if code == 2 else ("failed" if code else ("ok" if out.get("changed") else "noop"))
