@@ -159,6 +159,9 @@ def place_release(h, stage, vsn, rels, owner):
 
 
 def cmd_first_install(h, a):
+    """first-install --package P --sha256 S --version V: place a full release into an empty root, write
+    its boot files and the service, start it and health-check it; a failed first install leaves nothing
+    running and can be retried."""
     vsn = a.version
     check = parse_check(a.check)
     with Lock(h, "first-install"):
@@ -304,6 +307,8 @@ def cold_switch(h, target, prev, check, timeout, owner, new_bin=None, was_up=Non
 
 
 def cmd_cold(h, a):
+    """cold --package P --sha256 S --version V: stop the node, switch the root to V from its full tarball,
+    start it and health-check it; on failure switch back to the release it had and start that."""
     vsn = a.version
     check = parse_check(a.check)
     with Lock(h, "cold"):

@@ -40,6 +40,8 @@ def _cmd_check(argv, timeout):
 
 
 def parse_check(spec):
+    """A health check specification -> (kind, argument): ``default``, ``http`` URL, ``cmd`` argv or ``rpc``
+    expression; BadInput for a malformed one."""
     if spec is None or spec == "":
         return ("default", None)
     if spec.startswith(("http://", "https://")):
@@ -83,6 +85,7 @@ def run_health(h, vsn, check, timeout):
 
 
 def cmd_health(h, a):
+    """health --version V: run the health check once against the live node (OpFailed when it fails)."""
     check = parse_check(a.check)
     if check[0] in ("default", "rpc"):
         _need_up(h, "the health check")

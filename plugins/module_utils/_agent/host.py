@@ -63,6 +63,8 @@ def same_namespaces(pid):
 
 
 class Host:
+    """One release root on this host: its paths, its records and files (written owned by the run user),
+    the run user, and the node -- up or not, its OS pid, and calls into it (``rpc``)."""
     def __init__(self, root, app, user=None):
         self.root = os.path.abspath(root)
         self.app = app

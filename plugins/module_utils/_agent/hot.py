@@ -118,6 +118,8 @@ def _refusal_msg(vsn, r):
 
 
 def cmd_install(h, a):
+    """install --version V: install an unpacked release over the relup on the live node (after the
+    code_change rehearsal), without committing it; on a dead node or a failed install, report what the host runs."""
     vsn = a.version
     with Lock(h, "install"):
         _need_up(h, "install")
@@ -152,6 +154,7 @@ def cmd_install(h, a):
 
 
 def _verify_committed(h, vsn):
+    """What disagrees with V being committed: start_erl.data and RELEASES must both name it (empty: all good)."""
     se = h.start_erl() or {}
     rels = h.releases() or []
     perm = permanent_version(rels)
@@ -164,6 +167,8 @@ def _verify_committed(h, vsn):
 
 
 def cmd_commit(h, a):
+    """commit --version V: make the running release permanent (make_permanent) and check that the
+    boot files say so."""
     vsn = a.version
     with Lock(h, "commit"):
         _need_up(h, "commit")
@@ -209,6 +214,7 @@ def do_revert(h, old, timeout, mode="hot"):
 
 
 def cmd_revert(h, a):
+    """revert --version OLD: put the node back on OLD (over the relup when it can, else cold), ending permanent."""
     with Lock(h, a.command):
         res = do_revert(h, a.version, a.timeout, getattr(a, "mode", "hot"))
         if not res.get("reverted"):
@@ -226,6 +232,10 @@ def _revert_or_recover(h, old, timeout, err):
 
 
 def cmd_hot(h, a):
+    """hot --package P --sha256 S --version V: the whole hot upgrade under one lock -- verify and unpack the
+    upgrade package, rehearse code_change, install over the relup, health check, commit, prune -- and on any
+    failure revert the host to the release it had before answering.  A rerun with V running and permanent
+    changes nothing."""
     vsn = a.version
     check = parse_check(a.check)
     with Lock(h, "hot"):
@@ -342,6 +352,8 @@ def _drop_stale_uploads(h, age_s=3600):
 
 
 def do_prune(h, keep):
+    """Remove releases beyond the newest ``keep`` (never the permanent, running, booted or previous one);
+    returns the versions removed."""
     _drop_stale_uploads(h)
     rels = h.releases()
     if not rels:
@@ -393,6 +405,7 @@ def do_prune(h, keep):
 
 
 def cmd_prune(h, a):
+    """prune --keep N: remove old releases (see ``do_prune``)."""
     if a.keep is None:
         raise BadInput("prune needs --keep N")
     if a.keep < 1:

@@ -283,11 +283,14 @@ def register_offline(h, vsn, rel):
 
 
 def undo_unpack(h, prep):
+    """Take the files an unpack placed back out of the root (the version can then be unpacked again)."""
     for x in prep.get("moved", []):
         rmtree(x)
 
 
 def cmd_unpack(h, a):
+    """unpack --package P --sha256 S --version V: verify the upgrade package and place its release in the
+    root (registered with release_handler when the node is up, in RELEASES when it is down)."""
     vsn = a.version
     up = h.node_up()
     with Lock(h, "unpack"):

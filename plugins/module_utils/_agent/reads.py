@@ -17,6 +17,8 @@ from .state import host_state
 
 
 def cmd_status(h, a):
+    """status: what runs, what is permanent, what is unpacked, the relup edges of the running release,
+    the previous release, the packages held and any repairs needed; changes nothing."""
     hs = host_state(h)
     rels, releases_error, se, up, pid, boot, perm, running, current = (
         hs[k] for k in ("rels", "releases_error", "se", "up", "pid", "boot", "perm", "running", "current"))

@@ -152,6 +152,8 @@ def start_node(h, timeout=60):
 
 
 def stop_node(h, timeout=60):
+    """Stop the node (the unit under systemd, else `bin/APP stop`, then SIGTERM/SIGKILL of the OS process
+    if it lingers); never `bin/APP restart`."""
     pid, _ign = h.os_pid()
     if not h.node_up() and not pid:
         if h.service_manager == "systemd":  # a unit restarting in a loop has no node to see
@@ -218,6 +220,8 @@ def _gate(h, vsn, check, timeout, started):
 
 
 def cmd_start(h, a):
+    """start [--version V]: boot the permanent release (repairing the boot files first when the node is
+    down) and wait until it answers and passes the health check."""
     check = parse_check(a.check)
     repaired = []
     if not h.node_up():
@@ -250,5 +254,6 @@ def cmd_start(h, a):
 
 
 def cmd_stop(h, a):
+    """stop: stop the node (see ``stop_node``)."""
     with Lock(h, "stop"):
         return stop_node(h, a.timeout)

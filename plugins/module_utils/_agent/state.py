@@ -15,6 +15,7 @@ from .erlterms import parse_rel, permanent_version, TermError
 
 
 class Lock:
+    """The root's exclusive lock (``.hotswap/lock``, flock): a second agent fails at once, naming the holder."""
     def __init__(self, host, cmd):
         self.host = host
         self.cmd = cmd
@@ -65,6 +66,7 @@ JOURNAL_KEYS = ("op", "version", "from", "to", "result", "changed", "failed", "r
 
 
 def journal(host, entry):
+    """Append one operation's outcome to ``.hotswap/journal.jsonl`` (known keys only; never the settings)."""
     if not os.path.isdir(host.hs):
         return
     rec = {"ts": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")}
@@ -252,6 +254,7 @@ def running_and_permanent(h, rels):
 
 
 def _make_permanent_offline(h, old):
+    """With the node down, make OLD the permanent release in RELEASES and start_erl.data."""
     rels = h.releases()
     if rels is None:
         raise OpFailed("RELEASES is missing: cannot revert cold")

@@ -819,6 +819,8 @@ def same_namespaces(pid):
 
 
 class Host:
+    """One release root on this host: its paths, its records and files (written owned by the run user),
+    the run user, and the node -- up or not, its OS pid, and calls into it (``rpc``)."""
     def __init__(self, root, app, user=None):
         self.root = os.path.abspath(root)
         self.app = app
@@ -1137,6 +1139,7 @@ class Host:
 # ==================================================================================================
 
 class Lock:
+    """The root's exclusive lock (``.hotswap/lock``, flock): a second agent fails at once, naming the holder."""
     def __init__(self, host, cmd):
         self.host = host
         self.cmd = cmd
@@ -1187,6 +1190,7 @@ JOURNAL_KEYS = ("op", "version", "from", "to", "result", "changed", "failed", "r
 
 
 def journal(host, entry):
+    """Append one operation's outcome to ``.hotswap/journal.jsonl`` (known keys only; never the settings)."""
     if not os.path.isdir(host.hs):
         return
     rec = {"ts": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")}
@@ -1374,6 +1378,7 @@ def running_and_permanent(h, rels):
 
 
 def _make_permanent_offline(h, old):
+    """With the node down, make OLD the permanent release in RELEASES and start_erl.data."""
     rels = h.releases()
     if rels is None:
         raise OpFailed("RELEASES is missing: cannot revert cold")
@@ -1405,6 +1410,8 @@ def _releases_entry(h, rel, status, relative=True):
 # ==================================================================================================
 
 def cmd_status(h, a):
+    """status: what runs, what is permanent, what is unpacked, the relup edges of the running release,
+    the previous release, the packages held and any repairs needed; changes nothing."""
     hs = host_state(h)
     rels, releases_error, se, up, pid, boot, perm, running, current = (
         hs[k] for k in ("rels", "releases_error", "se", "up", "pid", "boot", "perm", "running", "current"))
@@ -1865,11 +1872,14 @@ def register_offline(h, vsn, rel):
 
 
 def undo_unpack(h, prep):
+    """Take the files an unpack placed back out of the root (the version can then be unpacked again)."""
     for x in prep.get("moved", []):
         rmtree(x)
 
 
 def cmd_unpack(h, a):
+    """unpack --package P --sha256 S --version V: verify the upgrade package and place its release in the
+    root (registered with release_handler when the node is up, in RELEASES when it is down)."""
     vsn = a.version
     up = h.node_up()
     with Lock(h, "unpack"):
@@ -1929,6 +1939,8 @@ def _cmd_check(argv, timeout):
 
 
 def parse_check(spec):
+    """A health check specification -> (kind, argument): ``default``, ``http`` URL, ``cmd`` argv or ``rpc``
+    expression; BadInput for a malformed one."""
     if spec is None or spec == "":
         return ("default", None)
     if spec.startswith(("http://", "https://")):
@@ -1972,6 +1984,7 @@ def run_health(h, vsn, check, timeout):
 
 
 def cmd_health(h, a):
+    """health --version V: run the health check once against the live node (OpFailed when it fails)."""
     check = parse_check(a.check)
     if check[0] in ("default", "rpc"):
         _need_up(h, "the health check")
@@ -2126,6 +2139,8 @@ def start_node(h, timeout=60):
 
 
 def stop_node(h, timeout=60):
+    """Stop the node (the unit under systemd, else `bin/APP stop`, then SIGTERM/SIGKILL of the OS process
+    if it lingers); never `bin/APP restart`."""
     pid, _ign = h.os_pid()
     if not h.node_up() and not pid:
         if h.service_manager == "systemd":  # a unit restarting in a loop has no node to see
@@ -2192,6 +2207,8 @@ def _gate(h, vsn, check, timeout, started):
 
 
 def cmd_start(h, a):
+    """start [--version V]: boot the permanent release (repairing the boot files first when the node is
+    down) and wait until it answers and passes the health check."""
     check = parse_check(a.check)
     repaired = []
     if not h.node_up():
@@ -2224,6 +2241,7 @@ def cmd_start(h, a):
 
 
 def cmd_stop(h, a):
+    """stop: stop the node (see ``stop_node``)."""
     with Lock(h, "stop"):
         return stop_node(h, a.timeout)
 
@@ -2336,6 +2354,8 @@ def _refusal_msg(vsn, r):
 
 
 def cmd_install(h, a):
+    """install --version V: install an unpacked release over the relup on the live node (after the
+    code_change rehearsal), without committing it; on a dead node or a failed install, report what the host runs."""
     vsn = a.version
     with Lock(h, "install"):
         _need_up(h, "install")
@@ -2370,6 +2390,7 @@ def cmd_install(h, a):
 
 
 def _verify_committed(h, vsn):
+    """What disagrees with V being committed: start_erl.data and RELEASES must both name it (empty: all good)."""
     se = h.start_erl() or {}
     rels = h.releases() or []
     perm = permanent_version(rels)
@@ -2382,6 +2403,8 @@ def _verify_committed(h, vsn):
 
 
 def cmd_commit(h, a):
+    """commit --version V: make the running release permanent (make_permanent) and check that the
+    boot files say so."""
     vsn = a.version
     with Lock(h, "commit"):
         _need_up(h, "commit")
@@ -2427,6 +2450,7 @@ def do_revert(h, old, timeout, mode="hot"):
 
 
 def cmd_revert(h, a):
+    """revert --version OLD: put the node back on OLD (over the relup when it can, else cold), ending permanent."""
     with Lock(h, a.command):
         res = do_revert(h, a.version, a.timeout, getattr(a, "mode", "hot"))
         if not res.get("reverted"):
@@ -2444,6 +2468,10 @@ def _revert_or_recover(h, old, timeout, err):
 
 
 def cmd_hot(h, a):
+    """hot --package P --sha256 S --version V: the whole hot upgrade under one lock -- verify and unpack the
+    upgrade package, rehearse code_change, install over the relup, health check, commit, prune -- and on any
+    failure revert the host to the release it had before answering.  A rerun with V running and permanent
+    changes nothing."""
     vsn = a.version
     check = parse_check(a.check)
     with Lock(h, "hot"):
@@ -2560,6 +2588,8 @@ def _drop_stale_uploads(h, age_s=3600):
 
 
 def do_prune(h, keep):
+    """Remove releases beyond the newest ``keep`` (never the permanent, running, booted or previous one);
+    returns the versions removed."""
     _drop_stale_uploads(h)
     rels = h.releases()
     if not rels:
@@ -2611,6 +2641,7 @@ def do_prune(h, keep):
 
 
 def cmd_prune(h, a):
+    """prune --keep N: remove old releases (see ``do_prune``)."""
     if a.keep is None:
         raise BadInput("prune needs --keep N")
     if a.keep < 1:
@@ -2768,6 +2799,9 @@ def place_release(h, stage, vsn, rels, owner):
 
 
 def cmd_first_install(h, a):
+    """first-install --package P --sha256 S --version V: place a full release into an empty root, write
+    its boot files and the service, start it and health-check it; a failed first install leaves nothing
+    running and can be retried."""
     vsn = a.version
     check = parse_check(a.check)
     with Lock(h, "first-install"):
@@ -2913,6 +2947,8 @@ def cold_switch(h, target, prev, check, timeout, owner, new_bin=None, was_up=Non
 
 
 def cmd_cold(h, a):
+    """cold --package P --sha256 S --version V: stop the node, switch the root to V from its full tarball,
+    start it and health-check it; on failure switch back to the release it had and start that."""
     vsn = a.version
     check = parse_check(a.check)
     with Lock(h, "cold"):
