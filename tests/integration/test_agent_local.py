@@ -536,6 +536,15 @@ def test_status_previous_and_relup_after_hot(node):
     assert (st["running"], st["previous"], st["relup_down"]) == ("1.0.0", "2.0.0", []), st
 
 
+def test_hot_rollback_without_a_down_edge_is_refused_not_done_cold(node):
+    root = node["root"]
+    _ign, before = agent(root, "status")
+    rc, rv = agent(root, "rollback", "--version", "0.9.0", "--mode", "hot")
+    assert rc == 1 and rv["changed"] is False and "not possible" in rv["msg"] and "nothing changed" in rv["msg"], rv
+    _ign, st = agent(root, "status")
+    assert (st["running"], st["permanent"], st["os_pid"]) == (before["running"], before["permanent"], before["os_pid"])
+
+
 # --------------------------------------------------------------------------- the sample app, full tarballs
 
 _FULL = {}

@@ -3021,9 +3021,10 @@ def _register_from_disk(h, vsn, rels):
 
 
 def cmd_rollback(h, a):
-    """rollback --mode hot: the relup's down edge (cold if that fails, as revert does);
-    rollback --mode cold, or any rollback with the node down: a cold switch to OLD using only what
-    is on disk, ending with OLD running, healthy and permanent."""
+    """rollback --mode hot: over the relup's down edge (cold if that attempt fails, as revert does);
+    refused, with nothing changed, when the relup has no down edge to OLD or the node is down (the plan
+    decided hot; the agent does not quietly go cold instead).  rollback --mode cold: a cold switch to OLD
+    using only what is on disk, ending with OLD running, healthy and permanent."""
     target = a.version
     with Lock(h, "rollback"):
         rels = h.releases()
@@ -3048,12 +3049,14 @@ def cmd_rollback(h, a):
             perm = perm or running
         if up and running == target and perm == target:
             return {"changed": False, "version": target, "host_version": target, "mode": "cold", "reverted": True}
+        if a.mode == "hot":
+            why = f"the relup of {running} has no down edge to {target}" if up else "the node is down"
+            raise OpFailed(f"a hot rollback to {target} is not possible: {why}; nothing changed (roll back with "
+                           f"hotswap_mode=cold or auto)", changed=False, host_version=running if up else perm)
         if not any(r["version"] == target for r in rels) and _register_from_disk(h, target, rels) is None:
             raise OpFailed(f"{target} is not on this host (RELEASES lists {', '.join(r['version'] for r in rels)}, "
                            f"and releases/{target}/ is incomplete or missing)")
         res = cold_switch(h, target, perm, parse_check(a.check), a.timeout, h.tree_owner(), was_up=up)
-        if a.mode == "hot":
-            res["hot_error"] = f"the relup of {running} has no down edge to {target}" if up else "the node is down"
         return dict(res, reverted=True, node_was_up=up)
 
 
