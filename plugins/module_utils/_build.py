@@ -299,7 +299,7 @@ class Builder(object):
         return os.path.join(self.store.root, ".work", "src")
 
     def stage_archive(self, archive):
-        """Lay the source out in the stable work dir (keeping _build/deps for incremental builds)."""
+        """Lay the source out in the stable work dir (keeping deps/ fetched for mix.lock; _build is rebuilt)."""
         wd = self.workdir()
         os.makedirs(wd, exist_ok=True)
         for name in os.listdir(wd):
@@ -363,11 +363,13 @@ class Builder(object):
         if os.path.exists(os.path.join(src, "mix.lock")):
             self.mix(src, ["deps.get", "--only", "prod"], env)
         rel = os.path.join(src, "_build", "prod", "rel", self.app)
-        shutil.rmtree(rel, ignore_errors=True)  # --overwrite keeps lib dirs of earlier builds
+        # Every build compiles everything afresh, dependencies included: mix decides what is stale from
+        # file times, and a source that keeps its own (a `git archive` export, a vendored library with
+        # upstream dates, `cp -a`) would otherwise ship the previous build's dependency code or .app files.
+        # A published version is never rebuilt (the store is keyed on the source digest).
+        shutil.rmtree(os.path.join(src, "_build", "prod"), ignore_errors=True)
         try:
-            # --force: the project's own apps are always compiled afresh (compile-time choices that
-            # mix does not track must not leave stale modules); dependencies stay cached
-            self.mix(src, ["do", "compile", "--force,", "release", self.app, "--overwrite", "--quiet"], env)
+            self.mix(src, ["do", "compile,", "release", self.app, "--overwrite", "--quiet"], env)
         except BuildError as e:
             if "Unknown release" in str(e) or "unknown release" in str(e):
                 raise BuildError("the project defines no release named %s: set hotswap_app to one of the "
