@@ -24,7 +24,8 @@ import time
 from ansible_collections.beam.hotswap.plugins.module_utils import _appup, _beam
 from ansible_collections.beam.hotswap.plugins.module_utils._agent import fingerprint as _fingerprint
 from ansible_collections.beam.hotswap.plugins.module_utils._agent import erlterms
-from ansible_collections.beam.hotswap.plugins.module_utils._agent.files import sha256_file
+from ansible_collections.beam.hotswap.plugins.module_utils._agent.errors import PackageRefused
+from ansible_collections.beam.hotswap.plugins.module_utils._agent.files import member_rel, sha256_file
 from ansible_collections.beam.hotswap.plugins.module_utils._agent.names import valid_app, valid_version
 from ansible_collections.beam.hotswap.plugins.module_utils._manifest import SCHEMA
 
@@ -308,9 +309,14 @@ class Builder(object):
                 shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.unlink(p)
         with tarfile.open(archive, "r:*") as tar:
             for m in tar.getmembers():
-                if m.name.startswith("/") or ".." in m.name.split("/") or m.issym() or m.islnk() or m.isdev():
-                    raise BuildError("source archive entry %r is not a plain relative file" % m.name)
-            tar.extractall(wd)
+                try:
+                    member_rel(m)  # the agent's tar rules: no absolute paths, no '..', no devices, ...
+                except PackageRefused as e:
+                    raise BuildError("source archive refused: %s" % e.msg.replace("package refused: ", ""))
+                if m.issym() or m.islnk():
+                    raise BuildError("source archive entry %r is a link: the source is packed without links"
+                                     % m.name)
+            tar.extractall(wd)  # checked above; extractall keeps the files' times, as mix expects
         return wd
 
     def stage_git(self, url, ref):

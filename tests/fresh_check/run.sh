@@ -65,9 +65,11 @@ phase() {
     local name=$1 log=$LOGS/$2.log limit=$3 t0=$SECONDS rc=0 dt
     shift 3
     say "$name ...  (log: $log)"
+    echo "$name" >"$WORK/running"
     run_killable timeout --kill-after=20 "$limit" "$@" >>"$log" 2>&1 || rc=$?
     dt=$((SECONDS - t0))
     printf '%s\t%s\t%s\t%s\n' "$name" "$dt" "$rc" "$log" >>"$PHASES"
+    rm -f "$WORK/running"
     if ((rc == 0)); then
         say "$(printf '%-26s %5d s  ok' "$name" "$dt")"
     else
@@ -110,6 +112,7 @@ main() {
         fi
     fi
     rm -rf "$LOGS"
+    rm -f "$WORK/running"
     mkdir -p "$LOGS"
     : >"$PHASES"
 
@@ -138,7 +141,7 @@ main() {
     local rc=0
     run_killable unshare --mount --pid --fork --kill-child --mount-proc -- bash "$SELF" __inside || rc=$?
     if ((rc != 0)); then
-        if ! awk -F'\t' '$3 != 0 {f = 1} END {exit !f}' "$PHASES"; then
+        if [[ ! -s $WORK/running ]] && ! awk -F'\t' '$3 != 0 {f = 1} END {exit !f}' "$PHASES"; then
             printf '%s\t%s\t%s\t%s\n' "namespace (exit $rc)" 0 "$rc" "-" >>"$PHASES"
         fi
         exit 1
@@ -147,10 +150,16 @@ main() {
 }
 
 on_exit() {
-    local rc=$? t0=$SECONDS dt failed
+    local rc=$? t0=$SECONDS dt failed running=""
     trap - EXIT INT TERM HUP
     set +e
     stop_child
+    # A phase cut short by a signal (or whose namespace died) has not recorded itself: name it.
+    if [[ -s $WORK/running ]]; then
+        running=$(<"$WORK/running")
+        rm -f "$WORK/running"
+        printf '%s\t%s\t%s\t%s\n' "$running (interrupted)" "?" "$((rc == 0 ? 1 : rc))" - >>"$PHASES"
+    fi
     say "cleanup: stop what the check started, unmount, remove $ROOT"
     if remove_tree "$ROOT" && remove_tree "$BOOTSTRAP"; then
         dt=$((SECONDS - t0))
@@ -167,7 +176,7 @@ on_exit() {
         failed="(interrupted, exit $rc)"
     fi
     local summary
-    summary=$(awk -F'\t' '{printf "%s%s %d s", (NR > 1 ? " | " : ""), $1, $2}' "$PHASES" 2>/dev/null)
+    summary=$(awk -F'\t' '{printf "%s%s %s s", (NR > 1 ? " | " : ""), $1, $2}' "$PHASES" 2>/dev/null)
     say "logs: $LOGS"
     if [[ -z $failed ]]; then
         echo "fresh-check: PASSED | $summary | total $((SECONDS - T_START)) s"

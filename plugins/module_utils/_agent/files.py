@@ -62,7 +62,7 @@ def _inside(root, path):
     return path == root or path.startswith(root + os.sep)
 
 
-def _member_rel(m):
+def member_rel(m):
     """Generic tar entry checks (shared by upgrade packages and full tarballs): no control
     characters, no absolute paths, no '..', no devices/fifos, no links leading outside.
     Returns the normalised relative path ('' for the archive root)."""
@@ -96,7 +96,7 @@ def _member_rel(m):
 def check_member(m, app, vsn):
     """Raise PackageRefused (exit 2, nothing changed) unless the tar member is safe and belongs in an
     upgrade package."""
-    rel = _member_rel(m)
+    rel = member_rel(m)
     if not rel:
         return None
     top_rel = f"releases/{app}-{vsn}.rel"
@@ -111,7 +111,7 @@ def check_full_member(m, app, vsn):
     """Raise PackageRefused (exit 2, nothing changed) unless the tar member is safe and belongs in a full
     `mix release` tarball of app vsn: bin/, erts-*/, lib/NAME-VSN/, releases/VSN/, releases/COOKIE,
     releases/start_erl.data."""
-    rel = _member_rel(m)
+    rel = member_rel(m)
     if not rel:
         return None
     if not (rel in ("bin", "lib", "releases", "releases/COOKIE", "releases/start_erl.data",

@@ -178,3 +178,23 @@ def test_version_property_semver_accepted(parts, pre):
        st.text(SAFE, max_size=30))
 def test_version_property_bad_char_rejected(pre, bad, post):
     assert not _accepted(pre + bad + post)
+
+
+@pytest.mark.parametrize("name, kind, needle", [
+    ("../escape.ex", tarfile.REGTYPE, "contains '..'"),
+    ("/etc/passwd", tarfile.REGTYPE, "absolute path"),
+    ("lib/dev", tarfile.CHRTYPE, "device"),
+    ("lib/link.ex", tarfile.SYMTYPE, "is a link"),
+])
+def test_source_archive_entries_follow_the_agents_tar_rules(tmp_path, name, kind, needle):
+    arch = tmp_path / "src.tar"
+    with tarfile.open(arch, "w") as t:
+        ti = tarfile.TarInfo(name)
+        ti.type = kind
+        if kind == tarfile.SYMTYPE:
+            ti.linkname = "other.ex"
+        t.addfile(ti, io.BytesIO(b"") if kind == tarfile.REGTYPE else None)
+    builder = _build.Builder(lambda *a, **k: (0, "", ""), str(tmp_path / "store"), "sample")
+    with pytest.raises(_build.BuildError, match="source archive") as e:
+        builder.stage_archive(str(arch))
+    assert needle in str(e.value)
