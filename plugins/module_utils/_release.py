@@ -10,8 +10,8 @@
   node's settings on stdin) and how the agent's answer becomes the task's result, whichever path runs
   the agent (in the module's process, or directly over ssh from the action).
 
-Adding an option that the agent takes means: the option in ``argument_spec()`` (and its documentation in
-the module), and its agent argument in ``agent_args()``.
+An option that the agent takes from the task is one row in ``_agent/options.py`` (the task's spec, the
+agent's flag and parsing), plus its documentation in the module and the variable in role upgrade.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -20,11 +20,11 @@ __metaclass__ = type
 
 from ansible_collections.beam.hotswap.plugins.module_utils import _plan
 from ansible_collections.beam.hotswap.plugins.module_utils._agent.names import valid_version
+from ansible_collections.beam.hotswap.plugins.module_utils._agent.options import agent_option_args, task_option_specs
 from ansible_collections.beam.hotswap.plugins.module_utils._agent_client import release_root_spec
 from ansible_collections.beam.hotswap.plugins.module_utils._manifest import manifest_errors
 
 STATES = ("deployed", "rolled_back")
-SERVICE_MANAGERS = ("auto", "systemd", "daemon")
 REQUIRED_IF = [("state", "deployed", ("manifest",))]
 
 
@@ -32,15 +32,12 @@ def argument_spec():
     """The options of beam.hotswap.release."""
     return dict(
         release_root_spec(),
+        **task_option_specs(),
         state=dict(type="str", default="deployed", choices=list(STATES)),
         manifest=dict(type="dict"),
         version=dict(type="str"),
         mode=dict(type="str", default="auto", choices=list(_plan.MODES)),
         package_src=dict(type="path"),
-        health_check=dict(type="str"),
-        health_timeout=dict(type="int", default=30),
-        keep_releases=dict(type="int", default=5),
-        service_manager=dict(type="str", default="auto", choices=list(SERVICE_MANAGERS)),
         env=dict(type="dict", default={}, no_log=True),
         cookie=dict(type="str", no_log=True),
         artifact_dir=dict(type="path"),
@@ -84,14 +81,6 @@ _COMMANDS = {
 }
 
 
-def agent_args(p):
-    """The agent arguments every changing command takes from the task's options."""
-    args = ["--keep", p["keep_releases"], "--timeout", p["health_timeout"], "--service-manager", p["service_manager"]]
-    if p.get("health_check"):
-        args += ["--check", p["health_check"]]
-    return args
-
-
 def plan_command(plan, p, package=None):
     """(command, args) carrying ``plan`` out; ``package`` = (path on the host, sha256, name to keep it under
     or None) when the plan needs one."""
@@ -105,7 +94,7 @@ def plan_command(plan, p, package=None):
         args += ["--package", package[0], "--sha256", package[1]]
         if package[2]:
             args += ["--store-package", package[2]]
-    return command, [str(a) for a in args + agent_args(p)]
+    return command, [str(a) for a in args] + agent_option_args(p)
 
 
 def settings_of(p):

@@ -16,7 +16,8 @@
 # bridge, veths, named netns and sshds cannot meet test fleets running in the host's namespaces.
 #
 # Outside the repo:  /var/cache/beam-hotswap/fresh-check/   bookworm-minbase.tar.gz (the untouched
-#                    debootstrap output), debs/ (apt's archives, bind-mounted), pip/ (pip's HTTP cache)
+#                    debootstrap output), debs/ (apt's downloaded .debs, bind-mounted as the root's
+#                    /var/cache/apt/archives; apt still installs every package inside the root)
 #                    /var/tmp/beam-hotswap-fresh-check/     root/ (removed at the end), logs/ (kept)
 # A cold run:        rm -rf /var/cache/beam-hotswap/fresh-check && make fresh-check
 set -euo pipefail
@@ -27,7 +28,6 @@ readonly CACHE_DIR=/var/cache/beam-hotswap/fresh-check
 readonly LOCK_FILE=/var/cache/beam-hotswap/fresh-check.lock
 readonly BASE_TAR=$CACHE_DIR/$SUITE-minbase.tar.gz
 readonly DEB_CACHE=$CACHE_DIR/debs
-readonly PIP_CACHE=$CACHE_DIR/pip
 readonly WORK=/var/tmp/beam-hotswap-fresh-check
 readonly ROOT=$WORK/root
 readonly BOOTSTRAP=$WORK/bootstrap
@@ -92,7 +92,7 @@ main() {
     for tool in unshare chroot mount umount findmnt flock timeout tar gzip ip git; do
         command -v "$tool" >/dev/null || { echo "fresh-check: $tool not found on this host" >&2; exit 1; }
     done
-    mkdir -p "$CACHE_DIR" "$DEB_CACHE" "$PIP_CACHE" "$WORK"
+    mkdir -p "$CACHE_DIR" "$DEB_CACHE" "$WORK"
     exec 9>>"$LOCK_FILE"
     if ! flock -n 9; then
         echo "fresh-check: another fresh-check is running (lock $LOCK_FILE held)" >&2
@@ -112,7 +112,7 @@ main() {
         fi
     fi
     rm -rf "$LOGS"
-    rm -f "$WORK/running"
+    rm -f "$WORK/running" "$BASE_TAR".tmp.*
     mkdir -p "$LOGS"
     : >"$PHASES"
 
@@ -362,10 +362,8 @@ do_prepare() {
     mount -t tmpfs -o nosuid,nodev,mode=0755 tmpfs "$ROOT/run"
     mkdir -m 1777 "$ROOT/run/lock"
     mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs "$ROOT/tmp"
-    # Download caches only (apt and pip still install everything inside the root).
+    # apt's download cache only (apt still unpacks and configures every package inside the root).
     mount --bind "$DEB_CACHE" "$ROOT/var/cache/apt/archives"
-    mkdir -p "$ROOT/root/.cache/pip"
-    mount --bind "$PIP_CACHE" "$ROOT/root/.cache/pip"
     # Name resolution for the download phases; no service starts from a postinst (standard for chroots).
     cp --remove-destination /etc/resolv.conf "$ROOT/etc/resolv.conf"
     printf '#!/bin/sh\n# fresh-check: no service starts inside this chroot\nexit 101\n' >"$ROOT/usr/sbin/policy-rc.d"
@@ -376,8 +374,9 @@ do_prepare() {
 
 # The CAs this host trusts beyond Debian's ca-certificates set (this network's TLS-intercepting proxy),
 # put where a Debian admin puts a site CA: /usr/local/share/ca-certificates, which ca-certificates'
-# postinst (update-ca-certificates, run by `make setup`) adds to the root's bundle.  Without them no
-# HTTPS download (PyPI) works on this network, on any machine.
+# postinst (update-ca-certificates; the package comes in with git, or else with `make setup`) adds to
+# the root's bundle.  Without them no HTTPS download (PyPI) works on this network, on any machine.
+# pip and apt configuration are NOT copied: the root uses plain PyPI and deb.debian.org.
 site_cas() {
     { set +x; } 2>/dev/null
     local dest=$ROOT/usr/local/share/ca-certificates bundle=/etc/ssl/certs/ca-certificates.crt f

@@ -8,6 +8,7 @@ import os
 import sys
 
 from .errors import BadInput, now_ms, OpFailed
+from .options import add_agent_options
 from .names import AGENT_VERSION, check_app, check_sha, check_vsn, USER_RE
 from .erlterms import permanent_version
 from .host import Host
@@ -60,11 +61,7 @@ def build_parser():
                        help="read {\"env\": {...}, \"cookie\": \"...\"} as JSON from stdin and write them first")
         s.add_argument("--expect-agent", dest="expect_agent", metavar="NAME=SHA256,...",
                        help="facts: report whether the installed agent files have these checksums")
-        s.add_argument("--check")
-        s.add_argument("--keep", type=int)
-        s.add_argument("--timeout", type=float, default=30.0)
-        s.add_argument("--service-manager", dest="service_manager", default="auto",
-                       choices=["auto", "systemd", "daemon"])
+        add_agent_options(s)
         return s
 
     add("status", cmd_status)

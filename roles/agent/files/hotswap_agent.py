@@ -83,6 +83,47 @@ def now_ms():
 
 
 # ==================================================================================================
+# options.py
+# The options the release task hands to the agent, one row each: the task's option (its spec: type,
+# default, choices), the agent's flag, and how the agent parses it.  The agent's command line
+# (``cli.build_parser``) and the controller's (the task's spec, and the command line ``_release`` builds)
+# both come from these rows: an option the agent takes from the task is added here, in one place.
+# ==================================================================================================
+
+# (task option, task spec, agent flag, agent dest, agent type, agent default)
+TASK_OPTIONS = (
+    ("keep_releases", {"type": "int", "default": 5}, "--keep", "keep", int, None),
+    ("health_timeout", {"type": "int", "default": 30}, "--timeout", "timeout", float, 30.0),
+    ("service_manager", {"type": "str", "default": "auto", "choices": ["auto", "systemd", "daemon"]},
+     "--service-manager", "service_manager", str, "auto"),
+    ("health_check", {"type": "str"}, "--check", "check", str, None),
+)
+
+
+def task_option_specs():
+    """The task's argument spec entries for these options."""
+    return {name: dict(spec) for name, spec, _flag, _dest, _type, _default in TASK_OPTIONS}
+
+
+def agent_option_args(params):
+    """The agent's command-line arguments for a task's validated parameters (unset options left out)."""
+    out = []
+    for name, _spec, flag, _dest, _type, _default in TASK_OPTIONS:
+        if params.get(name) not in (None, ""):
+            out += [flag, str(params[name])]
+    return out
+
+
+def add_agent_options(parser):
+    """Add these options to an agent (sub)command parser."""
+    for _name, spec, flag, dest, kind, default in TASK_OPTIONS:
+        kw = {"dest": dest, "type": kind, "default": default}
+        if spec.get("choices"):
+            kw["choices"] = list(spec["choices"])
+        parser.add_argument(flag, **kw)
+
+
+# ==================================================================================================
 # names.py
 # Names and versions, for the agent and the controller alike: the rules for a release name, a release
 # version, a sha256, a user and an env key (one copy of each rule: the playbooks' input check, the build,
@@ -3107,11 +3148,7 @@ def build_parser():
                        help="read {\"env\": {...}, \"cookie\": \"...\"} as JSON from stdin and write them first")
         s.add_argument("--expect-agent", dest="expect_agent", metavar="NAME=SHA256,...",
                        help="facts: report whether the installed agent files have these checksums")
-        s.add_argument("--check")
-        s.add_argument("--keep", type=int)
-        s.add_argument("--timeout", type=float, default=30.0)
-        s.add_argument("--service-manager", dest="service_manager", default="auto",
-                       choices=["auto", "systemd", "daemon"])
+        add_agent_options(s)
         return s
 
     add("status", cmd_status)

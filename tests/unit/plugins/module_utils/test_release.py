@@ -122,3 +122,13 @@ def test_carry_out_noop_reads_without_settings_and_changes_nothing():
     noop = {"action": "noop", "from": "2.0.0", "to": "2.0.0", "direction": "up", "reasons": ["x"], "package": None}
     res = _release.carry_out(noop, params(cookie="c"), None, _call(0, {"running": "2.0.0"}, calls))
     assert res["changed"] is False and calls == [("status", [], None)]
+
+
+def test_every_task_option_the_agent_takes_round_trips_through_the_agents_parser():
+    from ansible_collections.beam.hotswap.plugins.module_utils._agent import cli, options
+    p = params(keep_releases=7, health_timeout=12, service_manager="daemon", health_check="cmd:/bin/true")
+    argv = ["--root", "/opt/demo", "--app", "demo", "hot", "--version", "2.0.0", "--package", "/p", "--sha256", "b" * 64]
+    ns = cli.build_parser().parse_args(argv + options.agent_option_args(p))
+    for name, _spec, _flag, dest, kind, _default in options.TASK_OPTIONS:
+        assert getattr(ns, dest) == kind(p[name]), name
+    assert set(options.task_option_specs()) <= set(_release.argument_spec())
