@@ -162,47 +162,7 @@ def pct(values, p):
 
 
 class LatencyLoad(sample.LoadClient):
-    """LoadClient that also keeps every request's latency (for p50/p99)."""
-
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        self.latencies: list[float] = []
-        self.stamps: list[float] = []      # wall-clock start of each answered request
-
-    def _run(self) -> None:
-        client = None
-        deadline = self._started + self.max_duration
-        try:
-            while not self._stop.is_set() and time.monotonic() < deadline:
-                try:
-                    if client is None:
-                        client = sample.SampleClient(self.host, self.port, timeout=self.timeout)
-                    w0, t0 = time.time(), time.monotonic()
-                    ans = client.add(1)
-                    lat = time.monotonic() - t0
-                    self.latencies.append(lat)
-                    self.stamps.append(w0)
-                    self.max_latency = max(self.max_latency, lat)
-                    if ans.startswith("OK "):
-                        self.acked += 1
-                        self.last_total = int(ans[3:])
-                    else:
-                        self.failed += 1
-                        self._note(f"reply {ans!r}")
-                except (OSError, ValueError) as e:
-                    self.failed += 1
-                    self._note(repr(e))
-                    if client is not None:
-                        client.close()
-                        client = None
-                        self.reconnects += 1
-                    self._stop.wait(0.01)
-                if self.interval:
-                    self._stop.wait(self.interval)
-        finally:
-            if client is not None:
-                client.close()
-            self._ended = time.monotonic()
+    """LoadClient with latency percentiles in its result."""
 
     def result(self) -> dict:
         r = super().result()

@@ -223,7 +223,8 @@ class LoadClient:
     """Background writer: keeps sending ``ADD 1`` (reconnecting on error).
 
     Counts ``acked`` (sum of acknowledged writes: each ``OK <total>`` reply), ``failed``
-    requests, ``max_latency`` (seconds).  Stops by itself after ``max_duration``.
+    requests, ``max_latency`` (seconds); keeps every answered request's latency and wall-clock start
+    (``latencies``, ``stamps``) for percentiles.  Stops by itself after ``max_duration``.
     """
 
     def __init__(self, host: str, port: int, interval: float = 0.001, max_duration: float = 120.0,
@@ -236,6 +237,8 @@ class LoadClient:
         self.max_latency = 0.0
         self.last_total: int | None = None
         self.errors: list[str] = []
+        self.latencies: list[float] = []
+        self.stamps: list[float] = []      # wall-clock start of each answered request
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._started = 0.0
@@ -255,9 +258,11 @@ class LoadClient:
                 try:
                     if client is None:
                         client = SampleClient(self.host, self.port, timeout=self.timeout)
-                    t0 = time.monotonic()
+                    w0, t0 = time.time(), time.monotonic()
                     ans = client.add(1)
                     lat = time.monotonic() - t0
+                    self.latencies.append(lat)
+                    self.stamps.append(w0)
                     self.max_latency = max(self.max_latency, lat)
                     if ans.startswith("OK "):
                         self.acked += 1
