@@ -5,6 +5,7 @@ from unittest import mock
 import pytest
 
 from ansible_collections.beam.hotswap.plugins.action import release as action_mod
+from hotswap_testlib.action_harness import make_action, run_action
 
 SHA_U, SHA_R = "b" * 64, "a" * 64
 MANIFEST = {"schema": 1, "app": "demo", "version": "2.0.0", "edges": [{"from": "1.0.0", "verdict": "hot"}],
@@ -14,28 +15,13 @@ FACTS = {"installed": True, "node_up": True, "running": "1.0.0", "permanent": "1
          "releases": [{"version": "1.0.0"}], "relup_down": [], "fingerprint": {}}
 
 
-def _action(args, check_mode=False, delegate_to=None):
-    task = mock.MagicMock()
-    task.args = args
-    task.check_mode = check_mode
-    task.diff = False
-    task.delegate_to = delegate_to
-    task.async_val = 0
-    a = action_mod.ActionModule(task, mock.MagicMock(), mock.MagicMock(become=False), loader=None, templar=None,
-                                shared_loader_obj=None)
-    a._execute_module = mock.MagicMock(return_value={"changed": True, "via": "module"})
+def _run(args, facts=None, answer=(0, {"host_version": "2.0.0"}, ""), **kw):
+    a = make_action(action_mod.ActionModule, args, module_results=[{"changed": True, "via": "module"}], **kw)
     a._upload = mock.MagicMock(return_value="/opt/demo/.hotswap/.upload-x.part")
     a._local_artifact = mock.MagicMock(return_value="/tmp/u.tar.gz")
-    a._remove_tmp_path = mock.MagicMock()
-    return a
-
-
-def _run(args, facts=None, answer=(0, {"host_version": "2.0.0"}, ""), **kw):
-    a = _action(dict(args), **kw)
     task_vars = {"ansible_facts": {"hotswap_host": facts}} if facts else {}
-    with mock.patch.object(action_mod, "run_agent", return_value=answer) as agent, \
-            mock.patch("ansible.plugins.action.ActionBase.run", return_value={}):
-        res = a.run(task_vars=task_vars)
+    with mock.patch.object(action_mod, "run_agent", return_value=answer) as agent:
+        res = run_action(a, task_vars)
     return a, agent, res
 
 
@@ -64,7 +50,7 @@ ROUTES = [
 def test_release_action_routes(case, args, facts, kw, direct, uploaded):
     a, agent, res = _run(args, facts, **kw)
     assert agent.called == direct, case
-    assert a._execute_module.called == (not direct), case
+    assert bool(a.module_calls) == (not direct), case
     assert a._upload.called == uploaded, case
     if direct:
         command, cargs = agent.call_args[0][5], agent.call_args[0][6]
@@ -73,10 +59,10 @@ def test_release_action_routes(case, args, facts, kw, direct, uploaded):
 
 def test_stale_facts_fall_back_to_the_module_after_the_agent_refused():
     a, agent, res = _run(BASE, FACTS, answer=(1, {"stale_facts": True}, ""))
-    assert agent.called and a._execute_module.called and res["via"] == "module"
+    assert agent.called and a.module_calls and res["via"] == "module"
 
 
 def test_a_failed_direct_run_fails_the_task_with_the_agents_words():
     a, agent, res = _run(BASE, FACTS, answer=(1, {"msg": "health check failed", "reverted": True, "host_version": "1.0.0"}, ""))
     assert res["failed"] and res["reverted"] and "health check failed" in res["msg"]
-    assert not a._execute_module.called
+    assert not a.module_calls

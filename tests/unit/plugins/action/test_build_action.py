@@ -1,0 +1,140 @@
+"""The build action: checks the source on the controller, uses a verified controller copy of the same
+source digest when it has every edge (the build host is not contacted), else runs the build module
+(uploading the packed source when the module asks) and fetches the artifacts that differ."""
+import hashlib
+import json
+import os
+import tarfile
+
+import pytest
+
+from ansible_collections.beam.hotswap.plugins.action import build as action_mod
+from ansible_collections.beam.hotswap.plugins.module_utils._build import tree_digest
+from hotswap_testlib.action_harness import make_action, run_action
+
+
+def _src(tmp_path):
+    src = tmp_path / "src"
+    (src / "lib").mkdir(parents=True)
+    (src / "mix.exs").write_text("defmodule X.MixProject do\nend\n")
+    (src / "lib" / "x.ex").write_text("defmodule X do\nend\n")
+    (src / "_build").mkdir()            # never digested nor uploaded
+    (src / "_build" / "junk").write_text("x")
+    return src
+
+
+def _manifest(digest, version="2.0.0", edges=("1.0.0",), files=None):
+    files = files or {"release": b"full", "upgrade": b"up"}
+    return {"schema": 1, "app": "demo", "version": version, "source_digest": digest,
+            "edges": [{"from": f, "verdict": "hot"} for f in edges],
+            "artifacts": {k: {"file": "%s.tar.gz" % k, "sha256": hashlib.sha256(v).hexdigest()}
+                          for k, v in files.items()}}
+
+
+def _controller_copy(artifacts, manifest, files=None):
+    d = artifacts / "demo" / manifest["version"]
+    d.mkdir(parents=True)
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    for k, v in (files or {"release": b"full", "upgrade": b"up"}).items():
+        (d / ("%s.tar.gz" % k)).write_bytes(v)
+    return d
+
+
+@pytest.mark.parametrize("case, source, needle", [
+    ("no source", None, "source is required"),
+    ("a directory without mix.exs", "EMPTY", "no mix.exs"),
+    ("neither a directory nor a git URL", "/nonexistent/place", "neither a directory on the controller nor a git URL"),
+])
+def test_bad_sources_fail_before_the_build_host_is_contacted(tmp_path, case, source, needle):
+    (tmp_path / "EMPTY").mkdir()
+    args = {"app": "demo"}
+    if source:
+        args["source"] = str(tmp_path / source) if source == "EMPTY" else source
+    a = make_action(action_mod.ActionModule, args)
+    res = run_action(a)
+    assert res["failed"] and needle in res["msg"], case
+    assert not a.module_calls
+
+
+def test_a_verified_controller_copy_with_every_edge_skips_the_build_host(tmp_path):
+    src = _src(tmp_path)
+    digest = "sha256:" + tree_digest(str(src))
+    _controller_copy(tmp_path / "artifacts", _manifest(digest))
+    a = make_action(action_mod.ActionModule, {"app": "demo", "source": str(src), "bases": ["1.0.0", "2.0.0"],
+                                              "artifact_dir": str(tmp_path / "artifacts")})
+    res = run_action(a)
+    assert res["controller_copy"] is True and res["version"] == "2.0.0" and res["changed"] is False
+    assert not a.module_calls
+
+
+@pytest.mark.parametrize("case, edges, damage, bases", [
+    ("a base without an edge", ("1.0.0",), False, ["0.9.0"]),
+    ("a damaged artifact", ("1.0.0",), True, ["1.0.0"]),
+])
+def test_the_build_host_is_asked_when_the_controller_copy_is_not_enough(tmp_path, case, edges, damage, bases):
+    src = _src(tmp_path)
+    digest = "sha256:" + tree_digest(str(src))
+    d = _controller_copy(tmp_path / "artifacts", _manifest(digest, edges=edges))
+    if damage:
+        (d / "upgrade.tar.gz").write_bytes(b"damaged")
+    a = make_action(action_mod.ActionModule, {"app": "demo", "source": str(src), "bases": bases,
+                                              "artifact_dir": str(tmp_path / "artifacts")},
+                    module_results=[{"failed": True, "msg": "stop here"}])
+    run_action(a)
+    assert len(a.module_calls) == 1, case
+    assert a.module_calls[0]["args"]["source_digest"] == digest
+
+
+def test_the_source_is_packed_without_build_output_and_uploaded_only_when_the_module_asks(tmp_path):
+    src = _src(tmp_path)
+    a = make_action(action_mod.ActionModule, {"app": "demo", "source": str(src)},
+                    module_results=[{"need_source": True}, {"failed": True, "msg": "stop"}])
+    packed = []
+    real_pack = a._pack
+
+    def pack(source):
+        path = real_pack(source)
+        with tarfile.open(path) as t:
+            packed.extend(t.getnames())
+        return path
+    a._pack = pack
+    run_action(a)
+    assert len(a.module_calls) == 2 and a.module_calls[1]["args"]["src_archive"].endswith("source.tar.gz")
+    assert a._transfer_file.called
+    assert "mix.exs" in packed and "lib/x.ex" in packed and not [n for n in packed if n.startswith("_build")]
+
+
+def test_artifacts_are_fetched_only_when_the_controller_lacks_an_identical_copy(tmp_path):
+    src = _src(tmp_path)
+    digest = "sha256:" + tree_digest(str(src))
+    man = _manifest(digest)
+    # the controller already holds the full tarball (identical), not the upgrade package
+    d = tmp_path / "artifacts" / "demo" / "2.0.0"
+    d.mkdir(parents=True)
+    (d / "release.tar.gz").write_bytes(b"full")
+    a = make_action(action_mod.ActionModule, {"app": "demo", "source": str(src), "bases": ["1.0.0", "0.5.0"],
+                                              "artifact_dir": str(tmp_path / "artifacts")},
+                    module_results=[{"changed": True, "manifest": man, "store_dir": "/store/demo/2.0.0"}])
+    fetched = []
+
+    def fetch_file(remote, local):
+        fetched.append(os.path.basename(remote))
+        with open(local, "wb") as f:
+            f.write(b"up" if remote.endswith("upgrade.tar.gz") else b"full")
+    a._connection.fetch_file = fetch_file
+    res = run_action(a)
+    assert not res.get("failed"), res
+    assert fetched == ["upgrade.tar.gz"] and res["fetched"] == ["upgrade.tar.gz", "manifest.json"]
+    assert json.loads((d / "manifest.json").read_text()) == man
+
+
+def test_a_fetched_artifact_that_does_not_match_its_sha256_is_refused(tmp_path):
+    src = _src(tmp_path)
+    man = _manifest("sha256:" + tree_digest(str(src)))
+    a = make_action(action_mod.ActionModule, {"app": "demo", "source": str(src),
+                                              "artifact_dir": str(tmp_path / "artifacts")},
+                    module_results=[{"changed": True, "manifest": man, "store_dir": "/store"}])
+    a._connection.fetch_file = lambda remote, local: open(local, "wb").write(b"tampered")
+    res = run_action(a)
+    assert res["failed"] and "does not match its sha256" in res["msg"]
+    assert not list((tmp_path / "artifacts" / "demo" / "2.0.0").glob("*.tar.gz"))
