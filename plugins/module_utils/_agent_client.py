@@ -14,7 +14,7 @@ import re
 import sys
 
 # AGENT_VERSION: the agent this collection ships; an older agent on a host is refused.
-from ansible_collections.beam.hotswap.plugins.module_utils._agent.names import AGENT_VERSION, valid_app
+from ansible_collections.beam.hotswap.plugins.module_utils._agent.names import AGENT_VERSION, plan_state_key, valid_app
 
 ROOT_RE = re.compile(r"^/[A-Za-z0-9._/-]*\Z")
 
@@ -159,5 +159,4 @@ def status_facts(st, check_version=True):
 
 def state_key(status):
     """The host state a plan was made from, as the agent's --expect-state compares it."""
-    return "%s:%s:%s" % ("up" if status.get("node_up") else "down", status.get("running") or "-",
-                         status.get("permanent") or "-")
+    return plan_state_key(status.get("node_up"), status.get("running"), status.get("permanent"))

@@ -48,6 +48,12 @@ def check_sha(s):
     return s
 
 
+def plan_state_key(up, running, permanent):
+    """The host state a plan is made from, in one string (``up:2.0.0:1.0.0``): the controller sends the
+    key of the facts it planned from (--expect-state), the agent compares it with the host's own."""
+    return "%s:%s:%s" % ("up" if up else "down", running or "-", permanent or "-")
+
+
 def vsn_key(v):
     """Sort key for versions: numeric parts numerically, pre-releases before releases."""
     main, _ign, pre = v.partition("-")

@@ -9,7 +9,7 @@ import re
 import subprocess
 
 from .errors import BadInput, OpFailed
-from .names import AGENT_VERSION, vsn_key
+from .names import AGENT_VERSION, plan_state_key, vsn_key
 from .erlterms import parse_terms, _s, TermError
 from .files import sha256_file
 from .fingerprint import gather_fingerprint
@@ -81,7 +81,7 @@ def ensure_user(name):
 def state_key(h):
     """What the plan was made from, in one string: node up, running, permanent (see `facts`)."""
     st = host_state(h)
-    return "%s:%s:%s" % ("up" if st["up"] else "down", st["running"] or "-", st["perm"] or "-")
+    return plan_state_key(st["up"], st["running"], st["perm"])
 
 
 def cmd_facts(h, a):

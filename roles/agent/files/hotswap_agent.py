@@ -170,6 +170,12 @@ def check_sha(s):
     return s
 
 
+def plan_state_key(up, running, permanent):
+    """The host state a plan is made from, in one string (``up:2.0.0:1.0.0``): the controller sends the
+    key of the facts it planned from (--expect-state), the agent compares it with the host's own."""
+    return "%s:%s:%s" % ("up" if up else "down", running or "-", permanent or "-")
+
+
 def vsn_key(v):
     """Sort key for versions: numeric parts numerically, pre-releases before releases."""
     main, _ign, pre = v.partition("-")
@@ -1515,7 +1521,7 @@ def ensure_user(name):
 def state_key(h):
     """What the plan was made from, in one string: node up, running, permanent (see `facts`)."""
     st = host_state(h)
-    return "%s:%s:%s" % ("up" if st["up"] else "down", st["running"] or "-", st["perm"] or "-")
+    return plan_state_key(st["up"], st["running"], st["perm"])
 
 
 def cmd_facts(h, a):
