@@ -17,8 +17,9 @@ def hv(name, facts=None, result=None):
 
 ROWS = [
     # (case, hostvars, result column, running column)
-    ("hot and committed", hv("t1", UP_V1, {"changed": True, "plan": HOT, "host_version": "2.0.0",
-                                          "agent": {"install_ms": 12.5}}), "changed", "2.0.0"),
+    ("hot and committed",
+     hv("t1", UP_V1, {"changed": True, "plan": HOT, "host_version": "2.0.0", "agent": {"install_ms": 12.5}}),
+     "changed", "2.0.0"),
     ("failed and reverted", hv("t1", UP_V1, {"failed": True, "reverted": True, "plan": HOT, "host_version": "1.0.0"}),
      "FAILED, reverted", "1.0.0"),
     ("failed, not reverted", hv("t1", UP_V1, {"failed": True, "plan": HOT}), "FAILED", "1.0.0"),
