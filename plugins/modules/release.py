@@ -74,6 +74,14 @@ options:
     description: Releases kept on the host after a successful deploy (never the running, permanent or previous one).
     type: int
     default: 5
+  settle_seconds:
+    description:
+      - After a hot upgrade's commit (and the pruning of old releases), how long the node must stay up, its OS
+        process alive, before the health check runs once more. A node that dies or fails is brought back to the
+        release it had (over the relup while it runs, else that release made permanent again and started
+        cold) and the task fails. V(0) turns the watch off.
+    type: float
+    default: 3.0
   service_manager:
     description: V(systemd) (a generated unit), V(daemon) (the release's own C(bin/APP daemon)/C(stop)) or V(auto).
     type: str

@@ -284,6 +284,31 @@ def test_node_killed_before_install(host):
 
 
 @pytest.mark.fault
+def test_node_killed_right_after_commit_fails_the_settle_window_and_is_restored(host):
+    root, port = host["root"], host["port"]
+    pid = _status(root)["os_pid"]
+    rc, out = _hot(host, "good2", "--settle", "2", env={"HOTSWAP_AGENT_FAULT": "after_commit"})
+    print("\nKILLED after commit:", json.dumps({k: out.get(k) for k in ("msg", "stage", "total_ms")}))
+    assert rc == 1 and out["failed"] is True and out["stage"] == "settle", out
+    assert out["reverted"] is True and out["host_version"] == "1.0.0" and out["state_lost"] is True, out
+    assert "died" in out["msg"] and "after 2.0.0 was committed" in out["msg"], out
+    st = _status(root)
+    assert st["node_up"] and st["os_pid"] != pid and (st["running"], st["permanent"]) == ("1.0.0", "1.0.0"), st
+    assert start_erl_vsn(root) == "1.0.0"
+    assert tcp(port, "PING", "VSN") == ["PONG", "1.0.0"]
+    rc, out = _hot(host, "good2", "--settle", "1")     # a rerun converges, and watches its own commit
+    assert rc == 0 and out["host_version"] == "2.0.0" and out["settle_ms"] >= 1000, out
+    assert tcp(port, "VSN") == ["2.0.0"]
+
+
+def test_without_a_settle_window_a_node_killed_after_commit_goes_unseen_by_the_agent(host):
+    # what the settle window is for: the same fault with --settle 0 (the agent's own default) answers ok
+    rc, out = _hot(host, "good2", env={"HOTSWAP_AGENT_FAULT": "after_commit"})
+    assert rc == 0 and out["host_version"] == "2.0.0" and "settle_ms" not in out, out
+    assert not _status(host["root"])["node_up"]
+
+
+@pytest.mark.fault
 def test_unknown_fault_value_is_ignored(host):
     rc, out = _hot(host, "good2", env={"HOTSWAP_AGENT_FAULT": "something_else"})
     assert rc == 0 and out["host_version"] == "2.0.0", out

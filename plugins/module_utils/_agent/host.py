@@ -370,7 +370,10 @@ class Host:
                     return json.loads(line[len("HOTSWAP_RESULT "):])
                 except ValueError:
                     break
-        tail = (p.stdout + p.stderr).strip()[-600:]
+        # what the call printed, without the node script it may echo back (one long base64 line)
+        said = [x for x in (p.stdout + "\n" + p.stderr).splitlines()
+                if x.strip() and not re.fullmatch(r"[A-Za-z0-9+/=]{40,}", x.strip())]
+        tail = "\n".join(said).strip()[-600:] or "no output"
         via = "erl_call" if p.args[0] != self.p("bin", self.app) else f"bin/{self.app} rpc"
         raise OpFailed(f"{via} ({op}) gave no result (exit {p.returncode}): {tail}",
                        rpc_transport=True)

@@ -11,6 +11,8 @@ TASK_OPTIONS = (
     ("service_manager", {"type": "str", "default": "auto", "choices": ["auto", "systemd", "daemon"]},
      "--service-manager", "service_manager", str, "auto"),
     ("health_check", {"type": "str"}, "--check", "check", str, None),
+    # after a hot commit (and prune) the node must stay up and healthy this long; 0 = no watch
+    ("settle_seconds", {"type": "float", "default": 3.0}, "--settle", "settle", float, 0.0),
 )
 
 

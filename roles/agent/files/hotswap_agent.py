@@ -97,6 +97,8 @@ TASK_OPTIONS = (
     ("service_manager", {"type": "str", "default": "auto", "choices": ["auto", "systemd", "daemon"]},
      "--service-manager", "service_manager", str, "auto"),
     ("health_check", {"type": "str"}, "--check", "check", str, None),
+    # after a hot commit (and prune) the node must stay up and healthy this long; 0 = no watch
+    ("settle_seconds", {"type": "float", "default": 3.0}, "--settle", "settle", float, 0.0),
 )
 
 
@@ -1173,7 +1175,10 @@ class Host:
                     return json.loads(line[len("HOTSWAP_RESULT "):])
                 except ValueError:
                     break
-        tail = (p.stdout + p.stderr).strip()[-600:]
+        # what the call printed, without the node script it may echo back (one long base64 line)
+        said = [x for x in (p.stdout + "\n" + p.stderr).splitlines()
+                if x.strip() and not re.fullmatch(r"[A-Za-z0-9+/=]{40,}", x.strip())]
+        tail = "\n".join(said).strip()[-600:] or "no output"
         via = "erl_call" if p.args[0] != self.p("bin", self.app) else f"bin/{self.app} rpc"
         raise OpFailed(f"{via} ({op}) gave no result (exit {p.returncode}): {tail}",
                        rpc_transport=True)
@@ -2316,10 +2321,10 @@ def fault_point(h, name):
         time.sleep(0.02)
 
 
-def _recover_dead_node(h, old, err, timeout=60):
-    """The node's OS process died mid-deploy (killed, OOM...).  Nothing was committed, so the
-    permanent release is still `old`: make sure the files say so and start it cold.  Returns the
-    failure info (with "msg") for the caller's OpFailed."""
+def _recover_dead_node(h, old, err, timeout=60, when="before the upgrade was committed"):
+    """The node's OS process died mid-deploy (killed, OOM...): make `old` the permanent release again
+    (whatever was committed) and start it cold.  Returns the failure info (with "msg") for the caller's
+    OpFailed; ``when`` says in that message when the node died."""
     h.set_installed_record(None)
     repaired = []
     try:
@@ -2340,7 +2345,7 @@ def _recover_dead_node(h, old, err, timeout=60):
     running = st.get("running")
     return {"host_version": running, "node_up": True, "reverted": running == old, "os_pid": st.get("os_pid"),
             "state_lost": True, "restarted": "cold", "node_died": True, "repaired": repaired,
-            "msg": (f"{err}; the node died (its OS process is gone) before the upgrade was committed: "
+            "msg": (f"{err}; the node died (its OS process is gone) {when}: "
                     f"started the permanent release {running} again cold (in-memory state lost)")}
 
 
@@ -2614,9 +2619,58 @@ def cmd_hot(h, a):
         if problems:
             raise OpFailed(f"{vsn} runs but the files disagree: {'; '.join(problems)}", host_version=vsn, **base)
         res = dict(base, changed=True, host_version=vsn, permanent=vsn)
+        new_pid = r.get("os_pid") or pid
+        fault_point(h, "after_commit")
         if a.keep:
-            res["removed"] = do_prune(h, a.keep)
+            try:
+                res["removed"] = do_prune(h, a.keep)
+            except OpFailed as e:
+                # the deploy itself is done; a prune that fails is reported, and never leaves the node down
+                res["prune_error"] = e.msg
+                if not (_pid_alive(new_pid) and h.node_up()):
+                    raise OpFailed(**_after_settle_failure(h, vsn, old, new_pid, f"pruning old releases failed: "
+                                                           f"{e.msg}", a.timeout, dict(base, **res)))
+        if a.settle and a.settle > 0:
+            t_settle = now_ms()
+            why = _settle(h, vsn, new_pid, a.settle, check, a.timeout)
+            res["settle_ms"] = round(now_ms() - t_settle, 1)
+            if why:
+                raise OpFailed(**_after_settle_failure(h, vsn, old, new_pid, why, a.timeout, dict(base, **res)))
         return res
+
+
+def _settle(h, vsn, pid, seconds, check, timeout):
+    """Watch the node for ``seconds`` after its commit: its OS process must stay alive, and at the end it
+    must still answer and pass the health check.  None when it did, else what went wrong."""
+    t0 = time.monotonic()
+    end = t0 + seconds
+    while time.monotonic() < end:
+        if pid and not _pid_alive(pid):
+            return f"the node died {round((time.monotonic() - t0) * 1000)} ms after {vsn} was committed"
+        time.sleep(min(0.05, max(0.0, end - time.monotonic())))
+    if not h.node_up() or (pid and not _pid_alive(pid)):
+        return f"the node went down within {seconds:g} s of the commit of {vsn}"
+    ok, why = run_health(h, vsn, check, timeout)
+    return None if ok else f"health check ({check[0]}) failed {seconds:g} s after the commit of {vsn}: {why}"
+
+
+def _after_settle_failure(h, vsn, old, pid, why, timeout, base):
+    """The node failed its settle window: bring the host back to ``old`` (hot over the relup while the node
+    still runs, else OLD made permanent again and started cold) and say what happened."""
+    if pid and _pid_alive(pid) and h.node_up():
+        rv = _revert_or_recover(h, old, timeout, f"hot upgrade to {vsn}: {why}")
+    else:
+        if h.node_up():        # something (a service manager) started it again on the new release
+            stop_node(h, timeout)
+        rv = _recover_dead_node(h, old, f"hot upgrade to {vsn}: {why}", timeout=max(30, timeout),
+                                when=f"after the commit, so {old} was made permanent again")
+    reverted = bool(rv.get("reverted"))
+    outcome = f"reverted to {old} ({rv.get('mode')})" if reverted else f"node runs {rv.get('host_version')}"
+    msg = rv.get("msg") or f"hot upgrade to {vsn}: {why}; {outcome}"
+    out = dict(base, **{k: v for k, v in rv.items() if k != "msg"})
+    out.update(msg=msg, stage="settle", reverted=reverted, host_version=rv.get("host_version"), changed=True)
+    out.pop("permanent", None)
+    return out
 
 
 def _drop_stale_uploads(h, age_s=3600):
