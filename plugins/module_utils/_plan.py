@@ -11,6 +11,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+from ansible_collections.beam.hotswap.plugins.module_utils._agent.names import vsn_key
+
 MODES = ("auto", "hot", "cold")
 
 # actions
@@ -38,12 +40,13 @@ def _result(action, frm, to, reasons, package=None, direction="up"):
             "package": package, "direction": direction}
 
 
-def deploy(status, manifest, mode="auto"):
+def deploy(status, manifest, mode="auto", allow_downgrade=False):
     """Plan moving a host to ``manifest['version']``.
 
     ``status`` is the agent's status (``installed``, ``node_up``, ``running``, ``permanent``,
     ``current``); ``package`` in the result names the artifact the host needs: ``upgrade`` for a
     hot edge, ``release`` for the cold path and first installs, None when nothing must travel.
+    Going to an older version than the host's is refused unless it can go hot or ``allow_downgrade``.
     """
     if mode not in MODES:
         raise PlanError("hotswap_mode %r is not one of auto, hot, cold" % (mode,))
@@ -67,12 +70,21 @@ def deploy(status, manifest, mode="auto"):
             raise PlanError("hotswap_mode=hot but the node is down: it can only be started cold")
         return _result(START, None, to, ["%s is permanent but the node is down: start it" % to])
     frm = running if up else permanent
+    older = bool(frm) and vsn_key(to) < vsn_key(frm)
+    edge = _edge(manifest, frm)
+    hot_edge = up and mode != "cold" and edge is not None and edge.get("verdict") == "hot" \
+        and "upgrade" in manifest.get("artifacts", {})
+    if older and not hot_edge and not allow_downgrade:
+        raise PlanError("%s is older than the %s %s: deploy.yml would %s; roll back with rollback.yml (it goes hot "
+                        "over the relup's down edge when there is one), or set hotswap_allow_downgrade: true to deploy "
+                        "it cold" % (to, "running" if up else "permanent", frm,
+                                     "restart the node cold and lose its in-memory state" if up
+                                     else "switch the host to it cold"))
     if not up:
         reasons = ["the node is down: nothing to upgrade hot"]
         if mode == "hot":
             raise PlanError("hotswap_mode=hot but the node is down (%s is permanent): use auto or cold" % frm)
         return _result(COLD, frm, to, reasons, "release")
-    edge = _edge(manifest, frm)
     if mode == "cold":
         return _result(COLD, frm, to, ["hotswap_mode=cold"], "release")
     if edge is not None and edge.get("verdict") == "hot" and "upgrade" in manifest.get("artifacts", {}):

@@ -44,6 +44,7 @@ def argument_spec():
         artifact_url=dict(type="str"),
         validate_certs=dict(type="bool", default=True),
         allow_os_mismatch=dict(type="bool", default=False),
+        allow_downgrade=dict(type="bool", default=False),
     )
 
 
@@ -67,7 +68,7 @@ def input_error(p):
 def make_plan(p, status):
     """The plan for validated parameters and a host's status (raises ``_plan.PlanError``)."""
     if p["state"] == "deployed":
-        return _plan.deploy(status, p["manifest"], p["mode"])
+        return _plan.deploy(status, p["manifest"], p["mode"], p["allow_downgrade"])
     return _plan.rollback(status, p["version"], p["mode"])
 
 

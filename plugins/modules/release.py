@@ -107,6 +107,13 @@ options:
     description: Verify TLS certificates in pull mode.
     type: bool
     default: true
+  allow_downgrade:
+    description:
+      - Deploy a version older than the host's even when it can only go cold (its in-memory state lost). By
+        default such a deploy is refused, pointing at C(rollback.yml); an older version with a hot edge from
+        the running one goes hot either way.
+    type: bool
+    default: false
   allow_os_mismatch:
     description: Install a release whose build host's OS fingerprint differs from this host's (refused by default).
     type: bool

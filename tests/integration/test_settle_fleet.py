@@ -1,5 +1,6 @@
 """The settle window on the fleet: a node that dies right after its hot commit fails the play, is brought
-back to the release it had, and the later batches are never touched.
+back to the release it had, and the later batches are never touched.  And deploy.yml never downgrades
+cold without being told to.
 
 Own release root (/opt/settle), node name, port, store and artifact dirs, beside the other modules' nodes.
 The node is killed from the controller (the fleet's processes are visible here) the moment the host's
@@ -17,7 +18,7 @@ import pytest
 from hotswap_testlib import sample
 from hotswap_testlib.ansible_run import parse_recap, run_playbook
 
-pytestmark = [pytest.mark.integration, pytest.mark.fleet, pytest.mark.fault]
+pytestmark = [pytest.mark.integration, pytest.mark.fleet]
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEPLOY = os.path.join(REPO, "playbooks", "deploy.yml")
@@ -61,6 +62,7 @@ def _kill_after_commit(fleet, host, version, pid, stop):
         time.sleep(0.01)
 
 
+@pytest.mark.fault
 def test_a_node_that_dies_right_after_its_commit_fails_the_play_and_is_restored(fleet, env):
     rc, out, err = run_playbook(fleet, DEPLOY, env["extra"]("1.0.0"), timeout=1200)
     assert rc == 0, out[-3000:] + err[-1500:]
@@ -90,3 +92,17 @@ def test_a_node_that_dies_right_after_its_commit_fails_the_play_and_is_restored(
     for t in ("target2", "target3"):                              # the later batches never started
         s = _status(fleet, t)
         assert (s["running"], s["permanent"], s["os_pid"]) == ("1.0.0", "1.0.0", before[t]["os_pid"]), (t, s)
+
+
+@pytest.mark.bad_input
+def test_deploy_yml_refuses_a_cold_downgrade_and_points_at_rollback(fleet, env):
+    rc, out, err = run_playbook(fleet, DEPLOY, env["extra"]("2.0.0"), timeout=1200)
+    assert rc == 0, out[-3000:] + err[-1500:]
+    before = {t: _status(fleet, t) for t in TARGETS}
+    assert all((s["running"], s["permanent"]) == ("2.0.0", "2.0.0") for s in before.values()), before
+    rc, out, err = run_playbook(fleet, DEPLOY, env["extra"]("1.0.0", hotswap_mode="cold"), timeout=1200)
+    assert rc != 0 and parse_recap(out)["target1"]["failed"] == 1, out[-3000:]
+    assert "1.0.0 is older than the running 2.0.0" in out and "rollback.yml" in out, out[-3000:]
+    for t in TARGETS:                      # nothing changed anywhere: same release, same OS process
+        s = _status(fleet, t)
+        assert (s["running"], s["permanent"], s["os_pid"]) == ("2.0.0", "2.0.0", before[t]["os_pid"]), (t, s)

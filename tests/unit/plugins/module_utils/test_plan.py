@@ -99,3 +99,34 @@ def test_describe_and_diff_name_from_to_and_why():
     assert _plan.describe(plan) == "1.0.0 -> 2.0.0: hot (relup has a hot edge from 1.0.0)"
     d = _plan.diff("demo", plan)
     assert "1.0.0" in d["before"] and "2.0.0" in d["after"]
+
+
+def _older(*edges):
+    return dict(manifest(*edges), version="1.0.0")
+
+
+RUNS_V2 = host("2.0.0", "2.0.0")
+DOWN_EDGE = {"from": "2.0.0", "verdict": "hot", "reasons": []}
+
+
+@pytest.mark.parametrize("case, status, man, mode, allow, needle", [
+    ("older, only cold", RUNS_V2, _older(), "auto", False, "1.0.0 is older than the running 2.0.0"),
+    ("older, cold asked", RUNS_V2, _older(DOWN_EDGE), "cold", False, "roll back with rollback.yml"),
+    ("older, node down", host(None, "2.0.0", up=False), _older(DOWN_EDGE), "auto", False,
+     "older than the permanent 2.0.0"),
+])
+def test_a_downgrade_that_would_go_cold_is_refused_pointing_at_rollback(case, status, man, mode, allow, needle):
+    with pytest.raises(_plan.PlanError, match=needle) as e:
+        _plan.deploy(status, man, mode, allow)
+    assert "hotswap_allow_downgrade" in str(e.value), case
+
+
+@pytest.mark.parametrize("case, status, man, mode, allow, action", [
+    ("older with a hot edge goes hot", RUNS_V2, _older(DOWN_EDGE), "auto", False, "hot"),
+    ("older, cold, allowed", RUNS_V2, _older(), "auto", True, "cold"),
+    ("same version is never a downgrade", RUNS_V2, manifest(), "auto", False, "noop"),
+    ("pre-release before release counts as older, hot edge", host("1.0.0", "1.0.0"),
+     dict(manifest({"from": "1.0.0", "verdict": "hot"}), version="1.0.0-rc.1"), "auto", False, "hot"),
+])
+def test_downgrades_that_may_go(case, status, man, mode, allow, action):
+    assert _plan.deploy(status, man, mode, allow)["action"] == action, case
