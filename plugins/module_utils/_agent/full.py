@@ -14,7 +14,7 @@ from .reads import relup_edges
 from .packages import open_verified, _referenced_libs, _write_private
 from .health import parse_check
 from .service import _gate, start_node, start_timeout, stop_node
-from .hot import do_prune, do_revert
+from .hot import already_there, do_prune, do_revert
 
 
 def stage_full(h, package, sha, vsn, owner):
@@ -320,18 +320,7 @@ def cmd_cold(h, a):
             raise OpFailed(f"{running} runs but {perm} is permanent (an uncommitted hot install): "
                            f"commit or revert it first", host_version=running)
         if up and perm == vsn:
-            recorded = h.full_sha(vsn)
-            if recorded not in (None, a.sha256):
-                raise OpFailed(f"{vsn} already runs from another package (sha256 {recorded}); publish a new version",
-                               host_version=vsn)
-            got = sha256_file(a.package) if os.path.isfile(a.package) else None
-            if got != a.sha256:
-                raise OpFailed(f"package {a.package} refused: sha256 is {got}, expected {a.sha256}; nothing changed",
-                               host_version=perm)
-            res = {"changed": False, "version": vsn, "host_version": vsn, "from": vsn}
-            if a.keep:
-                res["removed"] = do_prune(h, a.keep)
-            return res
+            return already_there(h, vsn, a, h.full_sha(vsn))
         owner = h.tree_owner()
         t0 = now_ms()
         stage = stage_full(h, a.package, a.sha256, vsn, owner)

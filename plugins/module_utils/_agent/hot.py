@@ -244,18 +244,7 @@ def cmd_hot(h, a):
         running, perm, _up, pid = running_and_permanent(h, h.releases())
         old = perm or running
         if running == vsn and perm == vsn:
-            recorded = h.sha_record(vsn)
-            if recorded not in (None, a.sha256):
-                raise OpFailed(f"{vsn} already runs from another package (sha256 {recorded}); publish a new version",
-                               host_version=vsn)
-            got = sha256_file(a.package) if os.path.isfile(a.package) else None
-            if got != a.sha256:
-                raise OpFailed(f"package {a.package} refused: sha256 is {got}, expected {a.sha256}; nothing changed",
-                               host_version=vsn)
-            res = {"changed": False, "version": vsn, "host_version": vsn, "from": vsn}
-            if a.keep:
-                res["removed"] = do_prune(h, a.keep)
-            return res
+            return already_there(h, vsn, a, h.sha_record(vsn))
         t_unpack = now_ms()
         prep = prepare_unpack(h, a.package, a.sha256, vsn, True, running=running)
         unpack_ms = round(now_ms() - t_unpack, 1)
@@ -383,6 +372,22 @@ def _after_settle_failure(h, vsn, old, pid, why, timeout, base):
     out.update(msg=msg, stage="settle", reverted=reverted, host_version=rv.get("host_version"), changed=True)
     out.pop("permanent", None)
     return out
+
+
+def already_there(h, vsn, a, recorded):
+    """A rerun of a deploy the host already runs (hot or cold): refused if the package is not the one ``vsn``
+    was installed from (``recorded``) or does not match its sha256; else nothing to do but prune."""
+    if recorded not in (None, a.sha256):
+        raise OpFailed(f"{vsn} already runs from another package (sha256 {recorded}); publish a new version",
+                       host_version=vsn)
+    got = sha256_file(a.package) if os.path.isfile(a.package) else None
+    if got != a.sha256:
+        raise OpFailed(f"package {a.package} refused: sha256 is {got}, expected {a.sha256}; nothing changed",
+                       host_version=vsn)
+    res = {"changed": False, "version": vsn, "host_version": vsn, "from": vsn}
+    if a.keep:
+        res["removed"] = do_prune(h, a.keep)
+    return res
 
 
 def _drop_stale_uploads(h, age_s=3600):
