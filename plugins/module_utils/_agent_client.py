@@ -10,14 +10,10 @@ __metaclass__ = type
 import importlib.util
 import json
 import os
-import re
 import sys
 
 # AGENT_VERSION: the agent this collection ships; an older agent on a host is refused.
-from ansible_collections.beam.hotswap.plugins.module_utils._agent.names import AGENT_VERSION, plan_state_key, valid_app
-
-ROOT_RE = re.compile(r"^/[A-Za-z0-9._/-]*\Z")
-
+from ansible_collections.beam.hotswap.plugins.module_utils._agent.names import AGENT_VERSION, plan_state_key, valid_app, valid_root
 
 _LOADED = {}  # agent path -> its run() (or False), loaded once per module process
 
@@ -35,8 +31,7 @@ class AgentError(Exception):
 
 def check_root(root):
     """A release root must be absolute, not ``/`` and made of plain path characters."""
-    if not isinstance(root, str) or not ROOT_RE.match(root) or os.path.normpath(root) in ("/", "//") \
-            or ".." in root.split("/"):
+    if not valid_root(root):
         raise AgentError("hotswap_root %r is not usable: give an absolute directory other than / with plain "
                          "characters (for example /opt/my_app)" % (root,))
     return os.path.normpath(root)

@@ -3,6 +3,7 @@ version, a sha256, a user and an env key (one copy of each rule: the playbooks' 
 the modules and the agent all use these), the agent's own version, and the order of release versions.
 """
 
+import os
 import re
 
 from .errors import BadInput
@@ -17,6 +18,8 @@ APP_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}\Z")
 SHA_RE = re.compile(r"^[0-9a-f]{64}\Z")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\$?\Z")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+# a release root as the controller accepts it: absolute, plain characters, not /, no ".."
+ROOT_RE = re.compile(r"^/[A-Za-z0-9._/-]*\Z")
 
 
 def valid_version(v):
@@ -27,6 +30,12 @@ def valid_version(v):
 def valid_app(a):
     """True for a release name (see APP_RE)."""
     return isinstance(a, str) and APP_RE.match(a) is not None
+
+
+def valid_root(root):
+    """True for a release root the controller accepts (see ROOT_RE)."""
+    return isinstance(root, str) and ROOT_RE.match(root) is not None and os.path.normpath(root) not in ("/", "//") \
+        and ".." not in root.split("/")
 
 
 def check_vsn(v, what="version"):

@@ -61,7 +61,7 @@ def test_a_non_stdlib_or_later_module_import_is_refused(tmp_path, monkeypatch):
     def fake(name):
         src = real(name)
         if name == "names.py":
-            return src.replace('"""\n\nimport re', '"""\n\nimport re\nimport yaml', 1)
+            return src.replace('\nimport ', '\nimport yaml\nimport ', 1)
         return src
     monkeypatch.setattr(_assemble, "_read", fake)
     try:
