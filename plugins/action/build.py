@@ -10,6 +10,7 @@ __metaclass__ = type
 
 import json
 import os
+import shutil
 import tarfile
 import tempfile
 
@@ -116,6 +117,17 @@ class ActionModule(ActionBase):
             return m, os.path.join(adir, vsn)
         return None
 
+    @staticmethod
+    def _drop_controller_copies(artifact_dir, app, versions):
+        """Remove the controller copies of discarded versions (a copy is trusted by source digest: one
+        left behind would be deployed again without asking the build host)."""
+        if not artifact_dir or not app:
+            return
+        for vsn in versions or []:
+            d = os.path.join(os.path.expanduser(artifact_dir), app, vsn)
+            if vsn and "/" not in vsn and vsn not in (".", "..") and os.path.isdir(d):
+                shutil.rmtree(d)
+
     def run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars)
         args = dict(self._task.args)
@@ -123,7 +135,15 @@ class ActionModule(ActionBase):
         artifact_dir = args.pop("artifact_dir", None)
         do_fetch = args.pop("fetch", True)
         local_archive = None
+        discard = args.get("discard")
         try:
+            if source is None and discard:
+                # only the discard: nothing to pack, build or fetch
+                res = self._execute_module(module_name="beam.hotswap.build", module_args=args, task_vars=task_vars)
+                result.update(res)
+                if not res.get("failed") and not self._task.check_mode:
+                    self._drop_controller_copies(artifact_dir, args.get("app"), res.get("discarded"))
+                return result
             if source is None:
                 raise AnsibleActionFail("source is required: a mix project directory on the controller or a git URL "
                                         "(set hotswap_source)")
@@ -138,7 +158,7 @@ class ActionModule(ActionBase):
                 raise AnsibleActionFail("hotswap_source %s is neither a directory on the controller nor a git URL" % source)
 
             cached = None
-            if "source_digest" in args and artifact_dir and do_fetch:
+            if "source_digest" in args and artifact_dir and do_fetch and not discard:
                 cached = self._controller_copy(args, os.path.expanduser(artifact_dir))
             if cached:
                 manifest, dest = cached
@@ -153,7 +173,10 @@ class ActionModule(ActionBase):
                               fetched=[], build_fingerprint=manifest.get("os"), controller_copy=True)
                 return result
             res = self._execute_module(module_name="beam.hotswap.build", module_args=args, task_vars=task_vars)
+            first = res
             if res.get("need_source") and not res.get("failed"):
+                if discard and not self._task.check_mode:
+                    args.pop("discard")     # done by the first call
                 local_archive = self._pack(source)
                 tmpdir = self._make_tmp_path()
                 remote = self._connection._shell.join_path(tmpdir, "source.tar.gz")
@@ -162,6 +185,11 @@ class ActionModule(ActionBase):
                 args["src_archive"] = remote
                 res = self._execute_module(module_name="beam.hotswap.build", module_args=args, task_vars=task_vars)
             result.update(res)
+            if first is not res and "discarded" in first:
+                result["discarded"] = first["discarded"]
+                result["changed"] = bool(res.get("changed") or first.get("changed"))
+            if result.get("discarded") and not self._task.check_mode:
+                self._drop_controller_copies(artifact_dir, args.get("app"), result["discarded"])
             if res.get("failed") or self._task.check_mode or "manifest" not in res:
                 return result
             errs = manifest_errors(res["manifest"])

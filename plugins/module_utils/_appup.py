@@ -287,3 +287,30 @@ def verdict(old, new):
         if a is not None and b is not None and a != b:
             reasons.append("NIF library %s changed: a loaded NIF cannot be replaced hot" % path)
     return reasons
+
+
+def application_module_notes(app, old_mod, new_mod, old, new):
+    """What a hot upgrade of ``app`` leaves undone because its Application callback module changed.
+
+    ``old_mod``/``new_mod`` are the ``mod`` module names of the two ``.app`` files (None when absent),
+    ``old``/``new`` the two sets of :class:`BeamInfo`. release_handler never calls ``start/2`` again on
+    a running application: children that a changed ``start/2`` adds are not started and the ones it
+    drops are not stopped (they belong to no supervisor module whose spec an ``update`` could change).
+    Returns a list of short human strings (empty: nothing left undone).
+    """
+    if not old_mod and not new_mod:
+        return []
+    if old_mod == new_mod:
+        if new_mod not in old or new_mod not in new or not changed_modules({new_mod: old[new_mod]},
+                                                                           {new_mod: new[new_mod]}):
+            return []
+        what = "the Application module %s changed" % new_mod
+    elif not old_mod:
+        what = "the application now has an Application module (%s)" % new_mod
+    elif not new_mod:
+        what = "the application no longer has an Application module (was %s)" % old_mod
+    else:
+        what = "the Application module changed (%s -> %s)" % (old_mod, new_mod)
+    return ["%s: %s; children its start/2 adds or removes are not started or stopped by a hot upgrade: "
+            "restart the node (hotswap_mode=cold) to apply them, or start them from a supervisor module"
+            % (app, what)]

@@ -16,6 +16,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -158,6 +159,37 @@ class Store(object):
     def retained(self, vsn):
         return os.path.isdir(os.path.join(self.release_dir(vsn), "releases", vsn))
 
+    # Staging directories sit next to the versions, hidden (a leading dot) and named ``.KIND@VSN@random``
+    # ('@' is never part of a version): a version appears under its own name only complete.
+    def staging(self, vsn, kind):
+        os.makedirs(self.root, exist_ok=True)
+        return tempfile.mkdtemp(prefix=".%s@%s@" % (kind, vsn), dir=self.root)
+
+    def leftovers(self, vsn):
+        """Staging directories of ``vsn`` (an interrupted build or extension left them)."""
+        if not os.path.isdir(self.root):
+            return []
+        return sorted(os.path.join(self.root, n) for n in os.listdir(self.root)
+                      if n.startswith(".") and "@%s@" % vsn in n and n.split("@")[1:2] == [vsn])
+
+    def clear_staging(self, vsn):
+        for p in self.leftovers(vsn):
+            shutil.rmtree(p, ignore_errors=True)
+
+    def replace(self, vsn, stage):
+        """Put the complete ``stage`` in place of the published ``vsn`` (two renames; the old one is
+        restored if the second fails)."""
+        vdir = self.vdir(vsn)
+        old = tempfile.mkdtemp(prefix=".old@%s@" % vsn, dir=self.root)
+        os.rmdir(old)
+        os.rename(vdir, old)
+        try:
+            os.rename(stage, vdir)
+        except BaseException:
+            os.rename(old, vdir)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+
 
 def _app_dirs(rel_dir):
     """``{app: (vsn, lib dir)}`` for the applications the release's ``.rel`` names."""
@@ -166,6 +198,24 @@ def _app_dirs(rel_dir):
     rel = [fn for fn in os.listdir(os.path.join(rel_dir, "releases", vsn)) if fn.endswith(".rel")]
     apps = read_rel(os.path.join(rel_dir, "releases", vsn, rel[0]))[3]
     return dict((name, (v, os.path.join(rel_dir, "lib", "%s-%s" % (name, v)))) for name, v in apps.items())
+
+
+def app_mod(ebin_dir, name):
+    """The Application callback module (``mod`` in ``NAME.app``) of a built application, or None."""
+    path = os.path.join(ebin_dir, name + ".app")
+    try:
+        with open(path) as f:
+            terms = erlterms.parse_terms(f.read())
+    except (OSError, erlterms.TermError):
+        return None
+    for term in terms:
+        if isinstance(term, tuple) and len(term) == 3 and isinstance(term[2], list):
+            for item in term[2]:
+                if isinstance(item, tuple) and len(item) == 2 and item[0] == "mod":
+                    mod = item[1]
+                    if isinstance(mod, tuple) and mod and isinstance(mod[0], str):
+                        return str(mod[0])
+    return None
 
 
 def _consolidated(rel_dir, vsn):
@@ -179,6 +229,7 @@ class EdgePlan(object):
         self.app_edges = []       # AppEdge list
         self.consolidated_up = []
         self.consolidated_down = []
+        self.not_applied = []     # what a hot upgrade over this edge leaves undone (human strings)
 
     @property
     def hot(self):
@@ -214,6 +265,9 @@ def plan_edge(store, app, new_vsn, new_dir, base, user_appups):
                                  % (name, ", ".join(differ[:5]) or "modules added/removed", nv, name))
             continue
         edge = _appup.app_edge(name, ov, nv, old_mods, new_mods, skip=skip)
+        plan.not_applied.extend(_appup.application_module_notes(
+            name, app_mod(os.path.join(odir, "ebin"), name), app_mod(os.path.join(ndir, "ebin"), name),
+            old_mods, new_mods))
         user = user_appups.get(name)
         if user is not None:
             up, down = _appup.find_user_edge(user, ov)
@@ -238,7 +292,8 @@ def write_appups(new_dir, new_vsn, app_order, plans):
     for plan in plans:
         if not plan.hot:
             continue
-        last = max(plan.app_edges, key=lambda e: app_order.index(e.app) if e.app in app_order else -1)
+        last = max(plan.app_edges, key=lambda e: app_order.index(e.app) if e.app in app_order else -1,
+                   default=None)
         for edge in plan.app_edges:
             up, down = list(edge.up), list(edge.down)
             if edge is last:
@@ -389,38 +444,48 @@ class Builder(object):
                              "mix.exs or drop hotswap_version" % (expect_version, vsn))
         if self.store.manifest(vsn):
             raise BuildError("version %s of %s is already published with different content (source digest "
-                             "differs): published versions are immutable; bump the version in mix.exs"
-                             % (vsn, self.app))
+                             "differs): published versions are immutable; bump the version in mix.exs, or "
+                             "discard the published one first (hotswap_build_discard: [%s]) if no host runs it"
+                             % (vsn, self.app, vsn))
         return True, self.publish(rel, vsn, digest, bases, src)
 
     def publish(self, rel, vsn, digest, bases, src):
-        vdir = self.store.vdir(vsn)
-        staging = vdir + ".tmp"
-        shutil.rmtree(staging, ignore_errors=True)
-        os.makedirs(staging)
-        shutil.copytree(rel, os.path.join(staging, "release"), symlinks=True)
-        # the full tarball is what mix built, before we add appups/relup to the retained tree
-        full = "%s-%s-full.tar.gz" % (self.app, vsn)
-        deterministic_tar(os.path.join(staging, full), os.path.join(staging, "release"),
-                          sorted(os.listdir(os.path.join(staging, "release"))))
-        manifest = {
-            "schema": SCHEMA, "app": self.app, "version": vsn, "source_digest": digest,
-            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "os": _fingerprint.gather_fingerprint(),
-            "runtime": self.runtime_info(os.path.join(staging, "release"), vsn),
-            "apps": release_fingerprint(os.path.join(staging, "release"), self.app, vsn)["apps"],
-            "artifacts": {"release": {"file": full, "sha256": sha256_file(os.path.join(staging, full)),
-                                      "size": os.path.getsize(os.path.join(staging, full))}},
-            "edges": [],
-            "user_appups": self.user_appup_files(src),
-        }
-        with open(os.path.join(staging, "manifest.json"), "w") as f:
-            json.dump(manifest, f, indent=2, sort_keys=True)
-        shutil.rmtree(vdir, ignore_errors=True)
-        os.rename(staging, vdir)
-        # keep a copy of user appups with the version: edges may be extended later without the source
-        self.save_user_appups(src, vsn)
-        changed, manifest = self.extend_edges(vsn, bases, force=True)
+        """Publish ``vsn`` atomically: the release tree, its packages and every edge are made in a
+        staging directory of the store, renamed to ``STORE/APP/VSN`` only when all of it succeeded;
+        any failure removes the staging directory, so nothing is left that blocks a retry."""
+        wanted = sorted(set(b for b in bases if b and b != vsn))
+        for b in wanted:
+            check_version(b, "base version")
+        self.store.clear_staging(vsn)
+        stage = self.store.staging(vsn, "publish")
+        try:
+            shutil.copytree(rel, os.path.join(stage, "release"), symlinks=True)
+            # the full tarball is what mix built, before we add appups/relup to the retained tree
+            full = "%s-%s-full.tar.gz" % (self.app, vsn)
+            deterministic_tar(os.path.join(stage, full), os.path.join(stage, "release"),
+                              sorted(os.listdir(os.path.join(stage, "release"))))
+            manifest = {
+                "schema": SCHEMA, "app": self.app, "version": vsn, "source_digest": digest,
+                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "os": _fingerprint.gather_fingerprint(),
+                "runtime": self.runtime_info(os.path.join(stage, "release"), vsn),
+                "apps": release_fingerprint(os.path.join(stage, "release"), self.app, vsn)["apps"],
+                "artifacts": {"release": {"file": full, "sha256": sha256_file(os.path.join(stage, full)),
+                                          "size": os.path.getsize(os.path.join(stage, full))}},
+                "edges": [],
+                "user_appups": self.user_appup_files(src),
+            }
+            # keep a copy of user appups with the version: edges may be extended later without the source
+            self.save_user_appups(src, stage)
+            manifest = self.make_edges(vsn, stage, manifest, wanted)
+            vdir = self.store.vdir(vsn)
+            if os.path.lexists(vdir):
+                # no manifest there (checked by build): what an interrupted publish of an older collection left
+                _remove(vdir)
+            os.rename(stage, vdir)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
         return manifest
 
     def user_appup_files(self, src):
@@ -433,14 +498,14 @@ class Builder(object):
                         out.append("rel/appups/%s/%s" % (app, fn))
         return out
 
-    def save_user_appups(self, src, vsn):
+    def save_user_appups(self, src, vdir):
         base = os.path.join(src, "rel", "appups")
         if os.path.isdir(base):
-            shutil.copytree(base, os.path.join(self.store.vdir(vsn), "appups"))
+            shutil.copytree(base, os.path.join(vdir, "appups"))
 
-    def load_user_appups(self, vsn, new_dir):
+    def load_user_appups(self, vdir, new_dir):
         out = {}
-        base = os.path.join(self.store.vdir(vsn), "appups")
+        base = os.path.join(vdir, "appups")
         if not os.path.isdir(base):
             return out
         apps = _app_dirs(new_dir)
@@ -465,18 +530,42 @@ class Builder(object):
     # -- edges ---------------------------------------------------------------------------------
     def extend_edges(self, vsn, bases, force=False):
         """Make sure the published ``vsn`` has an edge (hot or cold) from every base; rebuild the
-        appups, relup and upgrade package only when the set of bases grew."""
+        appups, relup and upgrade package only when the set of bases grew.
+
+        The work is done on a copy of the version in a staging directory that replaces the published
+        one only when every edge succeeded: a failure leaves the published version as it was."""
         manifest = self.store.manifest(vsn)
+        if manifest is None:
+            raise BuildError("version %s of %s is not published in %s" % (vsn, self.app, self.store.root))
         have = set(e["from"] for e in manifest.get("edges", []))
         wanted = set(b for b in bases if b and b != vsn)
         for b in wanted:
             check_version(b, "base version")
         if wanted <= have and not force:
             return False, manifest
-        all_bases = sorted(have | wanted)
-        new_dir = self.store.release_dir(vsn)
+        vdir = self.store.vdir(vsn)
+        upgrade = (manifest.get("artifacts") or {}).get("upgrade") or {}
+        self.store.clear_staging(vsn)
+        stage = self.store.staging(vsn, "extend")
+        try:
+            shutil.copytree(vdir, stage, symlinks=True, dirs_exist_ok=True,
+                            ignore=lambda d, names: [upgrade["file"]] if d == vdir and upgrade.get("file") in names
+                            else [])
+            manifest = self.make_edges(vsn, stage, manifest, sorted(have | wanted))
+            self.store.replace(vsn, stage)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        return True, manifest
+
+    def make_edges(self, vsn, vdir, manifest, all_bases):
+        """Plan every edge into the (staging) version directory ``vdir``: appups, relup, upgrade
+        package and the manifest (written last); returns the manifest. Raises BuildError when an
+        edge cannot be generated: an internal error is never a reason to go cold."""
+        manifest = dict(manifest)
+        new_dir = os.path.join(vdir, "release")
         order = list(read_rel(os.path.join(new_dir, "releases", vsn, self.app + ".rel"))[3])
-        user = self.load_user_appups(vsn, new_dir)
+        user = self.load_user_appups(vdir, new_dir)
         plans = [plan_edge(self.store, self.app, vsn, new_dir, b, user) for b in all_bases]
         # remove stale generated appups before writing the new set
         for name, (_v, d) in _app_dirs(new_dir).items():
@@ -486,16 +575,16 @@ class Builder(object):
                     if f.readline().startswith("%% generated by beam.hotswap"):
                         os.unlink(p)
         write_appups(new_dir, vsn, order, plans)
+        relup = os.path.join(new_dir, "releases", vsn, "relup")
+        if os.path.exists(relup):
+            os.unlink(relup)
         hot = [p for p in plans if p.hot]
         if hot:
-            self.make_relup(vsn, hot)
-        hot = [p for p in plans if p.hot]
-        relup = os.path.join(new_dir, "releases", vsn, "relup")
-        if not hot and os.path.exists(relup):
-            os.unlink(relup)
+            self.make_relup(vsn, hot, new_dir)
         edges = []
         for p in plans:
-            e = {"from": p.base, "verdict": "hot" if p.hot else "cold", "reasons": p.reasons}
+            e = {"from": p.base, "verdict": "hot" if p.hot else "cold", "reasons": p.reasons,
+                 "not_applied": list(p.not_applied) if p.hot else []}
             if p.hot:
                 e["changed_apps"] = sorted(a.app for a in p.app_edges)
                 e["modules"] = {
@@ -508,25 +597,36 @@ class Builder(object):
                 }
             edges.append(e)
         manifest["edges"] = edges
-        artifacts = manifest["artifacts"]
-        artifacts.pop("upgrade", None)
+        artifacts = dict(manifest["artifacts"])
+        old_upgrade = artifacts.pop("upgrade", None)
+        if old_upgrade and os.path.exists(os.path.join(vdir, old_upgrade["file"])):
+            os.unlink(os.path.join(vdir, old_upgrade["file"]))
         if hot:
-            artifacts["upgrade"] = self.upgrade_package(vsn, [p.base for p in hot])
-        tmp = self.store.manifest_path(vsn) + ".tmp"
-        with open(tmp, "w") as f:
+            artifacts["upgrade"] = self.upgrade_package(vsn, [p.base for p in hot], vdir)
+        manifest["artifacts"] = artifacts
+        path = os.path.join(vdir, "manifest.json")
+        with open(path + ".tmp", "w") as f:
             json.dump(manifest, f, indent=2, sort_keys=True)
-        os.replace(tmp, self.store.manifest_path(vsn))
-        return True, manifest
+        os.replace(path + ".tmp", path)
+        return manifest
 
-    def make_relup(self, vsn, plans):
-        new_dir = self.store.release_dir(vsn)
-        paths = set()
-        for v in [vsn] + [p.base for p in plans]:
-            for _v, d in _app_dirs(self.store.release_dir(v)).values():
-                paths.add(os.path.join(d, "ebin"))
+    def make_relup(self, vsn, plans, new_dir=None):
+        """Generate ``releases/VSN/relup`` in ``new_dir`` with an edge from each plan's base; raises
+        BuildError naming the edge when OTP cannot make one."""
+        new_dir = new_dir or self.store.release_dir(vsn)
+        # The new release's application directories come first, then each base's that the new release
+        # does not hold: systools takes an application's .appup from the first directory on the path whose
+        # .app has the wanted version, and a base that holds the same application version (an older release
+        # a host still keeps, typical of a downgrade) has no appup for this edge.
+        paths, seen = [], set()
+        for rdir in [new_dir] + [self.store.release_dir(p.base) for p in plans]:
+            for _v, d in sorted(_app_dirs(rdir).values()):
+                if os.path.basename(d) not in seen:
+                    seen.add(os.path.basename(d))
+                    paths.append(os.path.join(d, "ebin"))
         rel_of = dict((p.base, os.path.join(self.store.release_dir(p.base), "releases", p.base, self.app)) for p in plans)
         args = (os.path.join(new_dir, "releases", vsn, self.app), [rel_of[p.base] for p in plans],
-                sorted(paths), os.path.join(new_dir, "releases", vsn))
+                paths, os.path.join(new_dir, "releases", vsn))
         fd, argf = tempfile.mkstemp(suffix=".config")
         with os.fdopen(fd, "w") as f:
             f.write(erlterms.format_term(args) + ".\n")
@@ -540,18 +640,22 @@ class Builder(object):
             parts = line.split("\t")
             if len(parts) >= 3 and parts[0] == "RELUP":
                 results[parts[1]] = parts[3] if len(parts) > 3 else None
+        failed = []
         for p in plans:
             key = rel_of[p.base]
             if key not in results:
-                p.reasons.append("relup could not be generated: %s" % (err or out).strip()[-500:])
+                failed.append((p, (err or out).strip()[-500:] or "erl exited %s without a result" % rc))
             elif results[key] is not None:
-                p.reasons.append("relup could not be generated: %s" % results[key])
+                failed.append((p, results[key]))
+        if failed:
+            raise BuildError(relup_failure(self.app, vsn, failed))
 
-    def upgrade_package(self, vsn, hot_bases):
+    def upgrade_package(self, vsn, hot_bases, vdir=None):
         """release_handler's package: releases/APP-VSN.rel, releases/VSN/, and the lib dirs that
         are new relative to at least one hot base."""
-        new_dir = self.store.release_dir(vsn)
-        tmp = tempfile.mkdtemp(dir=self.store.vdir(vsn))
+        vdir = vdir or self.store.vdir(vsn)
+        new_dir = os.path.join(vdir, "release")
+        tmp = tempfile.mkdtemp(dir=vdir)
         try:
             os.makedirs(os.path.join(tmp, "releases"))
             shutil.copy2(os.path.join(new_dir, "releases", vsn, self.app + ".rel"),
@@ -567,20 +671,82 @@ class Builder(object):
                     shutil.copytree(os.path.join(new_dir, "lib", d), os.path.join(tmp, "lib", d), symlinks=True)
                     members.append("lib/%s" % d)
             name = "%s-%s.tar.gz" % (self.app, vsn)
-            out = os.path.join(self.store.vdir(vsn), name)
+            out = os.path.join(vdir, name)
             deterministic_tar(out, tmp, members)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return {"file": name, "sha256": sha256_file(out), "size": os.path.getsize(out), "bases": sorted(hot_bases)}
 
+    # -- discard -------------------------------------------------------------------------------
+    def discard(self, versions, bases=(), check=False):
+        """Remove published versions (and anything an interrupted publish of them left) from the store,
+        so that they are never reused; returns the versions that were (in check mode: would be) removed.
 
-def scratch_builder(builder, scratch_root):
+        Refuses a version that is among ``bases`` (the versions the targets run or hold: hot edges from it
+        need its release tree) and one from which another published version, not discarded with it, has a
+        hot edge (that relup was made from this content: a rebuild under the same version would not match it).
+        """
+        versions = sorted(set(versions))
+        for v in versions:
+            check_version(v, "the version to discard")
+        running = sorted(set(versions) & set(b for b in bases if b))
+        if running:
+            raise BuildError("refusing to discard %s of %s: the targets run or hold %s (hot edges from it need its "
+                             "release tree); deploy another version first, then discard it"
+                             % (", ".join(running), self.app, "it" if len(running) == 1 else "them"))
+        for v in self.store.versions():
+            if v in versions:
+                continue
+            m = self.store.manifest(v) or {}
+            from_gone = sorted(e.get("from") for e in m.get("edges", [])
+                               if e.get("verdict") == "hot" and e.get("from") in versions)
+            if from_gone:
+                raise BuildError("refusing to discard %s of %s: the published version %s has a hot edge from it, "
+                                 "made from its current content; discard %s with it (list both) or keep it"
+                                 % (", ".join(from_gone), self.app, v, v))
+        removed = []
+        for v in versions:
+            doomed = self.store.leftovers(v)
+            if os.path.lexists(self.store.vdir(v)):
+                doomed.insert(0, self.store.vdir(v))
+            if doomed:
+                removed.append(v)
+            if not check:
+                for p in doomed:
+                    _remove(p)
+        return removed
+
+
+def relup_failure(app, vsn, failed):
+    """The message of a build whose relup OTP could not generate (``failed``: [(EdgePlan, OTP's message)])."""
+    lines = []
+    for plan, msg in failed:
+        named = sorted(set(re.findall(r"/lib/([a-z][a-z0-9_]*)-[^/\s]+/", msg)))
+        apps = named or sorted(a.app for a in plan.app_edges) or [app]
+        lines.append("edge %s -> %s (application%s %s): %s" % (plan.base, vsn, "s" if len(apps) > 1 else "",
+                                                             ", ".join(apps), msg.strip()))
+    return ("the relup of %s %s could not be generated, an internal error of beam.hotswap (not a reason to "
+            "restart cold, so nothing was published and nothing was deployed):\n  %s\nWhat to do: report it with "
+            "this message; the same build can be retried once it is fixed. To deploy this version meanwhile "
+            "without a hot upgrade, run deploy.yml with hotswap_mode=cold and -e '{\"hotswap_build_bases\": []}' "
+            "(every host restarts and loses its in-memory state)." % (app, vsn, "\n  ".join(lines)))
+
+
+def _remove(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def scratch_builder(builder, scratch_root, hide=()):
     """A Builder on a throwaway store that sees the published versions of ``builder``'s store
-    (symlinked, only read) and a copy of its compile cache. Used by check mode."""
+    (symlinked, only read; ``hide`` left out) and a copy of its compile cache. Used by check mode."""
     real = builder.store
     os.makedirs(os.path.join(scratch_root, builder.app, ".work"))
     for v in real.versions():
-        os.symlink(real.vdir(v), os.path.join(scratch_root, builder.app, v))
+        if v not in hide:
+            os.symlink(real.vdir(v), os.path.join(scratch_root, builder.app, v))
     cache = os.path.join(real.root, ".work", "src")
     for name in ("_build", "deps"):
         if os.path.isdir(os.path.join(cache, name)):

@@ -19,7 +19,17 @@ description:
     and a C(manifest.json).
   - Published versions are immutable. Rebuilding the same source is a no-op; the same version with
     different content is refused.
-  - Each edge carries a verdict V(hot) or V(cold) with the reasons.
+  - Each edge carries a verdict V(hot) or V(cold) with the reasons, and under C(not_applied) what a hot
+    upgrade over it leaves undone (an Application module whose C(start/2) changed: the children it adds or
+    drops are not started or stopped).
+  - A version is published (C(STORE/APP/VSN) with its C(manifest.json)) only when the build and every edge
+    succeeded: it is made in a hidden staging directory of the store and renamed into place at the end; a
+    failure removes the staging directory, so a retry is never blocked. Adding edges to a published version
+    works on a copy the same way: a failure leaves the published version as it was.
+  - An error while generating the relup fails the build, naming the edge and the application: an internal
+    error is never a reason to go cold.
+  - O(discard) removes published versions that must not be reused (for example, built from a broken source
+    that was later fixed without a version bump).
   - Normally used through the action plugin of the same name, which packs a controller directory,
     uploads it only when needed and fetches the artifacts back.
 author:
@@ -72,6 +82,18 @@ options:
     description: Turn an OS fingerprint mismatch into a warning.
     type: bool
     default: false
+  discard:
+    description:
+      - Published versions to remove from the store (C(STORE/APP/VSN), with whatever an interrupted build of
+        them left), before building anything. A version that is not published is skipped.
+      - Refused for a version among O(bases) (the targets run or hold it; hot edges from it need its release
+        tree) and for a version from which another published version has a hot edge, unless that version is
+        discarded too (its relup was made from the discarded content).
+      - Without O(source) (O(source_digest), O(source_git)) only the discard is done. The action plugin also
+        removes the controller copies of the discarded versions under O(artifact_dir).
+      - In check mode nothing is removed; C(changed) says whether something would be.
+    type: list
+    elements: str
   source:
     description:
       - Handled by the action plugin on the controller. A mix project directory on the controller (packed
@@ -93,6 +115,12 @@ EXAMPLES = r"""
     source_git: https://example.com/sample.git
     source_ref: v2.0.0
     bases: ["1.0.0"]
+
+- name: Discard a published version that must not be reused (the fleet runs 1.0.0)
+  beam.hotswap.build:
+    app: sample
+    discard: ["2.0.1"]
+    bases: ["1.0.0"]
 """
 
 RETURN = r"""
@@ -109,6 +137,12 @@ manifest:
   description: The published manifest (app, version, runtime, OS fingerprint, artifacts with sha256, edges with verdicts).
   returned: success
   type: dict
+discarded:
+  description: The versions removed from the store by O(discard) (in check mode, that would be removed).
+  returned: when O(discard) is given
+  type: list
+  elements: str
+  sample: ["2.0.1"]
 store_dir:
   description: Directory of this version in the store.
   returned: success
@@ -146,9 +180,10 @@ def main():
             source=dict(type="str"),
             artifact_dir=dict(type="path"),
             fetch=dict(type="bool", default=True),
+            discard=dict(type="list", elements="str"),
         ),
         mutually_exclusive=[("src_archive", "source_git")],
-        required_one_of=[("source_digest", "source_git")],
+        required_one_of=[("source_digest", "source_git", "discard")],
         supports_check_mode=True,
     )
     p = module.params
@@ -171,6 +206,15 @@ def main():
                 module.fail_json(msg=msg + _fingerprint.MISMATCH_HINT, **result)
             module.warn(msg)
         digest = p["source_digest"]
+        if p["discard"]:
+            removed = builder.discard(p["discard"], p["bases"], check=module.check_mode)
+            result.update(changed=bool(removed), discarded=removed)
+            if not (digest or p["source_git"]):
+                module.exit_json(**result)
+            if module.check_mode and removed:
+                # plan the build as if they were gone: a throwaway store without them
+                scratch = tempfile.mkdtemp(prefix="hotswap-check-")
+                builder = _build.scratch_builder(builder, scratch, hide=removed)
         if digest and not p["source_git"]:
             published = builder.published(digest)
             if published:
@@ -181,7 +225,7 @@ def main():
                                   store_dir=builder.store.vdir(published), would_extend=sorted(wanted - have))
                     module.exit_json(**result)
                 changed, manifest = builder.extend_edges(published, p["bases"])
-                result.update(changed=changed, version=published, manifest=manifest,
+                result.update(changed=changed or result["changed"], version=published, manifest=manifest,
                               store_dir=builder.store.vdir(published))
                 module.exit_json(**result)
             if not p["src_archive"]:
@@ -189,8 +233,9 @@ def main():
                 module.exit_json(**result)
         if module.check_mode:
             # a real build into a throwaway store, so the plan shows true verdicts; the store is untouched
-            scratch = tempfile.mkdtemp(prefix="hotswap-check-")
-            builder = _build.scratch_builder(builder, scratch)
+            if not scratch:
+                scratch = tempfile.mkdtemp(prefix="hotswap-check-")
+                builder = _build.scratch_builder(builder, scratch)
             result["would_build"] = True
         if p["src_archive"]:
             src = builder.stage_archive(p["src_archive"])
@@ -200,7 +245,7 @@ def main():
             # _build, deps, .git), so one version built from either route is the same publication
             digest = "sha256:" + _build.tree_digest(src)
         changed, manifest = builder.build(src, digest, bases=p["bases"], expect_version=p["version"])
-        result.update(changed=changed, version=manifest["version"], manifest=manifest,
+        result.update(changed=changed or result["changed"], version=manifest["version"], manifest=manifest,
                       store_dir=builder.store.vdir(manifest["version"]))
     except _build.BuildError as e:
         module.fail_json(msg=str(e), **result)
