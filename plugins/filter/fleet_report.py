@@ -13,6 +13,10 @@ version_added: 0.1.0
 description:
   - Takes the hostvars of the play's hosts and returns, per host, the release before and after, the action
     (hot, cold, install, noop...), the result, the agent's timings, and the fleet's version spread.
+  - Each host's C(state) is the version it runs, or one word for why none is shown - V((down)) (reached, the
+    node is not running), V(unreachable) (the run could not connect: a registered C(hotswap_result) or
+    C(_hotswap_gathered) says so), V(not run) (the run never got to it: a batch after a failure, or skipped),
+    V(unknown) (reached, but reading it failed). The result column uses the same words.
   - Never includes the node's environment or cookie.
 positional: _input
 options:
@@ -41,27 +45,56 @@ EXAMPLES = r"""
 
 RETURN = r"""
 _value:
-  description: C(rows) (list of dicts), C(lines) (the table), C(spread) (version to host count), C(mixed) (bool).
+  description:
+    - C(rows) (list of dicts, one per host, with C(state) and C(result)), C(lines) (the table and a line per
+      kind of host without a version), C(spread) (state to host count), C(mixed) (more than one version runs), C(versions) (the
+      versions that run), and the host names that are C(down), C(unreachable), C(not_run) and C(unread)
+      (state V(unknown)), and C(verdict): one sentence per kind
+      (down, unreachable, unread) with the count and the names, empty when every host runs a version.
   type: dict
 """
 
 from ansible.errors import AnsibleFilterError
 
 
+# what a host is, in one word, when no version runs on it
+DOWN = "(down)"               # reached, and the node is not running
+UNREACHABLE = "unreachable"   # the run could not connect to the host
+NOT_RUN = "not run"           # the run never got to the host (a batch after a failure, or skipped)
+UNKNOWN = "unknown"           # reached, but its state could not be read (the facts task failed)
+
+
 def _row(hv):
     res = hv.get("hotswap_result") or {}
+    gathered = hv.get("_hotswap_gathered") or {}
     facts = (hv.get("ansible_facts") or {}).get("hotswap_host") or {}
     plan = res.get("plan") or {}
     agent = res.get("agent") or {}
-    if res.get("failed"):
+    unreachable = bool(res.get("unreachable") or (not res and gathered.get("unreachable")))
+    if unreachable:
+        result = UNREACHABLE
+    elif res.get("failed"):
         result = "FAILED, reverted" if res.get("reverted") else "FAILED"
     elif res:
         result = "changed" if res.get("changed") else "ok"
+    elif gathered.get("failed"):
+        result = "FAILED reading the host"
     else:
-        result = "not run"
+        result = NOT_RUN
     running = res.get("host_version") if res else None
     if not running:
         running = facts.get("running") if facts.get("node_up") else None
+    running = None if unreachable else running or facts.get("running")
+    if unreachable:
+        state = UNREACHABLE
+    elif running and (res.get("host_version") or facts.get("node_up")):
+        state = running
+    elif facts:
+        state = DOWN
+    elif gathered.get("failed"):
+        state = UNKNOWN
+    else:
+        state = NOT_RUN
     return {
         "host": hv.get("inventory_hostname"),
         "from": plan.get("from") or (facts.get("running") if not res else None),
@@ -69,11 +102,14 @@ def _row(hv):
         "action": plan.get("action"),
         "reasons": plan.get("reasons") or [],
         "result": result,
-        "running": running or facts.get("running"),
+        "state": state,
+        "running": running,
         "permanent": facts.get("permanent") if not res.get("changed") else running,
         "unpacked": ",".join(facts.get("unpacked") or []),
         "previous": facts.get("previous"),
-        "node_up": facts.get("node_up"),
+        "node_up": None if unreachable else facts.get("node_up"),
+        "error": None if not (res.get("failed") or unreachable or gathered.get("failed")) else (
+            res.get("msg") or gathered.get("msg")),
         "install_ms": agent.get("install_ms"),
         "downtime_ms": agent.get("downtime_ms"),
         "total_ms": agent.get("total_ms"),
@@ -87,10 +123,14 @@ def _table(rows, cols):
         if isinstance(v, bool):
             return "yes" if v else "no"
         return str(v)
-    widths = [max([len(c)] + [len(cell(r.get(c))) for r in rows]) for c in cols]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip()]
-    lines += ["  ".join(cell(r.get(c)).ljust(w) for c, w in zip(cols, widths)).rstrip() for r in rows]
+    widths = [max([len(c)] + [len(cell(r.get(k))) for r in rows]) for c, k in cols]
+    lines = ["  ".join(c.ljust(w) for (c, _k), w in zip(cols, widths)).rstrip()]
+    lines += ["  ".join(cell(r.get(k)).ljust(w) for (_c, k), w in zip(cols, widths)).rstrip() for r in rows]
     return lines
+
+
+def _hosts(rows, state):
+    return [r["host"] for r in rows if r["state"] == state]
 
 
 def fleet_report(hostvars_list, app="", version=""):
@@ -102,20 +142,42 @@ def fleet_report(hostvars_list, app="", version=""):
         raise AnsibleFilterError("fleet_report expects a list of hostvars dicts: %s" % e)
     spread = {}
     for r in rows:
-        v = r["running"] or "(down)"
-        spread[v] = spread.get(v, 0) + 1
+        spread[r["state"]] = spread.get(r["state"], 0) + 1
     deployed = any(r["action"] for r in rows)
     if deployed:
-        cols = ["host", "from", "to", "action", "result", "install_ms", "downtime_ms", "total_ms"]
+        cols = [(c, c) for c in ("host", "from", "to", "action", "result", "install_ms", "downtime_ms", "total_ms")]
     else:
-        cols = ["host", "running", "permanent", "unpacked", "previous", "node_up"]
+        cols = [("host", "host"), ("running", "state")] + [(c, c) for c in ("permanent", "unpacked", "previous",
+                                                                            "node_up")]
     head = "%s%s: %d host(s), versions %s" % (app or "release", (" -> " + version) if version else "", len(rows),
                                               ", ".join("%s on %d" % kv for kv in sorted(spread.items())))
     lines = [head] + _table(rows, cols)
     for r in rows:
         if r["action"] and r["reasons"]:
             lines.append("%s: %s because %s" % (r["host"], r["action"], "; ".join(r["reasons"])))
-    return {"rows": rows, "lines": lines, "spread": spread, "mixed": len(spread) > 1}
+    down, unreachable = _hosts(rows, DOWN), _hosts(rows, UNREACHABLE)
+    # a rollout: the hosts it never moved (their state is what the facts read); a status read: the unread ones
+    not_run = [r["host"] for r in rows if (r["result"] if deployed else r["state"]) == NOT_RUN]
+    if down:
+        lines.append("down (reached, node not running): %s" % ", ".join(down))
+    if unreachable:
+        lines.append("unreachable (could not connect): %s" % ", ".join(unreachable))
+    if not_run:
+        lines.append("not run (the run never got to them): %s" % ", ".join(not_run))
+    versions = [v for v in spread if v not in (DOWN, UNREACHABLE, NOT_RUN, UNKNOWN)]
+    unread = _hosts(rows, UNKNOWN)
+    verdict = []
+    if down:
+        verdict.append("%d node(s) down (the host was reached, the node is not running): %s."
+                       % (len(down), ", ".join(down)))
+    if unreachable:
+        verdict.append("%d host(s) unreachable (could not connect; their state is unknown): %s."
+                       % (len(unreachable), ", ".join(unreachable)))
+    if unread:
+        verdict.append("%d host(s) could not be read: %s." % (len(unread), ", ".join(unread)))
+    return {"rows": rows, "lines": lines, "spread": spread, "mixed": len(versions) > 1,
+            "versions": sorted(versions), "down": down, "unreachable": unreachable, "not_run": not_run,
+            "unread": unread, "verdict": " ".join(verdict)}
 
 
 class FilterModule(object):

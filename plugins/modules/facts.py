@@ -13,14 +13,17 @@ module: facts
 short_description: What a target runs, holds and is (OS fingerprint), for planning a rollout
 version_added: 0.1.0
 description:
-  - Asks the installed reload agent for the status of one release root (running, permanent, unpacked
-    and old releases, node up, OS pid, packages held) and adds the host's OS fingerprint.
-  - With O(install_agent=true) it first installs the agent that ships with this collection in
-    C(ROOT/.hotswap/) when the host's copy differs (the action plugin sends checksums first and the files
-    only when needed), so installing and gathering is one round-trip when nothing changed.
+  - Reads the status of one release root (running, permanent, unpacked and old releases, node up, OS pid,
+    packages held) and the host's OS fingerprint. Without O(install_agent) it writes nothing on the host, not
+    even a directory: the module runs the collection's own agent code in its process, so a host without the
+    agent (or with another version of it) is read the same way and nothing is left behind when the run stops
+    later (a failed build, a wrong C(hotswap_app)).
+  - C(hotswap_host.agent_current) says whether the agent installed in C(ROOT/.hotswap/) is the one this
+    collection ships; role C(beam.hotswap.upgrade) installs it with O(install_agent=true) only when it is not,
+    right before the release task (the action plugin sends checksums first and the files only when needed).
   - When the installed agent is the expected one, the action plugin reads the same facts by running it
-    directly (one ssh command, no module payload); this module runs when the agent must be installed or
-    updated, or cannot answer.
+    directly (one ssh command, no module payload); this module runs when the agent is missing, of another
+    version, must be installed, or cannot answer.
   - Sets the fact C(hotswap_host).
 author:
   - beam.hotswap developers (@beam-hotswap)
@@ -41,11 +44,15 @@ attributes:
     description: Sets C(hotswap_host).
 options:
   install_agent:
-    description: Install or update the reload agent first (only when it differs).
+    description:
+      - Install or update the reload agent first (only the files that differ). The only way this module writes
+        on a host; role C(beam.hotswap.upgrade) does it right before the release task.
     type: bool
     default: false
   agent_files:
-    description: Set by the action plugin. The agent's files by name, with C(sha256), C(mode) and, when they must travel, C(content) (base64).
+    description:
+      - Set by the action plugin. The agent's files by name, with C(sha256), C(mode) and, when they must travel,
+        C(content) (base64). Without O(install_agent) only the checksums, for C(hotswap_host.agent_current).
     type: dict
 """
 
@@ -75,19 +82,24 @@ ansible_facts:
       description:
         - The agent's status (C(installed), C(node_up), C(os_pid), C(running), C(permanent), C(current),
           C(previous), C(unpacked), C(old), C(releases), C(relup_down), C(packages), C(agent_version)) plus
-          C(fingerprint) (the OS fingerprint) and C(versions) (every version the host runs or holds).
+          C(fingerprint) (the OS fingerprint), C(versions) (every version the host runs or holds),
+          C(agent_installed) (an agent is in C(ROOT/.hotswap/)) and C(agent_current) (it is the one this
+          collection ships; absent when the action plugin gave no checksums).
       type: dict
 """
 
 import base64
 import hashlib
+import json
 import os
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.beam.hotswap.plugins.module_utils._agent import cli as _agent_cli
 from ansible_collections.beam.hotswap.plugins.module_utils._agent import fingerprint as _fingerprint
 from ansible_collections.beam.hotswap.plugins.module_utils._agent.files import sha256_file
-from ansible_collections.beam.hotswap.plugins.module_utils._agent_client import AgentClient, AgentError, release_root_spec
+from ansible_collections.beam.hotswap.plugins.module_utils._agent_client import (AgentClient, AgentError, agent_argv,
+                                                                                release_root_spec, status_facts)
 
 
 def install_agent(module, root, files):
@@ -122,6 +134,25 @@ def install_agent(module, root, files):
     return stale
 
 
+def agent_current(root, files):
+    """Whether the agent files in ROOT/.hotswap/ have the checksums in ``files`` (reads only)."""
+    hs = os.path.join(root, ".hotswap")
+    return all(os.path.isfile(os.path.join(hs, name)) and sha256_file(os.path.join(hs, name)) == spec["sha256"]
+               for name, spec in files.items())
+
+
+def read_status(client):
+    """The release root's status from the collection's own agent code, run in this process: the same
+    answer the installed agent gives, and nothing written (a read makes no directory and no journal entry)."""
+    rc, st = _agent_cli.run(agent_argv(client.root, client.app, None, "status", []))
+    if rc != 0 or not isinstance(st, dict) or st.get("failed"):
+        raise AgentError((st or {}).get("msg") or "could not read the release root %s (exit %s)" % (client.root, rc),
+                         st)
+    st = status_facts(json.loads(json.dumps(st, default=str)))
+    st["agent_installed"] = client.installed()
+    return st
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(release_root_spec(), install_agent=dict(type="bool", default=False),
@@ -142,16 +173,11 @@ def main():
             changed = bool(written)
             result["agent_installed"] = written
         # status reads files and epmd; it needs no user (which may not exist before the first install)
-        if module.check_mode and changed:
-            # the new agent is not there yet: read what the installed one says, if it can
-            try:
-                status = client.status(check_version=False)
-            except AgentError:
-                status = {"installed": False, "agent_installed": False, "node_up": False, "versions": [],
-                          "releases": [], "packages": {}}
-            status["agent_pending"] = True
-        else:
-            status = client.status()
+        status = read_status(client)
+        if p["agent_files"]:
+            status["agent_current"] = agent_current(client.root, p["agent_files"])
+            if p["install_agent"] and module.check_mode and changed:
+                status["agent_pending"] = True
     except AgentError as e:
         module.fail_json(msg=str(e), agent=e.result)
     status["fingerprint"] = _fingerprint.gather_fingerprint()

@@ -1,5 +1,6 @@
 """The facts action: the installed agent's own answer when its files are the expected ones, else the module
-(with the agent's files only when the module asks for them)."""
+(which reads with the collection's agent code and writes nothing unless install_agent; the agent's files
+travel only when the module asks for them, or at once when the facts already said the host's copy differs)."""
 from unittest import mock
 
 import pytest
@@ -20,8 +21,12 @@ ROWS = [
      [{"need_agent": True}, {"changed": True}], 2, True),
     ("no agent, check mode: the module only reports", ARGS, (1, None, ""), True, [{"need_agent": True}], 1, False),
     ("agent files fine on the host: one module run", ARGS, (1, None, ""), False, [{"changed": False}], 1, False),
-    ("read only (status.yml): the agent's answer", {"app": "demo", "root": "/opt/demo"}, (0, dict(STATUS), ""),
-     False, [], 0, False),
+    ("read only (gathering, status.yml): the current agent's answer", {"app": "demo", "root": "/opt/demo"},
+     (0, dict(STATUS, agent_current=True), ""), False, [], 0, False),
+    ("read only, agent of another version: the module reads, no files travel", {"app": "demo", "root": "/opt/demo"},
+     (0, dict(STATUS, agent_current=False), ""), False, [{"changed": False}], 1, False),
+    ("read only, no agent: the module reads, no files travel", {"app": "demo", "root": "/opt/demo"},
+     (1, None, "no such file"), False, [{"changed": False}], 1, False),
     ("a bad root: the module reports it", dict(ARGS, root="opt"), (0, dict(STATUS, agent_current=True), ""), False,
      [{"failed": True, "msg": "bad root"}], 1, False),
 ]
@@ -36,7 +41,8 @@ def test_facts_action_paths(case, args, answer, check, results, runs, content):
     if runs == 0:
         assert agent.called and res["ansible_facts"]["hotswap_host"]["versions"] == ["1.0.0"], res
         assert res["changed"] is False
-    if args.get("install_agent") and runs:
+    if runs:
+        assert "install_agent" not in a.module_calls[-1]["args"] or args.get("install_agent")
         files = a.module_calls[-1]["args"]["agent_files"]
         assert set(files) == {"agent.py", "node.exs"} and all(len(f["sha256"]) == 64 for f in files.values())
         assert all(("content" in f) == content for f in files.values()), case
@@ -48,3 +54,33 @@ def test_direct_read_asks_the_agent_to_compare_its_own_checksums():
         run_action(a)
     command, extra = agent.call_args[0][5], agent.call_args[0][6]
     assert command == "facts" and extra[0] == "--expect-agent" and "agent.py=" in extra[1] and "node.exs=" in extra[1]
+
+
+@pytest.mark.parametrize("check", [False, True], ids=["files at once", "check mode: nothing sent"])
+def test_install_when_the_facts_said_the_agent_differs_is_one_module_run(check):
+    a = make_action(action_mod.ActionModule, ARGS, check_mode=check, module_results=[{"changed": not check}])
+    facts = {"ansible_facts": {"hotswap_host": dict(STATUS, agent_current=False)}}
+    with mock.patch.object(action_mod, "run_agent", return_value=(0, dict(STATUS, agent_current=False), "")) as agent:
+        run_action(a, facts)
+    files = a.module_calls[-1]["args"]["agent_files"]
+    assert all(("content" in f) != check for f in files.values())
+    assert len(a.module_calls) == 1 and agent.called == check
+
+
+def test_gathering_asks_the_installed_agent_for_its_checksums_too():
+    a = make_action(action_mod.ActionModule, {"app": "demo", "root": "/opt/demo"})
+    with mock.patch.object(action_mod, "run_agent", return_value=(0, dict(STATUS, agent_current=True), "")) as agent:
+        res = run_action(a)
+    assert agent.call_args[0][6][0] == "--expect-agent" and not a.module_calls
+    assert res["ansible_facts"]["hotswap_host"]["agent_current"] is True
+
+
+def test_the_module_reads_a_host_without_the_agent_and_writes_nothing(tmp_path):
+    from ansible_collections.beam.hotswap.plugins.modules import facts as module_mod
+    from ansible_collections.beam.hotswap.plugins.module_utils._agent_client import AgentClient
+    root = tmp_path / "opt" / "wrong_app"
+    client = AgentClient(mock.MagicMock(check_mode=False), str(root), "wrong_app")
+    st = module_mod.read_status(client)
+    assert st["installed"] is False and st["node_up"] is False and st["agent_installed"] is False
+    assert st["versions"] == [] and not root.exists() and not (tmp_path / "opt").exists()
+    assert module_mod.agent_current(str(root), {"agent.py": {"sha256": "0" * 64}}) is False
