@@ -47,10 +47,10 @@ RETURN = r"""
 _value:
   description:
     - C(rows) (list of dicts, one per host, with C(state) and C(result)), C(lines) (the table and a line per
-      kind of host without a version), C(spread) (state to host count), C(mixed) (more than one version runs), C(versions) (the
-      versions that run), and the host names that are C(down), C(unreachable), C(not_run) and C(unread)
-      (state V(unknown)), and C(verdict): one sentence per kind
-      (down, unreachable, unread) with the count and the names, empty when every host runs a version.
+      kind of host without a version), C(spread) (state to host count), C(mixed) (more than one version runs),
+      C(versions) (the versions that run), the host names that are C(down), C(unreachable), C(not_run) and
+      C(unread) (state V(unknown)), and C(verdict) (one sentence per kind - down, unreachable, outdated agent,
+      unread - with the count and the names; empty when every host runs a version with a current agent).
   type: dict
 """
 
@@ -108,6 +108,8 @@ def _row(hv):
         "unpacked": ",".join(facts.get("unpacked") or []),
         "previous": facts.get("previous"),
         "node_up": None if unreachable else facts.get("node_up"),
+        "agent_outdated": bool(facts.get("agent_outdated")) and not unreachable,
+        "installed_agent_version": facts.get("installed_agent_version"),
         "error": None if not (res.get("failed") or unreachable or gathered.get("failed")) else (
             res.get("msg") or gathered.get("msg")),
         "install_ms": agent.get("install_ms"),
@@ -173,6 +175,12 @@ def fleet_report(hostvars_list, app="", version=""):
     if unreachable:
         verdict.append("%d host(s) unreachable (could not connect; their state is unknown): %s."
                        % (len(unreachable), ", ".join(unreachable)))
+    outdated = [r for r in rows if r["agent_outdated"]]
+    if outdated:
+        verdict.append("%d host(s) run an outdated reload agent (role beam.hotswap.agent): %s: re-run deploy.yml or "
+                       "rollback.yml, which update it before they move a node."
+                       % (len(outdated), ", ".join("%s (%s)" % (r["host"], r["installed_agent_version"] or "unknown")
+                                                   for r in outdated)))
     if unread:
         verdict.append("%d host(s) could not be read: %s." % (len(unread), ", ".join(unread)))
     return {"rows": rows, "lines": lines, "spread": spread, "mixed": len(versions) > 1,

@@ -83,8 +83,10 @@ ansible_facts:
         - The agent's status (C(installed), C(node_up), C(os_pid), C(running), C(permanent), C(current),
           C(previous), C(unpacked), C(old), C(releases), C(relup_down), C(packages), C(agent_version)) plus
           C(fingerprint) (the OS fingerprint), C(versions) (every version the host runs or holds),
-          C(agent_installed) (an agent is in C(ROOT/.hotswap/)) and C(agent_current) (it is the one this
-          collection ships; absent when the action plugin gave no checksums).
+          C(agent_installed) (an agent is in C(ROOT/.hotswap/)), C(agent_current) (it is the one this
+          collection ships; absent when the action plugin gave no checksums), and when the module read a host
+          whose agent is not current, C(installed_agent_version) and C(agent_outdated) (older than this
+          collection's).
       type: dict
 """
 
@@ -92,14 +94,17 @@ import base64
 import hashlib
 import json
 import os
+import re
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.beam.hotswap.plugins.module_utils._agent import cli as _agent_cli
 from ansible_collections.beam.hotswap.plugins.module_utils._agent import fingerprint as _fingerprint
 from ansible_collections.beam.hotswap.plugins.module_utils._agent.files import sha256_file
-from ansible_collections.beam.hotswap.plugins.module_utils._agent_client import (AgentClient, AgentError, agent_argv,
-                                                                                release_root_spec, status_facts)
+from ansible_collections.beam.hotswap.plugins.module_utils._agent.names import AGENT_VERSION
+from ansible_collections.beam.hotswap.plugins.module_utils._agent_client import (AgentClient, AgentError, _version_tuple,
+                                                                                agent_argv, release_root_spec,
+                                                                                status_facts)
 
 
 def install_agent(module, root, files):
@@ -150,6 +155,16 @@ def read_status(client):
                          st)
     st = status_facts(json.loads(json.dumps(st, default=str)))
     st["agent_installed"] = client.installed()
+    if st["agent_installed"]:
+        # the installed agent's own version (the answer above is this collection's code): an older one is
+        # named by status.yml and replaced by role beam.hotswap.upgrade before its release task
+        try:
+            with open(client.path, encoding="utf-8") as f:
+                m = re.search(r'^AGENT_VERSION = "([^"]*)"', f.read(), re.M)
+        except (OSError, UnicodeDecodeError):
+            m = None
+        st["installed_agent_version"] = m.group(1) if m else None
+        st["agent_outdated"] = not m or _version_tuple(m.group(1)) < _version_tuple(AGENT_VERSION)
     return st
 
 

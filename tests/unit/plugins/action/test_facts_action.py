@@ -84,3 +84,14 @@ def test_the_module_reads_a_host_without_the_agent_and_writes_nothing(tmp_path):
     assert st["installed"] is False and st["node_up"] is False and st["agent_installed"] is False
     assert st["versions"] == [] and not root.exists() and not (tmp_path / "opt").exists()
     assert module_mod.agent_current(str(root), {"agent.py": {"sha256": "0" * 64}}) is False
+
+
+def test_the_module_names_an_older_installed_agent(tmp_path):
+    from ansible_collections.beam.hotswap.plugins.modules import facts as module_mod
+    from ansible_collections.beam.hotswap.plugins.module_utils._agent_client import AgentClient
+    hs = tmp_path / "demo" / ".hotswap"
+    hs.mkdir(parents=True)
+    (hs / "agent.py").write_text('"""old"""\nAGENT_VERSION = "0.9.0"\n')
+    st = module_mod.read_status(AgentClient(mock.MagicMock(check_mode=False), str(tmp_path / "demo"), "demo"))
+    assert st["agent_installed"] is True and st["installed_agent_version"] == "0.9.0" and st["agent_outdated"]
+    assert sorted(p.name for p in hs.iterdir()) == ["agent.py"]

@@ -127,3 +127,10 @@ def test_the_verdict_counts_and_names_down_nodes_apart_from_unreachable_hosts():
 
 def test_a_healthy_fleet_has_no_verdict():
     assert fleet_report([hv("t1", UP_V1), hv("t2", UP_V1)])["verdict"] == ""
+
+
+def test_an_outdated_agent_is_named_in_the_verdict():
+    rep = fleet_report([hv("t1", dict(UP_V1, agent_outdated=True, installed_agent_version="0.9.0")),
+                        hv("t2", dict(UP_V1, agent_outdated=False))])
+    assert rep["verdict"].startswith("1 host(s) run an outdated reload agent (role beam.hotswap.agent): t1 (0.9.0): "
+                                     "re-run deploy.yml")
