@@ -16,7 +16,8 @@ description:
   - Each host's C(state) is the version it runs, or one word for why none is shown - V((down)) (reached, the
     node is not running), V(unreachable) (the run could not connect: a registered C(hotswap_result) or
     C(_hotswap_gathered) says so), V(not run) (the run never got to it: a batch after a failure, or skipped),
-    V(unknown) (reached, but reading it failed). The result column uses the same words.
+    V(unknown) (reached, but reading it failed), V(not installed) (reached, no release in the release root). The
+    result column uses the same words.
   - Never includes the node's environment or cookie.
 positional: _input
 options:
@@ -50,7 +51,7 @@ _value:
       kind of host without a version), C(spread) (state to host count), C(mixed) (more than one version runs),
       C(versions) (the versions that run), the host names that are C(down), C(unreachable), C(not_run) and
       C(unread) (state V(unknown)), and C(verdict) (one sentence per kind - down, unreachable, outdated agent,
-      unread - with the count and the names; empty when every host runs a version with a current agent).
+      not installed, unread - with the count and the names; empty when every host runs a version with a current agent).
   type: dict
 """
 
@@ -62,6 +63,7 @@ DOWN = "(down)"               # reached, and the node is not running
 UNREACHABLE = "unreachable"   # the run could not connect to the host
 NOT_RUN = "not run"           # the run never got to the host (a batch after a failure, or skipped)
 UNKNOWN = "unknown"           # reached, but its state could not be read (the facts task failed)
+NONE = "not installed"        # reached, and no release of the app is installed in the release root
 
 
 def _row(hv):
@@ -89,6 +91,8 @@ def _row(hv):
         state = UNREACHABLE
     elif running and (res.get("host_version") or facts.get("node_up")):
         state = running
+    elif facts and not facts.get("installed", True) and not facts.get("versions") and not res.get("host_version"):
+        state = NONE
     elif facts:
         state = DOWN
     elif gathered.get("failed"):
@@ -166,7 +170,7 @@ def fleet_report(hostvars_list, app="", version=""):
         lines.append("unreachable (could not connect): %s" % ", ".join(unreachable))
     if not_run:
         lines.append("not run (the run never got to them): %s" % ", ".join(not_run))
-    versions = [v for v in spread if v not in (DOWN, UNREACHABLE, NOT_RUN, UNKNOWN)]
+    versions = [v for v in spread if v not in (DOWN, UNREACHABLE, NOT_RUN, UNKNOWN, NONE)]
     unread = _hosts(rows, UNKNOWN)
     verdict = []
     if down:
@@ -181,6 +185,10 @@ def fleet_report(hostvars_list, app="", version=""):
                        "rollback.yml, which update it before they move a node."
                        % (len(outdated), ", ".join("%s (%s)" % (r["host"], r["installed_agent_version"] or "unknown")
                                                    for r in outdated)))
+    bare = _hosts(rows, NONE)
+    if bare:
+        verdict.append("%d host(s) have no release of %s installed in their release root: %s."
+                       % (len(bare), app or "the app", ", ".join(bare)))
     if unread:
         verdict.append("%d host(s) could not be read: %s." % (len(unread), ", ".join(unread)))
     return {"rows": rows, "lines": lines, "spread": spread, "mixed": len(versions) > 1,

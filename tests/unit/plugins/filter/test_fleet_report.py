@@ -134,3 +134,11 @@ def test_an_outdated_agent_is_named_in_the_verdict():
                         hv("t2", dict(UP_V1, agent_outdated=False))])
     assert rep["verdict"].startswith("1 host(s) run an outdated reload agent (role beam.hotswap.agent): t1 (0.9.0): "
                                      "re-run deploy.yml")
+
+
+def test_a_host_without_the_release_is_not_installed_rather_than_down():
+    bare = {"installed": False, "node_up": False, "running": None, "permanent": None, "versions": []}
+    rep = fleet_report([hv("t1", bare), hv("t2", DOWN_V1)], app="demo")
+    assert [r["state"] for r in rep["rows"]] == ["not installed", "(down)"]
+    assert rep["down"] == ["t2"] and "1 host(s) have no release of demo installed in their release root: t1." \
+        in rep["verdict"]
