@@ -36,8 +36,9 @@ def _edge(manifest, frm):
 
 
 def _result(action, frm, to, reasons, package=None, direction="up"):
+    # loses_state: the node runs and this plan restarts it (every process's in-memory state is lost)
     return {"action": action, "from": frm, "to": to, "reasons": list(reasons),
-            "package": package, "direction": direction}
+            "package": package, "direction": direction, "loses_state": False}
 
 
 def deploy(status, manifest, mode="auto", allow_downgrade=False):
@@ -86,16 +87,20 @@ def deploy(status, manifest, mode="auto", allow_downgrade=False):
             raise PlanError("hotswap_mode=hot but the node is down (%s is permanent): use auto or cold" % frm)
         return _result(COLD, frm, to, reasons, "release")
     if mode == "cold":
-        return _result(COLD, frm, to, ["hotswap_mode=cold"], "release")
+        return dict(_result(COLD, frm, to, ["hotswap_mode=cold"], "release"), loses_state=True)
     if edge is not None and edge.get("verdict") == "hot" and "upgrade" in manifest.get("artifacts", {}):
-        return _result(HOT, frm, to, ["relup has a hot edge from %s" % frm], "upgrade")
+        plan = _result(HOT, frm, to, ["relup has a hot edge from %s" % frm], "upgrade")
+        if edge.get("not_applied"):
+            # what the build knows a hot upgrade leaves as it was (e.g. an Application module's children)
+            plan["not_applied"] = list(edge["not_applied"])
+        return plan
     if edge is None:
         reasons = ["the build has no edge from %s (it was not among the bases gathered from the fleet)" % frm]
     else:
         reasons = list(edge.get("reasons") or ["edge from %s is cold" % frm])
     if mode == "hot":
         raise PlanError("hotswap_mode=hot but %s -> %s can only be cold: %s" % (frm, to, "; ".join(reasons)))
-    return _result(COLD, frm, to, reasons, "release")
+    return dict(_result(COLD, frm, to, reasons, "release"), loses_state=True)
 
 
 def rollback(status, target=None, mode="auto"):
@@ -129,12 +134,13 @@ def rollback(status, target=None, mode="auto"):
         ["the node is down"] if not up else ["the relup of %s has no down edge to %s" % (frm, target)])
     if mode == "hot":
         raise PlanError("hotswap_mode=hot but %s -> %s can only be cold: %s" % (frm, target, "; ".join(reasons)))
-    return _result(COLD, frm, target, reasons, direction="down")
+    return dict(_result(COLD, frm, target, reasons, direction="down"), loses_state=up)
 
 
 def describe(plan):
     """One line for people: ``1.0.0 -> 2.0.0: hot (relup has a hot edge from 1.0.0)``."""
-    return "%s -> %s: %s (%s)" % (plan["from"] or "nothing", plan["to"], plan["action"], "; ".join(plan["reasons"]))
+    return "%s -> %s: %s (%s)%s" % (plan["from"] or "nothing", plan["to"], plan["action"], "; ".join(plan["reasons"]),
+                                    ", the node restarts: in-memory state is lost" if plan.get("loses_state") else "")
 
 
 def diff(app, plan):

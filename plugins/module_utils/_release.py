@@ -131,7 +131,8 @@ def carry_out(plan, p, package, call, expect_state=None, diff=False):
     command, args = plan_command(plan, p, package)
     if expect_state:
         args = args + ["--expect-state", expect_state]
-    rc, out, err = call(command, args, None if noop else settings_of(p))
+    # the settings go with every call, a no-op's status included: the host's env file always ends as asked
+    rc, out, err = call(command, args, settings_of(p))
     if not isinstance(out, dict):
         return dict(result, failed=True, changed=False,
                     msg="%s: the agent gave no answer to %s (exit %s): %s"
@@ -143,7 +144,22 @@ def carry_out(plan, p, package, call, expect_state=None, diff=False):
         return dict(result, failed=True, agent=out, reverted=bool(out.get("reverted")),
                     host_version=out.get("host_version"), changed=bool(out.get("changed", True)),
                     msg="%s failed on this host: %s" % (result["summary"], msg))
+    notes = list(plan.get("not_applied") or []) + not_applied(out)
+    extra = {"not_applied": notes, "warnings": list(notes)} if notes else {}
     if noop:
-        return dict(result, changed=False)
+        if out.get("settings_changed"):
+            extra["settings_changed"] = out["settings_changed"]
+        return dict(result, changed=bool(out.get("settings_changed")), **extra)
     return dict(result, changed=True, agent=out, host_version=out.get("host_version", plan["to"]),
-                timing=timing(out))
+                timing=timing(out), **extra)
+
+
+def not_applied(out):
+    """What the run asked for that the running node does not have yet, in words (empty: nothing)."""
+    notes = []
+    pending = out.get("env_pending_restart") or []
+    if pending:
+        notes.append("hotswap_env: %s written on the host, but the running node started with other values: "
+                     "they take effect when it next starts (a cold deploy of another version, or a restart of its service)"
+                     % ", ".join(pending))
+    return notes

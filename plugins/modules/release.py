@@ -82,6 +82,24 @@ options:
         cold) and the task fails. V(0) turns the watch off.
     type: float
     default: 3.0
+  old_code:
+    description:
+      - What to do about processes that still execute code a hot upgrade (or hot rollback) replaces, e.g. a
+        loop blocked in C(receive) or C(:gen_tcp.accept) inside a changed module: purging the old code after
+        the upgrade would kill them. The agent finds them before anything is installed and gives them
+        O(old_code_wait) seconds to leave; a process seen re-entering the module through a fully qualified call
+        moves to the new code by itself and is let through.
+      - V(refuse) fails the host before the point of no return, naming the processes and modules; the host
+        keeps its release and its state.
+      - V(kill) goes on; processes still in the old code after the install (and a second wait) are killed by
+        the purge, named in the result, and their supervisors restart them on the new code.
+    type: str
+    choices: [refuse, kill]
+    default: refuse
+  old_code_wait:
+    description: Seconds processes in code the upgrade replaces get to leave it, before and after the install.
+    type: float
+    default: 5.0
   service_manager:
     description: V(systemd) (a generated unit), V(daemon) (the release's own C(bin/APP daemon)/C(stop)) or V(auto).
     type: str

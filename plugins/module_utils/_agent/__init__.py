@@ -22,5 +22,5 @@ Source layout: this package's modules, each owning one concern, in the order the
 file a host receives, roles/agent/files/hotswap_agent.py (`make agent`).
 """
 
-MODULES = ("errors", "options", "names", "erlterms", "files", "fingerprint", "host", "state", "reads", "packages", "health",
+MODULES = ("errors", "options", "names", "erlterms", "files", "fingerprint", "host", "state", "reads", "packages", "prune", "health",
            "service", "hot", "full", "cli")

@@ -17,7 +17,8 @@ from .reads import cmd_facts, cmd_status, ensure_user, state_key
 from .packages import apply_settings, cmd_unpack, store_package
 from .health import cmd_health, parse_check
 from .service import cmd_start, cmd_stop, resolve_service_manager
-from .hot import cmd_commit, cmd_hot, cmd_install, cmd_prune, cmd_revert
+from .prune import cmd_prune
+from .hot import cmd_commit, cmd_hot, cmd_install, cmd_revert
 from .full import cmd_cold, cmd_first_install, cmd_rollback
 
 DESCRIPTION = "beam.hotswap host agent: moves one mix release root from one state to another."
@@ -166,6 +167,11 @@ def run(argv, settings=None):
         try:
             rels = h.releases() or []
             out["host_version"] = permanent_version(rels)
+        except Exception:
+            pass
+    if h is not None and code != 2 and "env_pending_restart" not in out:
+        try:
+            out["env_pending_restart"] = h.env_pending()
         except Exception:
             pass
     out["result"] = "bad_input" if code == 2 else ("failed" if code else ("ok" if out.get("changed") else "noop"))

@@ -14,7 +14,8 @@ from .reads import relup_edges
 from .packages import open_verified, _referenced_libs, _write_private
 from .health import parse_check
 from .service import _gate, start_node, start_timeout, stop_node
-from .hot import already_there, do_prune, do_revert
+from .prune import do_prune
+from .hot import already_there, do_revert
 
 
 def stage_full(h, package, sha, vsn, owner):
@@ -388,7 +389,7 @@ def cmd_rollback(h, a):
             except (OSError, TermError, ValueError, UnicodeDecodeError):
                 down = []
         if a.mode == "hot" and up and target in down:
-            res = do_revert(h, target, a.timeout, "hot")
+            res = do_revert(h, target, a.timeout, "hot", old_code=a)
             res.setdefault("from", running)
             if not res.get("reverted"):
                 raise OpFailed(f"rollback to {target} failed; node runs {res.get('host_version')}", **res)

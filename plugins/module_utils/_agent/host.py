@@ -101,6 +101,28 @@ class Host:
         except (OSError, ValueError) as e:
             raise OpFailed(f"cannot read {f}: {e}")
 
+    def env_pending(self):
+        """Names of the variables in .hotswap/env whose value the running node did not start with (read
+        from its /proc/PID/environ): they take effect at its next restart.  [] when the node is down
+        or its environment cannot be read.  Values are never returned."""
+        want = self.env_file()
+        if not want:
+            return []
+        pid, _boot = self.os_pid()
+        if not pid:
+            return []
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                raw = fh.read()
+        except OSError:
+            return []
+        have = {}
+        for item in raw.split(b"\0"):
+            k, sep, v = item.partition(b"=")
+            if sep:
+                have[k.decode("utf-8", "replace")] = v.decode("utf-8", "replace")
+        return sorted(k for k, v in want.items() if have.get(k) != v)
+
     def node_name(self):
         return self.env_file().get("RELEASE_NODE") or self.app
 

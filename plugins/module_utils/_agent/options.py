@@ -13,6 +13,11 @@ TASK_OPTIONS = (
     ("health_check", {"type": "str"}, "--check", "check", str, None),
     # after a hot commit (and prune) the node must stay up and healthy this long; 0 = no watch
     ("settle_seconds", {"type": "float", "default": 3.0}, "--settle", "settle", float, 0.0),
+    # processes executing code a hot upgrade replaces (a purge would kill them): refuse, or let them die
+    ("old_code", {"type": "str", "default": "refuse", "choices": ["refuse", "kill"]},
+     "--old-code", "old_code", str, "refuse"),
+    # how long such processes get to leave before that decision
+    ("old_code_wait", {"type": "float", "default": 5.0}, "--old-code-wait", "old_code_wait", float, 5.0),
 )
 
 

@@ -48,6 +48,7 @@ def cmd_status(h, a):
         "previous": previous_release(h, perm, rels) if perm else None,
         "relup_up": relup_up, "relup_down": relup_down, "relup_error": relup_error,
         "first_install_pending": os.path.exists(os.path.join(h.hs, "first-install.json")),
+        "env_pending_restart": h.env_pending() if up else [],
         "unpacked": [r["version"] for r in rels or [] if r["status"] == "unpacked" and r["version"] != current],
         "old": [r["version"] for r in rels or [] if r["status"] == "old"],
         "releases": [{"version": r["version"], "status": r["status"], "erts": r["erts"],

@@ -99,6 +99,11 @@ TASK_OPTIONS = (
     ("health_check", {"type": "str"}, "--check", "check", str, None),
     # after a hot commit (and prune) the node must stay up and healthy this long; 0 = no watch
     ("settle_seconds", {"type": "float", "default": 3.0}, "--settle", "settle", float, 0.0),
+    # processes executing code a hot upgrade replaces (a purge would kill them): refuse, or let them die
+    ("old_code", {"type": "str", "default": "refuse", "choices": ["refuse", "kill"]},
+     "--old-code", "old_code", str, "refuse"),
+    # how long such processes get to leave before that decision
+    ("old_code_wait", {"type": "float", "default": 5.0}, "--old-code-wait", "old_code_wait", float, 5.0),
 )
 
 
@@ -914,6 +919,28 @@ class Host:
         except (OSError, ValueError) as e:
             raise OpFailed(f"cannot read {f}: {e}")
 
+    def env_pending(self):
+        """Names of the variables in .hotswap/env whose value the running node did not start with (read
+        from its /proc/PID/environ): they take effect at its next restart.  [] when the node is down
+        or its environment cannot be read.  Values are never returned."""
+        want = self.env_file()
+        if not want:
+            return []
+        pid, _boot = self.os_pid()
+        if not pid:
+            return []
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                raw = fh.read()
+        except OSError:
+            return []
+        have = {}
+        for item in raw.split(b"\0"):
+            k, sep, v = item.partition(b"=")
+            if sep:
+                have[k.decode("utf-8", "replace")] = v.decode("utf-8", "replace")
+        return sorted(k for k, v in want.items() if have.get(k) != v)
+
     def node_name(self):
         return self.env_file().get("RELEASE_NODE") or self.app
 
@@ -1501,6 +1528,7 @@ def cmd_status(h, a):
         "previous": previous_release(h, perm, rels) if perm else None,
         "relup_up": relup_up, "relup_down": relup_down, "relup_error": relup_error,
         "first_install_pending": os.path.exists(os.path.join(h.hs, "first-install.json")),
+        "env_pending_restart": h.env_pending() if up else [],
         "unpacked": [r["version"] for r in rels or [] if r["status"] == "unpacked" and r["version"] != current],
         "old": [r["version"] for r in rels or [] if r["status"] == "old"],
         "releases": [{"version": r["version"], "status": r["status"], "erts": r["erts"],
@@ -1963,6 +1991,91 @@ def cmd_unpack(h, a):
 
 
 # ==================================================================================================
+# prune.py
+# Pruning: old releases beyond --keep (never the permanent, running, booted or rollback one) and stale
+# uploads, over release_handler while the node runs, from the files when it is down.
+# ==================================================================================================
+
+def _drop_stale_uploads(h, age_s=3600):
+    """Uploads a failed or interrupted run left in .hotswap/ (.upload-*.part, older than an hour)."""
+    try:
+        names = os.listdir(h.hs)
+    except OSError:
+        return
+    for n in names:
+        f = os.path.join(h.hs, n)
+        try:
+            if n.startswith(".upload-") and n.endswith(".part") and time.time() - os.lstat(f).st_mtime > age_s:
+                os.unlink(f)
+        except OSError:
+            pass
+
+
+def do_prune(h, keep):
+    """Remove releases beyond the newest ``keep`` (never the permanent, running, booted or previous one);
+    returns the versions removed."""
+    _drop_stale_uploads(h)
+    rels = h.releases()
+    if not rels:
+        return []
+    up = h.node_up()
+    perm = permanent_version(rels)
+    protected = {perm}
+    pid, boot = h.os_pid() if up else (None, None)
+    rec = h.installed_record()
+    if up:
+        protected.add(boot)  # its consolidated dir stays on the code path
+        if rec:
+            protected.add(rec.get("version"))
+    if perm:
+        older = sorted((r["version"] for r in rels if vsn_key(r["version"]) < vsn_key(perm)), key=vsn_key)
+        if older:
+            protected.add(older[-1])  # rollback target
+    cands = sorted((r["version"] for r in rels if r["version"] not in protected), key=vsn_key)
+    remove = []
+    total = len(rels)
+    for v in cands:
+        if total <= keep:
+            break
+        remove.append(v)
+        total -= 1
+    if not remove:
+        return []
+    if up:
+        r = h.rpc("remove", remove=remove, timeout=60)
+        removed = r.get("removed") or []
+        for v in removed:
+            for x in (h.p("releases", f"{h.app}-{v}.rel"), os.path.join(h.hs, "bin", v)):
+                if os.path.lexists(x):
+                    rmtree(x)
+            h.set_sha_record(v, None)
+            h.set_full_sha(v, None)
+        if not r.get("ok"):
+            raise OpFailed(f"prune: {r.get('error')}", removed=removed)
+        return removed
+    for v in remove:
+        entry = next(r for r in rels if r["version"] == v)
+        rels = [r for r in rels if r["version"] != v]
+        _remove_files_of(h, v, rels, [os.path.basename(d.rstrip("/")) for _ign, _ign, d in entry["libs"]])
+        h.write_releases(rels)
+        h.set_sha_record(v, None)
+        h.set_full_sha(v, None)
+        rmtree(os.path.join(h.hs, "bin", v))
+    return remove
+
+
+def cmd_prune(h, a):
+    """prune --keep N: remove old releases (see ``do_prune``)."""
+    if a.keep is None:
+        raise BadInput("prune needs --keep N")
+    if a.keep < 1:
+        raise BadInput("--keep must be >= 1")
+    with Lock(h, "prune"):
+        removed = do_prune(h, a.keep)
+        return {"changed": bool(removed), "removed": removed}
+
+
+# ==================================================================================================
 # health.py
 # Health checks after install and before commit: an http(s) URL, a command on the host, or an rpc
 # expression on the node (the default: the node answers and runs the new release).
@@ -2413,6 +2526,34 @@ def _refusal_msg(vsn, r):
             f"installed; the host keeps {keeps} and its state")
 
 
+def _old_code_args(a):
+    """The node's old-code options from the agent's arguments."""
+    return {"old_code": getattr(a, "old_code", None) or "refuse",
+            "old_code_wait_ms": int(max(0.0, getattr(a, "old_code_wait", 5.0) or 0.0) * 1000)}
+
+
+def _procs_text(procs, limit=5):
+    """Processes the node named (old_code_procs) as one line."""
+    out = []
+    for p in (procs or [])[:limit]:
+        init = p.get("initial_call")
+        out.append(f"{p.get('name')} in {p.get('current_function')}"
+                   + (f" (started as {init})" if init and init != p.get("current_function") else "")
+                   + f" holding {', '.join(p.get('modules') or [])}")
+    more = len(procs or []) - limit
+    return "; ".join(out) + (f"; and {more} more" if more > 0 else "")
+
+
+def _old_code_refusal_msg(vsn, r, wait_s):
+    procs = r.get("old_code_procs") or []
+    count = r.get("old_code_count") or len(procs)
+    return (f"hot upgrade to {vsn} refused: {count} process(es) execute code of modules this upgrade replaces and "
+            f"did not leave within {wait_s:g} s, so purging the old code would kill them: {_procs_text(procs)} -- "
+            f"nothing was installed; the host keeps {r.get('running')} and its state. Make such loops leave the "
+            f"module (docs/writing-upgradable-code.md), or set hotswap_old_code=kill to let their supervisors "
+            f"restart them on the new code, or deploy with hotswap_mode=cold")
+
+
 def cmd_install(h, a):
     """install --version V: install an unpacked release over the relup on the live node (after the
     code_change rehearsal), without committing it; on a dead node or a failed install, report what the host runs."""
@@ -2426,7 +2567,7 @@ def cmd_install(h, a):
         perm = permanent_version(rels)
         fault_point(h, "before_install")
         try:
-            r = h.rpc("install", vsn=vsn, rehearse=True, timeout=a.timeout + 60)
+            r = h.rpc("install", vsn=vsn, rehearse=True, timeout=a.timeout + 60, **_old_code_args(a))
         except OpFailed as e:
             if e.extra.get("rpc_transport"):
                 info = _after_failure(h, perm, e.msg, pid_before=pid)
@@ -2435,6 +2576,9 @@ def cmd_install(h, a):
         if not r.get("ok") and r.get("stage") == "rehearse":
             raise OpFailed(_refusal_msg(vsn, r), stage="rehearse", host_version=r.get("running"),
                            **_rehearsal_fields(r))
+        if not r.get("ok") and r.get("stage") == "old_code":
+            raise OpFailed(_old_code_refusal_msg(vsn, r, a.old_code_wait), stage="old_code",
+                           host_version=r.get("running"), old_code_procs=r.get("old_code_procs"))
         if not r.get("ok"):
             msg = f"install_release({vsn}) failed at {r.get('stage')}: {r.get('error')}"
             if r.get("stage") == "install":
@@ -2480,8 +2624,10 @@ def cmd_commit(h, a):
                 "permanent": r.get("permanent"), "commit_ms": r.get("commit_ms")}
 
 
-def do_revert(h, old, timeout, mode="hot"):
-    """Hot revert to old; cold (stop, fix files, start) if that fails or mode == "cold"."""
+def do_revert(h, old, timeout, mode="hot", old_code=None):
+    """Hot revert to old; cold (stop, fix files, start) if that fails or mode == "cold".  With ``old_code``
+    (an explicit rollback: the agent's arguments) processes in code the down edge replaces are checked
+    first, and a refusal raises with nothing changed instead of going cold."""
     if not h.node_up():
         _make_permanent_offline(h, old)
         h.set_installed_record(None)
@@ -2490,7 +2636,13 @@ def do_revert(h, old, timeout, mode="hot"):
     try:
         if mode == "cold":
             raise OpFailed("cold revert requested")
-        r = h.rpc("revert", vsn=old, rehearse=True, timeout=timeout + 60)
+        extra = _old_code_args(old_code) if old_code is not None else {}
+        r = h.rpc("revert", vsn=old, rehearse=True, timeout=timeout + 60 + 2 * (extra.get("old_code_wait_ms", 0) / 1000),
+                  **extra)
+        if old_code is not None and not r.get("ok") and r.get("old_code_procs"):
+            raise OpFailed(_old_code_refusal_msg(old, r, old_code.old_code_wait).replace("hot upgrade", "hot rollback"),
+                           stage="old_code", changed=False, reverted=False, host_version=r.get("running"),
+                           old_code_procs=r.get("old_code_procs"))
         if r.get("ok") and not _verify_committed(h, old):
             h.set_installed_record(None)
             return {"changed": r.get("changed", True), "mode": "hot", "reverted": True,
@@ -2512,7 +2664,7 @@ def do_revert(h, old, timeout, mode="hot"):
 def cmd_revert(h, a):
     """revert --version OLD: put the node back on OLD (over the relup when it can, else cold), ending permanent."""
     with Lock(h, a.command):
-        res = do_revert(h, a.version, a.timeout, getattr(a, "mode", "hot"))
+        res = do_revert(h, a.version, a.timeout, getattr(a, "mode", "hot"), old_code=a)
         if not res.get("reverted"):
             raise OpFailed(f"revert to {a.version} failed; node runs {res.get('host_version')}", **res)
         return dict(res, version=a.version)
@@ -2549,7 +2701,8 @@ def cmd_hot(h, a):
         try:
             r = h.rpc("install", vsn=vsn, rel_file=prep["rel_file"], old=old, verify=one_rpc, commit=one_rpc,
                       revert_on_failure=one_rpc, check_rpc=check[1] if check[0] == "rpc" else None,
-                      rehearse=True, timeout_ms=int(a.timeout * 1000), timeout=a.timeout + 90)
+                      rehearse=True, timeout_ms=int(a.timeout * 1000),
+                      timeout=a.timeout + 90 + 2 * (getattr(a, "old_code_wait", 0) or 0), **_old_code_args(a))
         except OpFailed as e:
             if e.extra.get("rpc_transport"):
                 info = _after_failure(h, old, e.msg, pid_before=pid)
@@ -2561,6 +2714,13 @@ def cmd_hot(h, a):
             raise OpFailed(_refusal_msg(vsn, r), stage="rehearse", changed=False, reverted=False,
                            host_version=r.get("running"), permanent=r.get("permanent"), os_pid=r.get("os_pid"),
                            unpack_ms=unpack_ms, cleaned=prep.get("cleaned"), **_rehearsal_fields(r))
+        if not r.get("ok") and r.get("stage") == "old_code" and r.get("old_code_phase") == "before":
+            # refused before anything was registered: the host keeps its release and its state
+            undo_unpack(h, prep)
+            raise OpFailed(_old_code_refusal_msg(vsn, r, a.old_code_wait), stage="old_code", changed=False,
+                           reverted=False, host_version=r.get("running"), permanent=r.get("permanent"),
+                           os_pid=r.get("os_pid"), unpack_ms=unpack_ms, cleaned=prep.get("cleaned"),
+                           old_code_procs=r.get("old_code_procs"), **_rehearsal_fields(r))
         if not r.get("ok") and r.get("stage") == "unpack":
             undo_unpack(h, prep)
             raise OpFailed(f"release_handler refused to register {vsn}: {r.get('error')}; nothing changed",
@@ -2568,6 +2728,9 @@ def cmd_hot(h, a):
         h.set_sha_record(vsn, a.sha256)
         base = {"version": vsn, "from": old, "install_ms": r.get("install_ms"), "unpack_ms": unpack_ms,
                 "runtime_keys": r.get("runtime_keys"), "os_pid": r.get("os_pid"), **_rehearsal_fields(r)}
+        for k in ("old_code_killed", "old_code_waited", "old_code_ms"):
+            if r.get(k):
+                base[k] = r[k]
         if not r.get("ok") and r.get("stage") == "install":
             info = _after_failure(h, old, f"hot upgrade to {vsn} failed at install: {r.get('error')}",
                                   r.get("rh_pid_before"))
@@ -2575,7 +2738,7 @@ def cmd_hot(h, a):
         if not r.get("ok"):
             stage = r.get("stage")
             reverted = r.get("running") == old and r.get("permanent") == old
-            if stage in ("health", "commit") and not r.get("reverted") and r.get("running") != old:
+            if stage in ("health", "commit", "old_code") and not r.get("reverted") and r.get("running") != old:
                 rv = _revert_or_recover(h, old, a.timeout, f"hot upgrade to {vsn} failed at {stage}")
                 reverted = rv.get("reverted")
                 base["revert_mode"] = rv.get("mode")
@@ -2684,85 +2847,6 @@ def already_there(h, vsn, a, recorded):
     if a.keep:
         res["removed"] = do_prune(h, a.keep)
     return res
-
-
-def _drop_stale_uploads(h, age_s=3600):
-    """Uploads a failed or interrupted run left in .hotswap/ (.upload-*.part, older than an hour)."""
-    try:
-        names = os.listdir(h.hs)
-    except OSError:
-        return
-    for n in names:
-        f = os.path.join(h.hs, n)
-        try:
-            if n.startswith(".upload-") and n.endswith(".part") and time.time() - os.lstat(f).st_mtime > age_s:
-                os.unlink(f)
-        except OSError:
-            pass
-
-
-def do_prune(h, keep):
-    """Remove releases beyond the newest ``keep`` (never the permanent, running, booted or previous one);
-    returns the versions removed."""
-    _drop_stale_uploads(h)
-    rels = h.releases()
-    if not rels:
-        return []
-    up = h.node_up()
-    perm = permanent_version(rels)
-    protected = {perm}
-    pid, boot = h.os_pid() if up else (None, None)
-    rec = h.installed_record()
-    if up:
-        protected.add(boot)  # its consolidated dir stays on the code path
-        if rec:
-            protected.add(rec.get("version"))
-    if perm:
-        older = sorted((r["version"] for r in rels if vsn_key(r["version"]) < vsn_key(perm)), key=vsn_key)
-        if older:
-            protected.add(older[-1])  # rollback target
-    cands = sorted((r["version"] for r in rels if r["version"] not in protected), key=vsn_key)
-    remove = []
-    total = len(rels)
-    for v in cands:
-        if total <= keep:
-            break
-        remove.append(v)
-        total -= 1
-    if not remove:
-        return []
-    if up:
-        r = h.rpc("remove", remove=remove, timeout=60)
-        removed = r.get("removed") or []
-        for v in removed:
-            for x in (h.p("releases", f"{h.app}-{v}.rel"), os.path.join(h.hs, "bin", v)):
-                if os.path.lexists(x):
-                    rmtree(x)
-            h.set_sha_record(v, None)
-            h.set_full_sha(v, None)
-        if not r.get("ok"):
-            raise OpFailed(f"prune: {r.get('error')}", removed=removed)
-        return removed
-    for v in remove:
-        entry = next(r for r in rels if r["version"] == v)
-        rels = [r for r in rels if r["version"] != v]
-        _remove_files_of(h, v, rels, [os.path.basename(d.rstrip("/")) for _ign, _ign, d in entry["libs"]])
-        h.write_releases(rels)
-        h.set_sha_record(v, None)
-        h.set_full_sha(v, None)
-        rmtree(os.path.join(h.hs, "bin", v))
-    return remove
-
-
-def cmd_prune(h, a):
-    """prune --keep N: remove old releases (see ``do_prune``)."""
-    if a.keep is None:
-        raise BadInput("prune needs --keep N")
-    if a.keep < 1:
-        raise BadInput("--keep must be >= 1")
-    with Lock(h, "prune"):
-        removed = do_prune(h, a.keep)
-        return {"changed": bool(removed), "removed": removed}
 
 
 # ==================================================================================================
@@ -3142,7 +3226,7 @@ def cmd_rollback(h, a):
             except (OSError, TermError, ValueError, UnicodeDecodeError):
                 down = []
         if a.mode == "hot" and up and target in down:
-            res = do_revert(h, target, a.timeout, "hot")
+            res = do_revert(h, target, a.timeout, "hot", old_code=a)
             res.setdefault("from", running)
             if not res.get("reverted"):
                 raise OpFailed(f"rollback to {target} failed; node runs {res.get('host_version')}", **res)
@@ -3315,6 +3399,11 @@ def run(argv, settings=None):
         try:
             rels = h.releases() or []
             out["host_version"] = permanent_version(rels)
+        except Exception:
+            pass
+    if h is not None and code != 2 and "env_pending_restart" not in out:
+        try:
+            out["env_pending_restart"] = h.env_pending()
         except Exception:
             pass
     out["result"] = "bad_input" if code == 2 else ("failed" if code else ("ok" if out.get("changed") else "noop"))

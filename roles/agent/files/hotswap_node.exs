@@ -281,6 +281,190 @@ hs_result =
         end
     end
 
+    # ---------------------------------------------------------------- processes in old code
+    # A process still executing a module's code when the relup loads a new version of it runs
+    # "old" code afterwards; the purge that follows (make_permanent, or the next load) KILLS it.
+    # Before the point of no return: find the processes with a frame in a module the edge replaces
+    # (or holding its already-old code), give them a bounded time to leave, then refuse -- or, when
+    # the user opted in (old_code = "kill"), go on and let the purge kill them after a second wait.
+    edge_modules = fn running, vsn ->
+      case if(running && running != vsn, do: find_edge.(running, vsn)) do
+        {_mode, instrs} ->
+          for i <- instrs,
+              m <- (case i do
+                      {:load, {m, _, _}} -> [m]
+                      {:remove, {m, _, _}} -> [m]
+                      _ -> []
+                    end),
+              uniq: true,
+              do: m
+
+        nil ->
+          []
+      end
+    end
+
+    frame_re = ~r/\(('(?:[^'\\]|\\.)*'|[a-z][A-Za-z0-9_@]*):/
+
+    # the modules of `mods` that pid executes (a frame in its stack) or holds old code of
+    held_by = fn pid, mods, olds ->
+      frames =
+        case Process.info(pid, :backtrace) do
+          {:backtrace, bt} ->
+            for [_, m] <- Regex.scan(frame_re, bt), into: MapSet.new(), do: String.trim(m, "'")
+
+          _ ->
+            MapSet.new()
+        end
+
+      for m <- mods,
+          MapSet.member?(frames, Atom.to_string(m)) or
+            (m in olds and :erlang.check_process_code(pid, m) == true),
+          do: m
+    end
+
+    describe_proc = fn pid, held ->
+      info = Process.info(pid, [:registered_name, :current_function, :initial_call, :dictionary]) || []
+      name = case info[:registered_name] do
+        n when is_atom(n) and n not in [nil, []] -> inspect(n)
+        _ -> inspect(pid)
+      end
+      init = (info[:dictionary] || []) |> Keyword.get(:"$initial_call", info[:initial_call])
+      fmt = fn
+        {m, f, a} -> Exception.format_mfa(m, f, a)
+        other -> inspect(other)
+      end
+      %{"pid" => inspect(pid), "name" => name, "initial_call" => fmt.(init),
+        "current_function" => fmt.(info[:current_function]),
+        "modules" => Enum.map(held, &inspect/1)}
+    end
+
+    # [{pid, [mods]}] of processes in `pids` (all when nil) that hold code of `mods`
+    holders = fn mods, pids ->
+      olds = Enum.filter(mods, &:erlang.check_old_code/1)
+      me = self()
+
+      for pid <- pids || Process.list(), pid != me, held = held_by.(pid, mods, olds), held != [],
+          do: {pid, held}
+    end
+
+    # wait up to wait_ms for the holders to leave; returns those still there
+    wait_out = fn mods, found, wait_ms ->
+      deadline = System.monotonic_time(:millisecond) + wait_ms
+
+      Enum.reduce_while(Stream.repeatedly(fn -> nil end), found, fn _, left ->
+        left = holders.(mods, Enum.map(left, &elem(&1, 0)))
+
+        cond do
+          left == [] -> {:halt, []}
+          System.monotonic_time(:millisecond) >= deadline -> {:halt, left}
+          true -> Process.sleep(100) && {:cont, left}
+        end
+      end)
+    end
+
+    # Before the load, "leaving" the code means finishing what it does (a request mid-flight) -- or
+    # re-entering it through a fully qualified call (Mod.loop/1, __MODULE__.loop/1): such a call goes
+    # to the NEW code once it is loaded, so a process seen making one moves over by itself.  Watch the
+    # holders' global calls into the modules for up to wait_ms (call trace on those pids only,
+    # removed at the end); returns {still holding and never seen re-entering, seen re-entering}.
+    watch_out = fn mods, found, wait_ms ->
+      me = self()
+      deadline = System.monotonic_time(:millisecond) + wait_ms
+      pids = Enum.map(found, &elem(&1, 0))
+
+      for m <- mods do
+        try do
+          :erlang.trace_pattern({m, :_, :_}, true, [:global])
+        rescue
+          _ -> :ok
+        end
+      end
+
+      traced =
+        for p <- pids, (try do :erlang.trace(p, true, [:call, {:tracer, me}]) == 1 rescue _ -> false end), do: p
+
+      try do
+        loop = fn loop, left, movers ->
+          receive do
+            {:trace, pid, :call, {m, _, _}} ->
+              if m in mods, do: loop.(loop, left, MapSet.put(movers, pid)), else: loop.(loop, left, movers)
+          after
+            100 ->
+              left = holders.(mods, Enum.map(left, &elem(&1, 0)))
+              stuck = Enum.reject(left, fn {p, _} -> MapSet.member?(movers, p) end)
+
+              if stuck == [] or System.monotonic_time(:millisecond) >= deadline,
+                do: {stuck, Enum.filter(left, fn {p, _} -> MapSet.member?(movers, p) end)},
+                else: loop.(loop, left, movers)
+          end
+        end
+
+        loop.(loop, found, MapSet.new())
+      after
+        for p <- traced, do: (try do :erlang.trace(p, false, [:call]) rescue _ -> 0 end)
+
+        for m <- mods do
+          try do
+            :erlang.trace_pattern({m, :_, :_}, false, [:global])
+          rescue
+            _ -> :ok
+          end
+        end
+
+        flush = fn f ->
+          receive do
+            {:trace, _, _, _} -> f.(f)
+          after
+            0 -> :ok
+          end
+        end
+
+        flush.(flush)
+      end
+    end
+
+    # before install: %{"ok" => true, ...} or a refusal with the processes named
+    old_code_check = fn vsn ->
+      t_o = System.monotonic_time(:microsecond)
+      {running, _} = running_of.(releases.())
+      mods = edge_modules.(running, vsn)
+      found = if mods == [], do: [], else: holders.(mods, nil)
+
+      {left, movers} =
+        if found == [], do: {[], []}, else: watch_out.(mods, found, hs["old_code_wait_ms"] || 5000)
+
+      policy = hs["old_code"] || "refuse"
+
+      %{"ok" => left == [] or policy == "kill", "old_code_ms" => div(System.monotonic_time(:microsecond) - t_o, 100) / 10,
+        "old_code_waited" => length(found) - length(left), "old_code_movers" => length(movers),
+        "old_code_procs" => Enum.map(Enum.take(left, 20), fn {p, h} -> describe_proc.(p, h) end),
+        "old_code_count" => length(left)}
+    end
+
+    # after install_release: processes still on the old code of the edge's modules get a second
+    # bounded wait (a fully qualified call moves them to the new code), then soft purge; what is
+    # left is purged brutally only under old_code = "kill" (their supervisors restart them).
+    old_code_after = fn mods ->
+      olds = Enum.filter(mods, &:erlang.check_old_code/1)
+      found = if olds == [], do: [], else: holders.(olds, nil)
+      left = if found == [], do: [], else: wait_out.(olds, found, hs["old_code_wait_ms"] || 5000)
+      Enum.each(olds, &:code.soft_purge/1)
+
+      cond do
+        left == [] ->
+          %{"ok" => true}
+
+        hs["old_code"] == "kill" ->
+          procs = Enum.map(left, fn {p, h} -> describe_proc.(p, h) end)
+          Enum.each(olds, &:code.purge/1)
+          %{"ok" => true, "old_code_killed" => procs}
+
+        true ->
+          %{"ok" => false, "old_code_procs" => Enum.map(left, fn {p, h} -> describe_proc.(p, h) end)}
+      end
+    end
+
     rehearse = fn vsn ->
       t_r = System.monotonic_time(:microsecond)
       {running, _} = running_of.(releases.())
@@ -608,12 +792,21 @@ hs_result =
         %{"reverted" => r == :ok, "revert_error" => if(r != :ok, do: inspect(r)), "revert_noop" => true}
       else
         rh = if hs["rehearse"], do: rehearse.(old), else: %{"ok" => true}
+        # an explicit rollback honours old_code like a deploy (a revert after a failure does not ask)
+        oc = if rh["ok"] && hs["op"] == "revert" && hs["old_code"], do: old_code_check.(old), else: %{"ok" => true}
 
-        if not rh["ok"] do
+        cond do
+          not rh["ok"] ->
           f = hd(rh["failures"])
           %{"reverted" => false, "revert_rehearsal_failures" => rh["failures"],
             "revert_error" => "code_change rehearsal of the down edge failed: #{f["module"]}: #{f["error"]}"}
-        else
+
+          not oc["ok"] ->
+            %{"reverted" => false, "old_code_procs" => oc["old_code_procs"], "old_code_count" => oc["old_code_count"],
+              "revert_error" => "#{oc["old_code_count"]} process(es) execute code the rollback replaces: " <>
+                Enum.map_join(Enum.take(oc["old_code_procs"], 5), ", ", &"#{&1["name"]} in #{&1["current_function"]}")}
+
+          true ->
         case do_install.(old) do
           {:ok, info} ->
             {r, _} = commit.(old)
@@ -691,8 +884,19 @@ hs_result =
             %{"ok" => true, "warnings" => [], "rehearsed" => []}
           end
 
+        # processes that a purge of the replaced modules would kill: refused before anything is
+        # registered (or, under old_code = "kill", let through and counted)
+        oc =
+          if rh["ok"] && running0 != vsn && hs["old_code"] do
+            old_code_check.(vsn)
+          else
+            %{"ok" => true}
+          end
+
+        mods = if running0 && running0 != vsn, do: edge_modules.(running0, vsn), else: []
+
         unpack =
-          case {rh["ok"] && hs["rel_file"], Enum.find(rels0, &(&1["version"] == vsn))} do
+          case {rh["ok"] && oc["ok"] && hs["rel_file"], Enum.find(rels0, &(&1["version"] == vsn))} do
             {false, _} -> :refused
             {nil, _} -> :skipped
             {_, %{}} -> :present
@@ -700,7 +904,10 @@ hs_result =
           end
 
         rinfo = %{"rehearse_ms" => rh["rehearse_ms"], "rehearsal_warnings" => rh["warnings"],
-                  "rehearsed" => rh["rehearsed"], "rehearsal_peer" => rh["peer"]}
+                  "rehearsed" => rh["rehearsed"], "rehearsal_peer" => rh["peer"],
+                  "old_code_ms" => oc["old_code_ms"], "old_code_waited" => oc["old_code_waited"],
+                  "old_code_count" => oc["old_code_count"],
+                  "old_code_procs" => oc["old_code_procs"]}
 
         state = fn extra -> state.(Map.merge(rinfo, extra)) end
 
@@ -709,6 +916,11 @@ hs_result =
             state.(%{"ok" => false, "stage" => "rehearse", "rehearsal_failures" => rh["failures"],
                      "error" => "code_change rehearsal failed", "created_releases" => created, "old" => old,
                      "unpack" => inspect(unpack)})
+
+          not oc["ok"] ->
+            state.(%{"ok" => false, "stage" => "old_code", "old_code_phase" => "before",
+                     "created_releases" => created, "old" => old,
+                     "error" => "processes execute code this upgrade replaces"})
 
           match?({:error, _}, unpack) ->
             state.(%{"ok" => false, "stage" => "unpack", "error" => inspect(unpack),
@@ -729,13 +941,29 @@ hs_result =
                                         "created_releases" => created, "unpack" => inspect(unpack)}))
 
               {:ok, info} ->
-                {vok, why} = if hs["verify"], do: verify.(vsn), else: {true, "not checked"}
+                after_oc = if hs["old_code"], do: old_code_after.(mods), else: %{"ok" => true}
+                info = Map.put(info, "old_code_killed", after_oc["old_code_killed"])
+
+                {vok, why} =
+                  cond do
+                    not after_oc["ok"] ->
+                      procs = after_oc["old_code_procs"]
+                      {false, "#{length(procs)} process(es) still ran the replaced code after the install: " <>
+                                Enum.map_join(Enum.take(procs, 5), ", ", &"#{&1["name"]} in #{&1["current_function"]}")}
+
+                    hs["verify"] ->
+                      verify.(vsn)
+
+                    true ->
+                      {true, "not checked"}
+                  end
 
                 cond do
                   not vok ->
                     rv = if hs["revert_on_failure"], do: revert.(old), else: %{"reverted" => false}
-                    state.(Map.merge(Map.merge(info, rv), %{"ok" => false, "stage" => "health",
-                                     "error" => "health check failed: " <> why, "old" => old,
+                    {stage, err} = if after_oc["ok"], do: {"health", "health check failed: " <> why}, else: {"old_code", why}
+                    state.(Map.merge(Map.merge(info, rv), %{"ok" => false, "stage" => stage,
+                                     "error" => err, "old" => old, "old_code_procs" => after_oc["old_code_procs"],
                                      "created_releases" => created}))
 
                   hs["commit"] ->

@@ -117,11 +117,29 @@ def test_carry_out_without_an_answer_fails_naming_the_command():
     assert res["failed"] and "no answer to hot (exit 255): boom" in res["msg"]
 
 
-def test_carry_out_noop_reads_without_settings_and_changes_nothing():
+NOOP = {"action": "noop", "from": "2.0.0", "to": "2.0.0", "direction": "up", "reasons": ["x"], "package": None}
+
+
+def test_carry_out_noop_sends_the_settings_and_changes_nothing_when_they_match():
     calls = []
-    noop = {"action": "noop", "from": "2.0.0", "to": "2.0.0", "direction": "up", "reasons": ["x"], "package": None}
-    res = _release.carry_out(noop, params(cookie="c"), None, _call(0, {"running": "2.0.0"}, calls))
-    assert res["changed"] is False and calls == [("status", [], None)]
+    res = _release.carry_out(NOOP, params(cookie="c"), None, _call(0, {"running": "2.0.0"}, calls))
+    assert res["changed"] is False and calls == [("status", [], {"env": None, "cookie": "c"})]
+    assert "not_applied" not in res and "warnings" not in res
+
+
+def test_carry_out_noop_that_rewrote_the_env_is_changed_and_says_the_node_needs_a_restart():
+    answer = {"running": "2.0.0", "settings_changed": ["env"], "env_pending_restart": ["GREETING", "PORT"]}
+    res = _release.carry_out(NOOP, params(env={"GREETING": "hi", "PORT": "1"}), None, _call(0, answer, []))
+    assert res["changed"] is True and res["settings_changed"] == ["env"]
+    assert res["not_applied"] == res["warnings"] and len(res["warnings"]) == 1
+    assert "GREETING, PORT written on the host" in res["warnings"][0] and "when it next starts" in res["warnings"][0]
+    assert "hi" not in res["warnings"][0]           # names only, never values
+
+
+def test_carry_out_hot_with_an_env_the_node_did_not_start_with_reports_it_not_applied():
+    answer = {"changed": True, "host_version": "2.0.0", "env_pending_restart": ["GREETING"]}
+    res = _release.carry_out(HOT, params(env={"GREETING": "x"}), None, _call(0, answer, []))
+    assert res["changed"] and res["not_applied"] and "GREETING" in res["not_applied"][0]
 
 
 def test_every_task_option_the_agent_takes_round_trips_through_the_agents_parser():
