@@ -30,6 +30,7 @@ PLAYBOOK = Path(__file__).resolve().parent / "playbooks" / "build.yml"
 STORE = "/opt/hotswap-test-build/store"     # private to build1 (its own /opt)
 APP = "sample"
 BUILD_TASK = "Build the release"
+DISCARD_TASK = "Discard published versions"
 PORT = 4040
 
 
@@ -64,12 +65,12 @@ class BuildSession:
     def source(self, name: str, version: str) -> Path:
         return sample.materialise(self.tmp / "src" / name, version)
 
-    def play(self, source, bases=(), verbosity="-v", **extra) -> Play:
+    def play(self, source, bases=(), verbosity="-v", check=False, **extra) -> Play:
         ev = {"hotswap_app": APP, "hotswap_source": str(source), "hotswap_build_store": STORE,
               "hotswap_artifact_dir": str(self.artifacts), "hotswap_build_bases": list(bases)}
         ev.update(extra)
         t0 = time.monotonic()
-        rc, out, err = run_playbook(self.fleet, PLAYBOOK, ev, args=[verbosity])
+        rc, out, err = run_playbook(self.fleet, PLAYBOOK, ev, check=check, args=[verbosity])
         p = Play(rc, out, err, time.monotonic() - t0, parse_recap(out))
         r = task_result(out, BUILD_TASK, "build1")
         if r:
@@ -422,6 +423,53 @@ def test_unretained_base_gives_cold_edge(builds):
     assert m["artifacts"]["upgrade"]["bases"] == ["3.0.0"]
     assert "0.9.0 -> cold (no base release retained" in p.stdout
     builds.timings["v4 with cold edge"] = p.seconds
+
+
+def _discard_result(p: Play) -> dict:
+    r = task_result(p.stdout, DISCARD_TASK, "build1")
+    assert r is not None, str(p)
+    return r
+
+
+def test_discard_a_published_version_then_build_that_version_again(builds):
+    """Issue 13 finding 3: a published version that must not be reused is discarded through the role
+    (hotswap_build_discard): refused while the targets run it, nothing removed in check mode, removed from the
+    store and from the controller's artifacts, and the same version number then builds from another source."""
+    p = builds.play(builds.source("v6", "6.0.0"), ["3.0.0"])
+    assert p.rc == 0 and "6.0.0" in builds.published(), str(p)
+    old_digest = builds.manifest("6.0.0")["source_digest"]
+    before = builds.listing(with_work=False)
+
+    p = builds.play("", ["6.0.0"], hotswap_build_discard=["6.0.0"])
+    assert p.rc != 0 and _discard_result(p)["status"] == "fatal", str(p)
+    assert "refusing to discard 6.0.0 of sample: the targets run or hold it" in _discard_result(p)["result"]["msg"]
+    assert builds.listing(with_work=False) == before
+
+    p = builds.play("", ["3.0.0"], check=True, hotswap_build_discard=["6.0.0"])
+    assert p.rc == 0 and _discard_result(p)["status"] == "changed", str(p)
+    assert _discard_result(p)["result"]["discarded"] == ["6.0.0"]
+    assert "check mode: would discard 6.0.0 from the store" in p.stdout
+    assert builds.listing(with_work=False) == before and (builds.artifacts / APP / "6.0.0").is_dir()
+
+    # discard and build the same version from a changed source, in one run
+    src = builds.source("v6-fixed", "6.0.0")
+    with open(src / "lib" / "sample" / "render.ex", "a") as f:
+        f.write("\n# the fix, without a version bump\n")
+    p = builds.play(src, ["3.0.0"], hotswap_build_discard=["6.0.0"])
+    assert p.rc == 0, str(p)
+    assert _discard_result(p)["status"] == "changed" and p.status == "changed", str(p)
+    assert "discarded 6.0.0 from the store" in p.stdout
+    m = builds.manifest("6.0.0")
+    assert m["source_digest"] != old_digest and edge(m, "3.0.0")["verdict"] == "hot"
+    assert [n for n in os.listdir(builds.store_dir / APP) if n.startswith(".") and n != ".work"] == []
+
+    # discard only; a second run has nothing left to remove
+    p = builds.play("", ["3.0.0"], hotswap_build_discard=["6.0.0"])
+    assert p.rc == 0 and _discard_result(p)["status"] == "changed", str(p)
+    assert "6.0.0" not in builds.published() and not (builds.artifacts / APP / "6.0.0").exists()
+    p = builds.play("", ["3.0.0"], hotswap_build_discard=["6.0.0"])
+    assert p.rc == 0 and _discard_result(p)["status"] == "ok" and _discard_result(p)["result"]["discarded"] == []
+    builds.timings["discard"] = p.seconds
 
 
 def test_report_timings(builds):

@@ -138,3 +138,44 @@ def test_a_fetched_artifact_that_does_not_match_its_sha256_is_refused(tmp_path):
     res = run_action(a)
     assert res["failed"] and "does not match its sha256" in res["msg"]
     assert not list((tmp_path / "artifacts" / "demo" / "2.0.0").glob("*.tar.gz"))
+
+
+# --------------------------------------------------------------------------- discard
+
+@pytest.mark.parametrize("check_mode", [False, True])
+def test_a_discard_without_source_runs_the_module_only_and_drops_the_controller_copy(tmp_path, check_mode):
+    src = _src(tmp_path)
+    d = _controller_copy(tmp_path / "artifacts", _manifest("sha256:" + tree_digest(str(src))))
+    a = make_action(action_mod.ActionModule, {"app": "demo", "discard": ["2.0.0"], "bases": ["1.0.0"],
+                                              "artifact_dir": str(tmp_path / "artifacts")},
+                    check_mode=check_mode, module_results=[{"changed": True, "discarded": ["2.0.0"]}])
+    res = run_action(a)
+    assert not res.get("failed") and res["changed"] and res["discarded"] == ["2.0.0"]
+    assert [c["args"] for c in a.module_calls] == [{"app": "demo", "discard": ["2.0.0"], "bases": ["1.0.0"]}]
+    assert d.exists() == check_mode        # the controller copy of a discarded version goes with it
+
+
+def test_a_discard_with_source_never_uses_the_controller_copy_and_is_done_once(tmp_path):
+    """The controller copy of the very version being discarded would otherwise be deployed again unasked."""
+    src = _src(tmp_path)
+    digest = "sha256:" + tree_digest(str(src))
+    d = _controller_copy(tmp_path / "artifacts", _manifest(digest))
+    a = make_action(action_mod.ActionModule, {"app": "demo", "source": str(src), "discard": ["2.0.0"],
+                                              "artifact_dir": str(tmp_path / "artifacts")},
+                    module_results=[{"changed": True, "discarded": ["2.0.0"], "need_source": True},
+                                    {"failed": True, "msg": "stop after the build"}])
+    res = run_action(a)
+    assert len(a.module_calls) == 2
+    assert a.module_calls[0]["args"]["discard"] == ["2.0.0"] and "discard" not in a.module_calls[1]["args"]
+    assert res["failed"] and res["discarded"] == ["2.0.0"] and res["changed"]
+    assert not d.exists()
+
+
+def test_a_refused_discard_keeps_the_controller_copy(tmp_path):
+    src = _src(tmp_path)
+    d = _controller_copy(tmp_path / "artifacts", _manifest("sha256:" + tree_digest(str(src))))
+    a = make_action(action_mod.ActionModule, {"app": "demo", "discard": ["2.0.0"], "bases": ["2.0.0"],
+                                              "artifact_dir": str(tmp_path / "artifacts")},
+                    module_results=[{"failed": True, "msg": "refusing to discard 2.0.0"}])
+    res = run_action(a)
+    assert res["failed"] and d.exists()

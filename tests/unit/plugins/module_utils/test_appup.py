@@ -225,3 +225,39 @@ def test_verdict_hot_when_only_own_code_changed():
     o = {"erts": "13.1.5", "apps": {"sample": "1", "kernel": "8.5.3"}, "files": {"bin/x": "a"}, "nifs": {}}
     n = {"erts": "13.1.5", "apps": {"sample": "2", "kernel": "8.5.3"}, "files": {"bin/x": "a"}, "nifs": {}}
     assert _appup.verdict(o, n) == []
+
+
+# --------------------------------------------------------------------------- the Application module
+
+def _info(name, digest):
+    return _beam.BeamInfo(name, "/x/%s.beam" % name, digest, frozenset(), frozenset(), frozenset(), None)
+
+
+APP = "Elixir.Shop.Application"
+
+
+@pytest.mark.parametrize("old_mod, new_mod, old, new, needle", [
+    (APP, APP, {APP: "a"}, {APP: "b"}, "the Application module Elixir.Shop.Application changed"),
+    (None, APP, {}, {APP: "a"}, "the application now has an Application module (Elixir.Shop.Application)"),
+    (APP, None, {APP: "a"}, {}, "the application no longer has an Application module (was Elixir.Shop.Application)"),
+    (APP, "Elixir.Shop.App2", {APP: "a"}, {"Elixir.Shop.App2": "a"},
+     "the Application module changed (Elixir.Shop.Application -> Elixir.Shop.App2)"),
+])
+def test_a_changed_application_module_is_named_with_what_to_do(old_mod, new_mod, old, new, needle):
+    old = dict((m, _info(m, d)) for m, d in old.items())
+    new = dict((m, _info(m, d)) for m, d in new.items())
+    (note,) = _appup.application_module_notes("shop", old_mod, new_mod, old, new)
+    assert note.startswith("shop: " + needle + "; ")
+    assert "children its start/2 adds or removes are not started or stopped by a hot upgrade" in note
+    assert "restart the node (hotswap_mode=cold)" in note and "supervisor module" in note
+
+
+@pytest.mark.parametrize("old_mod, new_mod, old, new", [
+    (None, None, {}, {}),
+    (APP, APP, {APP: "a"}, {APP: "a"}),                          # unchanged code
+    (APP, APP, {}, {}),                                          # module not in this ebin (unreadable)
+])
+def test_an_unchanged_application_module_leaves_nothing_undone(old_mod, new_mod, old, new):
+    old = dict((m, _info(m, d)) for m, d in old.items())
+    new = dict((m, _info(m, d)) for m, d in new.items())
+    assert _appup.application_module_notes("shop", old_mod, new_mod, old, new) == []
