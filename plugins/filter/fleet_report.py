@@ -14,8 +14,8 @@ description:
   - Takes the hostvars of the play's hosts and returns, per host, the release before and after, the action
     (hot, cold, install, noop...), the result, the agent's timings, and the fleet's version spread.
   - Each host's C(state) is the version it runs, or one word for why none is shown - V((down)) (reached, the
-    node is not running), V(unreachable) (the run could not connect: a registered C(hotswap_result) or
-    C(_hotswap_gathered) says so), V(not run) (the run never got to it: a batch after a failure, or skipped),
+    node is not running), V(unreachable) (the run could not connect, as a registered C(hotswap_result) or
+    C(_hotswap_gathered) says), V(not run) (the run never got to it - a batch after a failure, or skipped),
     V(unknown) (reached, but reading it failed), V(not installed) (reached, no release in the release root). The
     result column uses the same words.
   - Never includes the node's environment or cookie.

@@ -15,7 +15,7 @@ version_added: 0.1.0
 description:
   - Reads the status of one release root (running, permanent, unpacked and old releases, node up, OS pid,
     packages held) and the host's OS fingerprint. Without O(install_agent) it writes nothing on the host, not
-    even a directory: the module runs the collection's own agent code in its process, so a host without the
+    even a directory; the module runs the collection's own agent code in its process, so a host without the
     agent (or with another version of it) is read the same way and nothing is left behind when the run stops
     later (a failed build, a wrong C(hotswap_app)).
   - C(hotswap_host.agent_current) says whether the agent installed in C(ROOT/.hotswap/) is the one this
