@@ -723,8 +723,8 @@ def relup_failure(app, vsn, failed):
     for plan, msg in failed:
         named = sorted(set(re.findall(r"/lib/([a-z][a-z0-9_]*)-[^/\s]+/", msg)))
         apps = named or sorted(a.app for a in plan.app_edges) or [app]
-        lines.append("edge %s -> %s (application%s %s): %s" % (plan.base, vsn, "s" if len(apps) > 1 else "",
-                                                             ", ".join(apps), msg.strip()))
+        lines.append("edge %s -> %s (application%s %s): %s"
+                     % (plan.base, vsn, "s" if len(apps) > 1 else "", ", ".join(apps), msg.strip()))
     return ("the relup of %s %s could not be generated, an internal error of beam.hotswap (not a reason to "
             "restart cold, so nothing was published and nothing was deployed):\n  %s\nWhat to do: report it with "
             "this message; the same build can be retried once it is fixed. To deploy this version meanwhile "

@@ -20,15 +20,15 @@ description:
   - Published versions are immutable. Rebuilding the same source is a no-op; the same version with
     different content is refused.
   - Each edge carries a verdict V(hot) or V(cold) with the reasons, and under C(not_applied) what a hot
-    upgrade over it leaves undone (an Application module whose C(start/2) changed: the children it adds or
+    upgrade over it leaves undone (an Application module whose C(start/2) changed - the children it adds or
     drops are not started or stopped).
   - A version is published (C(STORE/APP/VSN) with its C(manifest.json)) only when the build and every edge
-    succeeded: it is made in a hidden staging directory of the store and renamed into place at the end; a
+    succeeded - it is made in a hidden staging directory of the store and renamed into place at the end; a
     failure removes the staging directory, so a retry is never blocked. Adding edges to a published version
-    works on a copy the same way: a failure leaves the published version as it was.
-  - An error while generating the relup fails the build, naming the edge and the application: an internal
+    works on a copy the same way, and a failure leaves the published version as it was.
+  - An error while generating the relup fails the build, naming the edge and the application; an internal
     error is never a reason to go cold.
-  - O(discard) removes published versions that must not be reused (for example, built from a broken source
+  - O(discard) removes published versions that must not be reused (for example built from a broken source
     that was later fixed without a version bump).
   - Normally used through the action plugin of the same name, which packs a controller directory,
     uploads it only when needed and fetches the artifacts back.

@@ -216,7 +216,7 @@ def _release(root, vsn, apps, vm_args="-name sample\n"):
         if a == "sample":
             spec.append((A("mod"), (A("Elixir.Sample.Application"), [])))
         _write(root, "lib/%s-%s/ebin/%s.app" % (a, v, a),
-                (erlterms.format_term((A("application"), A(a), spec)) + ".\n").encode())
+               (erlterms.format_term((A("application"), A(a), spec)) + ".\n").encode())
     return str(root)
 
 
