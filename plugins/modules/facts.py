@@ -102,9 +102,8 @@ from ansible_collections.beam.hotswap.plugins.module_utils._agent import cli as 
 from ansible_collections.beam.hotswap.plugins.module_utils._agent import fingerprint as _fingerprint
 from ansible_collections.beam.hotswap.plugins.module_utils._agent.files import sha256_file
 from ansible_collections.beam.hotswap.plugins.module_utils._agent.names import AGENT_VERSION
-from ansible_collections.beam.hotswap.plugins.module_utils._agent_client import (AgentClient, AgentError, _version_tuple,
-                                                                                agent_argv, release_root_spec,
-                                                                                status_facts)
+from ansible_collections.beam.hotswap.plugins.module_utils._agent_client import (
+    AgentClient, AgentError, _version_tuple, agent_argv, release_root_spec, status_facts)
 
 
 def install_agent(module, root, files):
