@@ -146,6 +146,14 @@ def carry_out(plan, p, package, call, expect_state=None, diff=False):
                     msg="%s failed on this host: %s" % (result["summary"], msg))
     notes = list(plan.get("not_applied") or []) + not_applied(out)
     extra = {"not_applied": notes, "warnings": list(notes)} if notes else {}
+    killed = out.get("old_code_killed") or []
+    if killed:
+        extra["old_code_killed"] = killed
+        extra.setdefault("warnings", []).append(
+            "hotswap_old_code=kill: %d process(es) still in the replaced code were killed (their in-memory state "
+            "lost) and restarted by their supervisors on the new code: %s"
+            % (len(killed), "; ".join("%s in %s" % (k.get("name"), k.get("in") or k.get("current_function"))
+                                      for k in killed[:5])))
     if noop:
         if out.get("settings_changed"):
             extra["settings_changed"] = out["settings_changed"]

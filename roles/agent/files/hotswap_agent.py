@@ -2536,10 +2536,11 @@ def _procs_text(procs, limit=5):
     """Processes the node named (old_code_procs) as one line."""
     out = []
     for p in (procs or [])[:limit]:
-        init = p.get("initial_call")
-        out.append(f"{p.get('name')} in {p.get('current_function')}"
-                   + (f" (started as {init})" if init and init != p.get("current_function") else "")
-                   + f" holding {', '.join(p.get('modules') or [])}")
+        init, cur, where = p.get("initial_call"), p.get("current_function"), p.get("in")
+        out.append(f"{p.get('name')} in {where or cur}"
+                   + (f" (blocked in {cur})" if where and cur and cur != where else "")
+                   + (f", started as {init}" if init and init not in (cur, where) else "")
+                   + (f", holding old code of {', '.join(p.get('modules') or [])}" if not where else ""))
     more = len(procs or []) - limit
     return "; ".join(out) + (f"; and {more} more" if more > 0 else "")
 

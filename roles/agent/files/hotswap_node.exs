@@ -304,26 +304,35 @@ hs_result =
       end
     end
 
-    frame_re = ~r/\(('(?:[^'\\]|\\.)*'|[a-z][A-Za-z0-9_@]*):/
+    frame_re = ~r/\(('(?:[^'\\]|\\.)*'|[a-z][A-Za-z0-9_@]*):('(?:[^'\\]|\\.)*'|[^\/\s]+)\/(\d+) \+ \d+\)/
+
+    # [{module, "Mod.fun/arity"}] of pid's stack frames, innermost first
+    frames_of = fn pid ->
+      case Process.info(pid, :backtrace) do
+        {:backtrace, bt} ->
+          for [_, m, f, a] <- Regex.scan(frame_re, bt) do
+            m = String.trim(m, "'")
+            {m, "#{inspect(String.to_atom(m))}.#{String.trim(f, "'")}/#{a}"}
+          end
+
+        _ ->
+          []
+      end
+    end
 
     # the modules of `mods` that pid executes (a frame in its stack) or holds old code of
     held_by = fn pid, mods, olds ->
-      frames =
-        case Process.info(pid, :backtrace) do
-          {:backtrace, bt} ->
-            for [_, m] <- Regex.scan(frame_re, bt), into: MapSet.new(), do: String.trim(m, "'")
-
-          _ ->
-            MapSet.new()
-        end
+      names = frames_of.(pid) |> Enum.map(&elem(&1, 0)) |> MapSet.new()
 
       for m <- mods,
-          MapSet.member?(frames, Atom.to_string(m)) or
+          MapSet.member?(names, Atom.to_string(m)) or
             (m in olds and :erlang.check_process_code(pid, m) == true),
           do: m
     end
 
     describe_proc = fn pid, held ->
+      held_s = Enum.map(held, &Atom.to_string/1)
+      where = Enum.find_value(frames_of.(pid), fn {m, mfa} -> if m in held_s, do: mfa end)
       info = Process.info(pid, [:registered_name, :current_function, :initial_call, :dictionary]) || []
       name = case info[:registered_name] do
         n when is_atom(n) and n not in [nil, []] -> inspect(n)
@@ -335,7 +344,7 @@ hs_result =
         other -> inspect(other)
       end
       %{"pid" => inspect(pid), "name" => name, "initial_call" => fmt.(init),
-        "current_function" => fmt.(info[:current_function]),
+        "current_function" => fmt.(info[:current_function]), "in" => where,
         "modules" => Enum.map(held, &inspect/1)}
     end
 
@@ -804,7 +813,7 @@ hs_result =
           not oc["ok"] ->
             %{"reverted" => false, "old_code_procs" => oc["old_code_procs"], "old_code_count" => oc["old_code_count"],
               "revert_error" => "#{oc["old_code_count"]} process(es) execute code the rollback replaces: " <>
-                Enum.map_join(Enum.take(oc["old_code_procs"], 5), ", ", &"#{&1["name"]} in #{&1["current_function"]}")}
+                Enum.map_join(Enum.take(oc["old_code_procs"], 5), ", ", &"#{&1["name"]} in #{&1["in"] || &1["current_function"]}")}
 
           true ->
         case do_install.(old) do
@@ -949,7 +958,7 @@ hs_result =
                     not after_oc["ok"] ->
                       procs = after_oc["old_code_procs"]
                       {false, "#{length(procs)} process(es) still ran the replaced code after the install: " <>
-                                Enum.map_join(Enum.take(procs, 5), ", ", &"#{&1["name"]} in #{&1["current_function"]}")}
+                                Enum.map_join(Enum.take(procs, 5), ", ", &"#{&1["name"]} in #{&1["in"] || &1["current_function"]}")}
 
                     hs["verify"] ->
                       verify.(vsn)

@@ -150,3 +150,10 @@ def test_every_task_option_the_agent_takes_round_trips_through_the_agents_parser
     for name, _spec, _flag, dest, kind, _default in options.TASK_OPTIONS:
         assert getattr(ns, dest) == kind(p[name]), name
     assert set(options.task_option_specs()) <= set(_release.argument_spec())
+
+
+def test_carry_out_names_the_processes_old_code_kill_killed_in_a_warning():
+    killed = [{"name": "#PID<0.1.0>", "in": "Ledger.Listener.accept_loop/1", "current_function": ":prim_inet.accept0/3"}]
+    res = _release.carry_out(HOT, params(), None, _call(0, {"changed": True, "old_code_killed": killed}, []))
+    assert res["old_code_killed"] == killed and "not_applied" not in res
+    assert "1 process(es)" in res["warnings"][0] and "#PID<0.1.0> in Ledger.Listener.accept_loop/1" in res["warnings"][0]
