@@ -63,20 +63,22 @@ def _dep(base, vsn, value):
     return root
 
 
-def _project(base, vsn, dep_dir, children=None):
-    """The project; with ``children`` (Elixir child specs) it has an Application module starting them."""
+def _project(base, vsn, dep_dir, children=None, dep2_dir=None):
+    """The project; with ``children`` (Elixir child specs) it has an Application module starting them; with
+    ``dep2_dir`` a second path dependency."""
     root = os.path.join(base, "app-" + vsn)
+    deps = '{:dep, path: "%s"}' % dep_dir + (', {:dep2, path: "%s"}' % dep2_dir if dep2_dir else "")
     files = {
         "mix.exs": """
             defmodule Sound.MixProject do
               use Mix.Project
               def project do
-                [app: :sound, version: "%s", elixir: "~> 1.14", deps: [{:dep, path: "%s"}],
+                [app: :sound, version: "%s", elixir: "~> 1.14", deps: [%s],
                  releases: [sound: [include_executables_for: [:unix]]]]
               end
               def application, do: [extra_applications: [:logger, :sasl]%s]
             end
-            """ % (vsn, dep_dir, "" if children is None else ", mod: {Sound.Application, []}"),
+            """ % (vsn, deps, "" if children is None else ", mod: {Sound.Application, []}"),
         "lib/sound.ex": """
             defmodule Sound do
               def answer, do: Dep.value()
@@ -188,6 +190,36 @@ def test_a_downgrade_where_a_dependency_version_goes_down_is_a_real_hot_edge(sto
     changed, m0 = builder.extend_edges("1.0.0", ["1.1.0", "1.0.1"])
     assert changed and [(e["from"], e["verdict"]) for e in m0["edges"]] == [("1.0.1", "hot"), ("1.1.0", "hot")]
     assert builder.store.manifest("1.0.0") == m0 and m0["artifacts"]["upgrade"]["bases"] == ["1.0.1", "1.1.0"]
+
+
+def test_a_downgrade_that_removes_an_application_is_a_real_hot_edge(store):
+    """The newer release running has an application the older one lacks (and a dependency version the older
+    one has lower): the relup of the older one stops and removes it going up, starts it again going down."""
+    base, builder = store["base"], store["builder"]
+    dep1, dep2 = _dep(base, "0.1.0", 1), _dep(base, "0.2.0", 22)
+    extra = os.path.join(base, "dep2")
+    _write(extra, {"mix.exs": """
+                       defmodule Dep2.MixProject do
+                         use Mix.Project
+                         def project, do: [app: :dep2, version: "0.1.0", elixir: "~> 1.14"]
+                         def application, do: []
+                       end
+                       """,
+                   "lib/dep2.ex": "defmodule Dep2 do\n  def v, do: 2\nend\n"})
+    _age(extra)
+    where = os.path.join(base, "removed")
+    _build_version(builder, base, _project(where, "4.0.0", dep1), [])
+    m41 = _build_version(builder, base, _project(where, "4.1.0", dep2, dep2_dir=extra), ["4.0.0"])
+    assert m41["apps"]["dep2"] == "0.1.0" and m41["edges"][0]["verdict"] == "hot"
+    m = _build_version(builder, base, _project(where, "4.0.1", dep1), ["4.0.0", "4.1.0"])
+    assert [(e["from"], e["verdict"], e["reasons"]) for e in m["edges"]] == [("4.0.0", "hot", []), ("4.1.0", "hot", [])]
+    assert "dep2" not in m["apps"]
+    _vsn, ups, downs = _relup(builder, "4.0.1")
+    up = dict((u[0], u[2]) for u in ups)["4.1.0"]
+    down = dict((d[0], d[2]) for d in downs)["4.1.0"]
+    assert ("apply", ("application", "stop", ["dep2"])) in up, up
+    assert ("apply", ("application", "start", ["dep2", "permanent"])) in down, down
+    assert ("load_object_code", ("dep", "0.1.0", ["Elixir.Dep"])) in up, up
 
 
 def test_a_changed_application_module_is_recorded_as_not_applied_and_the_edge_stays_hot(store):
