@@ -206,6 +206,9 @@ def main():
                 module.fail_json(msg=msg + _fingerprint.MISMATCH_HINT, **result)
             module.warn(msg)
         digest = p["source_digest"]
+        if not (digest or p["source_git"] or p["discard"]):
+            module.fail_json(msg="nothing to do: give a source (source_digest with src_archive, or source_git) "
+                                 "or versions to discard", **result)
         if p["discard"]:
             removed = builder.discard(p["discard"], p["bases"], check=module.check_mode)
             result.update(changed=bool(removed), discarded=removed)
