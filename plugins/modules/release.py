@@ -85,7 +85,7 @@ options:
   old_code:
     description:
       - What to do about processes that still execute code a hot upgrade (or hot rollback) replaces, e.g. a
-        loop blocked in C(receive) or C(:gen_tcp.accept) inside a changed module: purging the old code after
+        loop blocked in C(receive) or C(:gen_tcp.accept) inside a changed module; purging the old code after
         the upgrade would kill them. The agent finds them before anything is installed and gives them
         O(old_code_wait) seconds to leave; a process seen re-entering the module through a fully qualified call
         moves to the new code by itself and is let through.
