@@ -329,6 +329,13 @@ def cmd_hot(h, a):
             raise OpFailed(info.pop("msg"), stage="install", changed=True, **dict(base, **info))
         if not r.get("ok"):
             stage = r.get("stage")
+            err = (r.get("error") or "").strip().splitlines()[:2]
+            if stage is None or not (_pid_alive(pid) and h.node_up()):
+                # an error out of the node's script (no stage: it raised), or the node died meanwhile (e.g. a
+                # process killed by the purge took its application down): never leave the host like that
+                time.sleep(0.5)
+                raise OpFailed(**_after_settle_failure(h, vsn, old, pid, f"the upgrade failed on the node: "
+                                                       f"{' '.join(err)}", a.timeout, dict(base), stage=stage or "node"))
             reverted = r.get("running") == old and r.get("permanent") == old
             if stage in ("health", "commit", "old_code") and not r.get("reverted") and r.get("running") != old:
                 rv = _revert_or_recover(h, old, a.timeout, f"hot upgrade to {vsn} failed at {stage}")
@@ -406,21 +413,23 @@ def _settle(h, vsn, pid, seconds, check, timeout):
     return None if ok else f"health check ({check[0]}) failed {seconds:g} s after the commit of {vsn}: {why}"
 
 
-def _after_settle_failure(h, vsn, old, pid, why, timeout, base):
-    """The node failed its settle window: bring the host back to ``old`` (hot over the relup while the node
-    still runs, else OLD made permanent again and started cold) and say what happened."""
+def _after_settle_failure(h, vsn, old, pid, why, timeout, base, stage="settle"):
+    """The node failed its settle window (or the upgrade failed with the node in an unknown state): bring the
+    host back to ``old`` (hot over the relup while the node still runs, else OLD made permanent again and
+    started cold) and say what happened."""
     if pid and _pid_alive(pid) and h.node_up():
         rv = _revert_or_recover(h, old, timeout, f"hot upgrade to {vsn}: {why}")
     else:
         if h.node_up():        # something (a service manager) started it again on the new release
             stop_node(h, timeout)
         rv = _recover_dead_node(h, old, f"hot upgrade to {vsn}: {why}", timeout=max(30, timeout),
-                                when=f"after the commit, so {old} was made permanent again")
+                                when=(f"after the commit, so {old} was made permanent again" if stage == "settle"
+                                      else f"during the upgrade; {old} is permanent again"))
     reverted = bool(rv.get("reverted"))
     outcome = f"reverted to {old} ({rv.get('mode')})" if reverted else f"node runs {rv.get('host_version')}"
     msg = rv.get("msg") or f"hot upgrade to {vsn}: {why}; {outcome}"
     out = dict(base, **{k: v for k, v in rv.items() if k != "msg"})
-    out.update(msg=msg, stage="settle", reverted=reverted, host_version=rv.get("host_version"), changed=True)
+    out.update(msg=msg, stage=stage, reverted=reverted, host_version=rv.get("host_version"), changed=True)
     out.pop("permanent", None)
     return out
 
