@@ -394,22 +394,28 @@ hs_result =
         for p <- pids, (try do :erlang.trace(p, true, [:call, {:tracer, me}]) == 1 rescue _ -> false end), do: p
 
       try do
-        loop = fn loop, left, movers ->
-          receive do
-            {:trace, pid, :call, {m, _, _}} ->
-              if m in mods, do: loop.(loop, left, MapSet.put(movers, pid)), else: loop.(loop, left, movers)
-          after
-            100 ->
-              left = holders.(mods, Enum.map(left, &elem(&1, 0)))
-              stuck = Enum.reject(left, fn {p, _} -> MapSet.member?(movers, p) end)
+        # the clock is read on every turn: a steady stream of trace messages must not keep it waiting
+        loop = fn loop, left, movers, next_check ->
+          now = System.monotonic_time(:millisecond)
 
-              if stuck == [] or System.monotonic_time(:millisecond) >= deadline,
-                do: {stuck, Enum.filter(left, fn {p, _} -> MapSet.member?(movers, p) end)},
-                else: loop.(loop, left, movers)
+          if now >= next_check do
+            left = holders.(mods, Enum.map(left, &elem(&1, 0)))
+            stuck = Enum.reject(left, fn {p, _} -> MapSet.member?(movers, p) end)
+
+            if stuck == [] or now >= deadline,
+              do: {stuck, Enum.filter(left, fn {p, _} -> MapSet.member?(movers, p) end)},
+              else: loop.(loop, left, movers, now + 100)
+          else
+            receive do
+              {:trace, pid, :call, {m, _, _}} ->
+                loop.(loop, left, if(m in mods, do: MapSet.put(movers, pid), else: movers), next_check)
+            after
+              next_check - now -> loop.(loop, left, movers, next_check)
+            end
           end
         end
 
-        loop.(loop, found, MapSet.new())
+        loop.(loop, found, MapSet.new(), System.monotonic_time(:millisecond) + 100)
       after
         for p <- traced, do: (try do :erlang.trace(p, false, [:call]) rescue _ -> 0 end)
 
