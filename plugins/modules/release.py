@@ -76,8 +76,8 @@ options:
     default: 5
   settle_seconds:
     description:
-      - After a hot upgrade's commit (and the pruning of old releases), how long the node must stay up, its OS
-        process alive, before the health check runs once more. A node that dies or fails is brought back to the
+      - After a hot upgrade's commit (and the pruning of old releases), or a cold start, how long the node must stay
+        up, its OS process alive, before the health check runs once more. A node that dies or fails is brought back to the
         release it had (over the relup while it runs, else that release made permanent again and started
         cold) and the task fails. V(0) turns the watch off.
     type: float

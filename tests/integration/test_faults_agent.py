@@ -85,6 +85,7 @@ def build_packages(base: Path) -> dict:
     info = {"full1": v1["full"], "full1_sha": _sha(v1["full"]),
             "bad2": bad["upgrade"], "bad2_sha": _sha(bad["upgrade"]),
             "good2": good["upgrade"], "good2_sha": _sha(good["upgrade"]),
+            "full2": good["full"], "full2_sha": _sha(good["full"]),
             "full1_release_dir": str(Path(a.store.vdir("1.0.0")) / "release")}
     done.write_text(json.dumps(info, indent=2))
     return info
@@ -306,6 +307,21 @@ def test_without_a_settle_window_a_node_killed_after_commit_goes_unseen_by_the_a
     rc, out = _hot(host, "good2", env={"HOTSWAP_AGENT_FAULT": "after_commit"})
     assert rc == 0 and out["host_version"] == "2.0.0" and "settle_ms" not in out, out
     assert not _status(host["root"])["node_up"]
+
+
+@pytest.mark.fault
+def test_node_killed_right_after_a_cold_start_fails_the_settle_window_and_the_old_release_comes_back(host):
+    root, port = host["root"], host["port"]
+    rc, out = sagent(root, "cold", "--version", "2.0.0", "--package", host["full2"], "--sha256", host["full2_sha"],
+                     "--settle", "2", *SM, env={"HOTSWAP_AGENT_FAULT": "after_start"})
+    print("\nKILLED after a cold start:", json.dumps({k: out.get(k) for k in ("msg", "stage", "total_ms")}))
+    assert rc == 1 and out["failed"] is True and out["stage"] == "settle", out
+    assert out["reverted"] is True and out["host_version"] == "1.0.0", out
+    assert "died" in out["msg"] and "after 2.0.0 was started" in out["msg"], out
+    st = _status(root)
+    assert st["node_up"] and (st["running"], st["permanent"]) == ("1.0.0", "1.0.0"), st
+    assert start_erl_vsn(root) == "1.0.0"
+    assert tcp(port, "PING", "VSN") == ["PONG", "1.0.0"]
 
 
 @pytest.mark.fault

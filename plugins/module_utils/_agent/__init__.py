@@ -15,7 +15,9 @@ installed, the host keeps its version and its state).
 
 TEST-ONLY fault injection: the environment variable HOTSWAP_AGENT_FAULT=before_install makes
 `hot` and `install` SIGKILL the node right before the install rpc (to test recovery from a node
-that dies mid-deploy).  Any other value is ignored.  Never set it in production.
+that dies mid-deploy); =after_commit right after a hot commit, =after_start right after a cold
+start passed its health check (both inside the settle window).  Any other value is ignored.  Never
+set it in production.
 
 Source layout: this package's modules, each owning one concern, in the order they are assembled
 (each imports only from those before it); `_assemble.py` joins them into the single stdlib-only

@@ -15,7 +15,7 @@ from .packages import open_verified, _referenced_libs, _write_private
 from .health import parse_check
 from .service import _gate, start_node, start_timeout, stop_node
 from .prune import do_prune
-from .hot import already_there, do_revert
+from .hot import _settle, already_there, do_revert, fault_point
 
 
 def stage_full(h, package, sha, vsn, owner):
@@ -245,10 +245,11 @@ def _restore_files(h, backup):
                 h.write_owned(os.path.join(h.rel_dir, name), fh.read())
 
 
-def cold_switch(h, target, prev, check, timeout, owner, new_bin=None, was_up=None):
+def cold_switch(h, target, prev, check, timeout, owner, new_bin=None, was_up=None, settle=0):
     """Stop the node, make `target` the release that boots (RELEASES permanent + start_erl.data,
-    bin/), start, health-gate.  On failure: stop, restore RELEASES/start_erl.data/bin and start
-    `prev` again (when the node was up before).  Returns the result dict or raises OpFailed."""
+    bin/), start, health-gate, then watch it for ``settle`` seconds (alive, and healthy at the end).
+    On failure: stop, restore RELEASES/start_erl.data/bin and start `prev` again (when the node was
+    up before).  Returns the result dict or raises OpFailed."""
     rels = h.releases()
     entry = next((r for r in rels or [] if r["version"] == target), None)
     if entry is None:
@@ -278,6 +279,12 @@ def cold_switch(h, target, prev, check, timeout, owner, new_bin=None, was_up=Non
         ok, why = _gate(h, target, check, timeout, started)
         if not ok:
             raise OpFailed(f"health check ({check[0]}) failed: {why}")
+        if settle and settle > 0:
+            stage = "settle"
+            fault_point(h, "after_start")
+            why = _settle(h, target, started.get("os_pid"), settle, check, timeout, what="started")
+            if why:
+                raise OpFailed(why)
     except OpFailed as e:
         err = f"cold switch to {target} failed at {stage}: {e.msg}"
         info = {"stage": stage, "changed": True, "from": prev, "bin_swapped": bin_swapped}
@@ -336,7 +343,7 @@ def cmd_cold(h, a):
                 h.write_releases(rels)
             h.set_full_sha(vsn, a.sha256)
             prep_ms = round(now_ms() - t0, 1)
-            res = cold_switch(h, vsn, perm, check, a.timeout, owner,
+            res = cold_switch(h, vsn, perm, check, a.timeout, owner, settle=a.settle,
                               new_bin=os.path.join(stage["staging"], "bin"), was_up=up)
         except OpFailed as e:
             e.extra.setdefault("version", vsn)
@@ -406,5 +413,6 @@ def cmd_rollback(h, a):
         if not any(r["version"] == target for r in rels) and _register_from_disk(h, target, rels) is None:
             raise OpFailed(f"{target} is not on this host (RELEASES lists {', '.join(r['version'] for r in rels)}, "
                            f"and releases/{target}/ is incomplete or missing)")
-        res = cold_switch(h, target, perm, parse_check(a.check), a.timeout, h.tree_owner(), was_up=up)
+        res = cold_switch(h, target, perm, parse_check(a.check), a.timeout, h.tree_owner(), was_up=up,
+                          settle=a.settle)
         return dict(res, reverted=True, node_was_up=up)

@@ -398,19 +398,19 @@ def cmd_hot(h, a):
         return res
 
 
-def _settle(h, vsn, pid, seconds, check, timeout):
+def _settle(h, vsn, pid, seconds, check, timeout, what="committed"):
     """Watch the node for ``seconds`` after its commit: its OS process must stay alive, and at the end it
     must still answer and pass the health check.  None when it did, else what went wrong."""
     t0 = time.monotonic()
     end = t0 + seconds
     while time.monotonic() < end:
         if pid and not _pid_alive(pid):
-            return f"the node died {round((time.monotonic() - t0) * 1000)} ms after {vsn} was committed"
+            return f"the node died {round((time.monotonic() - t0) * 1000)} ms after {vsn} was {what}"
         time.sleep(min(0.05, max(0.0, end - time.monotonic())))
     if not h.node_up() or (pid and not _pid_alive(pid)):
-        return f"the node went down within {seconds:g} s of the commit of {vsn}"
+        return f"the node went down within {seconds:g} s after {vsn} was {what}"
     ok, why = run_health(h, vsn, check, timeout)
-    return None if ok else f"health check ({check[0]}) failed {seconds:g} s after the commit of {vsn}: {why}"
+    return None if ok else f"health check ({check[0]}) failed {seconds:g} s after {vsn} was {what}: {why}"
 
 
 def _after_settle_failure(h, vsn, old, pid, why, timeout, base, stage="settle"):

@@ -15,7 +15,9 @@ installed, the host keeps its version and its state).
 
 TEST-ONLY fault injection: the environment variable HOTSWAP_AGENT_FAULT=before_install makes
 `hot` and `install` SIGKILL the node right before the install rpc (to test recovery from a node
-that dies mid-deploy).  Any other value is ignored.  Never set it in production.
+that dies mid-deploy); =after_commit right after a hot commit, =after_start right after a cold
+start passed its health check (both inside the settle window).  Any other value is ignored.  Never
+set it in production.
 
 Source layout: this package's modules, each owning one concern, in the order they are assembled
 (each imports only from those before it); `_assemble.py` joins them into the single stdlib-only
@@ -2807,19 +2809,19 @@ def cmd_hot(h, a):
         return res
 
 
-def _settle(h, vsn, pid, seconds, check, timeout):
+def _settle(h, vsn, pid, seconds, check, timeout, what="committed"):
     """Watch the node for ``seconds`` after its commit: its OS process must stay alive, and at the end it
     must still answer and pass the health check.  None when it did, else what went wrong."""
     t0 = time.monotonic()
     end = t0 + seconds
     while time.monotonic() < end:
         if pid and not _pid_alive(pid):
-            return f"the node died {round((time.monotonic() - t0) * 1000)} ms after {vsn} was committed"
+            return f"the node died {round((time.monotonic() - t0) * 1000)} ms after {vsn} was {what}"
         time.sleep(min(0.05, max(0.0, end - time.monotonic())))
     if not h.node_up() or (pid and not _pid_alive(pid)):
-        return f"the node went down within {seconds:g} s of the commit of {vsn}"
+        return f"the node went down within {seconds:g} s after {vsn} was {what}"
     ok, why = run_health(h, vsn, check, timeout)
-    return None if ok else f"health check ({check[0]}) failed {seconds:g} s after the commit of {vsn}: {why}"
+    return None if ok else f"health check ({check[0]}) failed {seconds:g} s after {vsn} was {what}: {why}"
 
 
 def _after_settle_failure(h, vsn, old, pid, why, timeout, base, stage="settle"):
@@ -3092,10 +3094,11 @@ def _restore_files(h, backup):
                 h.write_owned(os.path.join(h.rel_dir, name), fh.read())
 
 
-def cold_switch(h, target, prev, check, timeout, owner, new_bin=None, was_up=None):
+def cold_switch(h, target, prev, check, timeout, owner, new_bin=None, was_up=None, settle=0):
     """Stop the node, make `target` the release that boots (RELEASES permanent + start_erl.data,
-    bin/), start, health-gate.  On failure: stop, restore RELEASES/start_erl.data/bin and start
-    `prev` again (when the node was up before).  Returns the result dict or raises OpFailed."""
+    bin/), start, health-gate, then watch it for ``settle`` seconds (alive, and healthy at the end).
+    On failure: stop, restore RELEASES/start_erl.data/bin and start `prev` again (when the node was
+    up before).  Returns the result dict or raises OpFailed."""
     rels = h.releases()
     entry = next((r for r in rels or [] if r["version"] == target), None)
     if entry is None:
@@ -3125,6 +3128,12 @@ def cold_switch(h, target, prev, check, timeout, owner, new_bin=None, was_up=Non
         ok, why = _gate(h, target, check, timeout, started)
         if not ok:
             raise OpFailed(f"health check ({check[0]}) failed: {why}")
+        if settle and settle > 0:
+            stage = "settle"
+            fault_point(h, "after_start")
+            why = _settle(h, target, started.get("os_pid"), settle, check, timeout, what="started")
+            if why:
+                raise OpFailed(why)
     except OpFailed as e:
         err = f"cold switch to {target} failed at {stage}: {e.msg}"
         info = {"stage": stage, "changed": True, "from": prev, "bin_swapped": bin_swapped}
@@ -3183,7 +3192,7 @@ def cmd_cold(h, a):
                 h.write_releases(rels)
             h.set_full_sha(vsn, a.sha256)
             prep_ms = round(now_ms() - t0, 1)
-            res = cold_switch(h, vsn, perm, check, a.timeout, owner,
+            res = cold_switch(h, vsn, perm, check, a.timeout, owner, settle=a.settle,
                               new_bin=os.path.join(stage["staging"], "bin"), was_up=up)
         except OpFailed as e:
             e.extra.setdefault("version", vsn)
@@ -3253,7 +3262,8 @@ def cmd_rollback(h, a):
         if not any(r["version"] == target for r in rels) and _register_from_disk(h, target, rels) is None:
             raise OpFailed(f"{target} is not on this host (RELEASES lists {', '.join(r['version'] for r in rels)}, "
                            f"and releases/{target}/ is incomplete or missing)")
-        res = cold_switch(h, target, perm, parse_check(a.check), a.timeout, h.tree_owner(), was_up=up)
+        res = cold_switch(h, target, perm, parse_check(a.check), a.timeout, h.tree_owner(), was_up=up,
+                          settle=a.settle)
         return dict(res, reverted=True, node_was_up=up)
 
 
