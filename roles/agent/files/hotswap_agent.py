@@ -2497,11 +2497,14 @@ def _after_failure(h, old, err, rh_pid_before=None, wait_s=60, pid_before=None):
     if info is None or not info.get("ok"):
         return {"host_version": None, "node_up": h.node_up(), "reverted": False, "state_lost": None,
                 "msg": f"{err}; the node did not answer afterwards: check it (status), then start it"}
-    restarted = rh_pid_before is None or info.get("rh_pid") != rh_pid_before
+    restarted = None if rh_pid_before is None else info.get("rh_pid") != rh_pid_before
     running = info.get("running")
     res = {"host_version": running, "node_up": True, "reverted": running == old, "os_pid": info.get("os_pid"),
            "state_lost": restarted, "restarted_in_place": restarted}
-    if restarted:
+    if restarted is None:
+        res["msg"] = (f"{err}; the node answers on {running} (same OS pid), but whether release_handler restarted "
+                      f"it in place (losing its in-memory state) is not known: check the application")
+    elif restarted:
         res["msg"] = (f"{err}; release_handler restarted the node in place on {running} "
                       f"(same OS pid, in-memory state LOST)")
     else:
