@@ -49,7 +49,8 @@ _value:
   description:
     - C(rows) (list of dicts, one per host, with C(state) and C(result)), C(lines) (the table and a line per
       kind of host without a version), C(spread) (state to host count), C(mixed) (more than one version runs),
-      C(versions) (the versions that run), the host names that are C(down), C(unreachable), C(not_run) and
+      C(versions) (the versions that run), per row C(state_lost) (the node was restarted, by plan or after a failure)
+      and C(not_applied) (what a hot upgrade left as it was), the host names that are C(down), C(unreachable), C(not_run) and
       C(unread) (state V(unknown)), and C(verdict) (one sentence per kind - down, unreachable, outdated agent,
       not installed, unread - with the count and the names; empty when every host runs a version with a current agent).
   type: dict
@@ -116,6 +117,10 @@ def _row(hv):
         "installed_agent_version": facts.get("installed_agent_version"),
         "error": None if not (res.get("failed") or unreachable or gathered.get("failed")) else (
             res.get("msg") or gathered.get("msg")),
+        # the node's in-memory state is gone: restarted cold (planned) or brought back after a failure
+        "state_lost": bool(agent.get("state_lost") or (res.get("changed") and not res.get("failed")
+                                                        and plan.get("loses_state"))),
+        "not_applied": list(res.get("not_applied") or []),
         "install_ms": agent.get("install_ms"),
         "downtime_ms": agent.get("downtime_ms"),
         "total_ms": agent.get("total_ms"),
@@ -170,6 +175,11 @@ def fleet_report(hostvars_list, app="", version=""):
         lines.append("unreachable (could not connect): %s" % ", ".join(unreachable))
     if not_run:
         lines.append("not run (the run never got to them): %s" % ", ".join(not_run))
+    if deployed:
+        lost = [r["host"] for r in rows if r["state_lost"]]
+        lines.append("in-memory state lost (node restarted) on: %s" % (", ".join(lost) if lost else "no host"))
+        for r in rows:
+            lines.extend("%s: not applied: %s" % (r["host"], n) for n in r["not_applied"])
     versions = [v for v in spread if v not in (DOWN, UNREACHABLE, NOT_RUN, UNKNOWN, NONE)]
     unread = _hosts(rows, UNKNOWN)
     verdict = []

@@ -142,3 +142,23 @@ def test_a_host_without_the_release_is_not_installed_rather_than_down():
     assert [r["state"] for r in rep["rows"]] == ["not installed", "(down)"]
     assert rep["down"] == ["t2"] and "1 host(s) have no release of demo installed in their release root: t1." \
         in rep["verdict"]
+
+
+def test_a_rollout_says_which_hosts_lost_their_in_memory_state_and_what_was_not_applied():
+    from ansible_collections.beam.hotswap.plugins.filter.fleet_report import fleet_report
+    hot = {"inventory_hostname": "a", "ansible_facts": {"hotswap_host": {"node_up": True, "running": "1.0.0"}},
+           "hotswap_result": {"changed": True, "host_version": "2.0.0",
+                              "plan": {"action": "hot", "from": "1.0.0", "to": "2.0.0", "loses_state": False},
+                              "not_applied": ["app: the Application module changed"], "agent": {}}}
+    cold = {"inventory_hostname": "b", "ansible_facts": {"hotswap_host": {"node_up": True, "running": "1.5.0"}},
+            "hotswap_result": {"changed": True, "host_version": "2.0.0",
+                               "plan": {"action": "cold", "from": "1.5.0", "to": "2.0.0", "loses_state": True},
+                               "agent": {"state_lost": True}}}
+    failed = {"inventory_hostname": "c", "ansible_facts": {"hotswap_host": {"node_up": True, "running": "1.0.0"}},
+              "hotswap_result": {"changed": True, "failed": True, "reverted": True, "host_version": "1.0.0",
+                                 "plan": {"action": "hot", "from": "1.0.0", "to": "2.0.0"},
+                                 "agent": {"state_lost": True}, "msg": "died"}}
+    r = fleet_report([hot, cold, failed], app="app", version="2.0.0")
+    assert [x["state_lost"] for x in r["rows"]] == [False, True, True]
+    assert "in-memory state lost (node restarted) on: b, c" in r["lines"]
+    assert "a: not applied: app: the Application module changed" in r["lines"]
