@@ -1213,7 +1213,7 @@ class Host:
                 except ValueError:
                     break
         # what the call printed, without the node script it may echo back (one long base64 line)
-        said = [x for x in (p.stdout + "\n" + p.stderr).splitlines()
+        said = [re.sub(r"[A-Za-z0-9+/=]{40,}", "...", x) for x in (p.stdout + "\n" + p.stderr).splitlines()
                 if x.strip() and not re.fullmatch(r"[A-Za-z0-9+/=]{40,}", x.strip())]
         tail = "\n".join(said).strip()[-600:] or "no output"
         via = "erl_call" if p.args[0] != self.p("bin", self.app) else f"bin/{self.app} rpc"

@@ -348,13 +348,19 @@ hs_result =
         "modules" => Enum.map(held, &inspect/1)}
     end
 
-    # [{pid, [mods]}] of processes in `pids` (all when nil) that hold code of `mods`
-    holders = fn mods, pids ->
+    # [{pid, [mods]}] of processes in `pids` (all when nil) that hold code of `mods`: before the load, by
+    # their stack frames (a frame names a module, not a version of it); after it, old code only
+    holders = fn mods, pids, after_load ->
       olds = Enum.filter(mods, &:erlang.check_old_code/1)
       me = self()
 
-      for pid <- pids || Process.list(), pid != me, held = held_by.(pid, mods, olds), held != [],
-          do: {pid, held}
+      held_of = fn pid ->
+        if after_load,
+          do: Enum.filter(olds, &(:erlang.check_process_code(pid, &1) == true)),
+          else: held_by.(pid, mods, olds)
+      end
+
+      for pid <- pids || Process.list(), pid != me, held = held_of.(pid), held != [], do: {pid, held}
     end
 
     # wait up to wait_ms for the holders to leave; returns those still there
@@ -362,7 +368,7 @@ hs_result =
       deadline = System.monotonic_time(:millisecond) + wait_ms
 
       Enum.reduce_while(Stream.repeatedly(fn -> nil end), found, fn _, left ->
-        left = holders.(mods, Enum.map(left, &elem(&1, 0)))
+        left = holders.(mods, Enum.map(left, &elem(&1, 0)), true)
 
         cond do
           left == [] -> {:halt, []}
@@ -399,7 +405,7 @@ hs_result =
           now = System.monotonic_time(:millisecond)
 
           if now >= next_check do
-            left = holders.(mods, Enum.map(left, &elem(&1, 0)))
+            left = holders.(mods, Enum.map(left, &elem(&1, 0)), false)
             stuck = Enum.reject(left, fn {p, _} -> MapSet.member?(movers, p) end)
 
             if stuck == [] or now >= deadline,
@@ -444,7 +450,7 @@ hs_result =
       t_o = System.monotonic_time(:microsecond)
       {running, _} = running_of.(releases.())
       mods = edge_modules.(running, vsn)
-      found = if mods == [], do: [], else: holders.(mods, nil)
+      found = if mods == [], do: [], else: holders.(mods, nil, false)
 
       {left, movers} =
         if found == [], do: {[], []}, else: watch_out.(mods, found, hs["old_code_wait_ms"] || 5000)
@@ -462,7 +468,7 @@ hs_result =
     # left is purged brutally only under old_code = "kill" (their supervisors restart them).
     old_code_after = fn mods ->
       olds = Enum.filter(mods, &:erlang.check_old_code/1)
-      found = if olds == [], do: [], else: holders.(olds, nil)
+      found = if olds == [], do: [], else: holders.(olds, nil, true)
       left = if found == [], do: [], else: wait_out.(olds, found, hs["old_code_wait_ms"] || 5000)
       Enum.each(olds, &:code.soft_purge/1)
 
