@@ -2300,7 +2300,16 @@ def start_node(h, timeout=60):
             elif now - no_beam_since > 5:
                 raise OpFailed(f"node {h.node_name()} exited during boot: see {h.p('tmp', 'log')}", node_up=False)
         time.sleep(0.05)
-    info = h.rpc("ready", timeout_ms=int(max(1, deadline - time.monotonic()) * 1000), timeout=timeout + 30)
+    while True:
+        # a node that just registered with epmd may not have Elixir running yet ("evaluating input failed"):
+        # ask again until the deadline
+        try:
+            info = h.rpc("ready", timeout_ms=int(max(1, deadline - time.monotonic()) * 1000), timeout=timeout + 30)
+            break
+        except OpFailed as e:
+            if not e.extra.get("rpc_transport") or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
     pid, _ign = h.os_pid()
     pid = pid or info.get("os_pid")
     if pid:

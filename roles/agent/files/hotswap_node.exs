@@ -387,6 +387,14 @@ hs_result =
       me = self()
       deadline = System.monotonic_time(:millisecond) + wait_ms
       pids = Enum.map(found, &elem(&1, 0))
+      mod_names = MapSet.new(mods, &Atom.to_string/1)
+
+      # per process, the functions of the replaced modules on its stack: only a qualified call to one of
+      # those re-enters what it runs (a call to another function of the module returns to the old frame)
+      on_stack =
+        Map.new(pids, fn p ->
+          {p, for({m, mfa} <- frames_of.(p), MapSet.member?(mod_names, m), into: MapSet.new(), do: mfa)}
+        end)
 
       for m <- mods do
         try do
@@ -413,8 +421,10 @@ hs_result =
               else: loop.(loop, left, movers, now + 100)
           else
             receive do
-              {:trace, pid, :call, {m, _, _}} ->
-                loop.(loop, left, if(m in mods, do: MapSet.put(movers, pid), else: movers), next_check)
+              {:trace, pid, :call, {m, f, args}} ->
+                mfa = "#{inspect(m)}.#{f}/#{length(args)}"
+                re_enters = MapSet.member?(Map.get(on_stack, pid, MapSet.new()), mfa)
+                loop.(loop, left, if(re_enters, do: MapSet.put(movers, pid), else: movers), next_check)
             after
               next_check - now -> loop.(loop, left, movers, next_check)
             end
