@@ -2310,6 +2310,9 @@ def start_node(h, timeout=60):
             if not e.extra.get("rpc_transport") or time.monotonic() >= deadline:
                 raise
             time.sleep(0.2)
+            if not h.os_pid()[0]:
+                raise OpFailed(f"node {h.node_name()} exited during boot (did its application fail to start? a port "
+                               f"in use?): see {h.p('tmp', 'log')}", node_up=False)
     pid, _ign = h.os_pid()
     pid = pid or info.get("os_pid")
     if pid:
