@@ -118,8 +118,8 @@ def _row(hv):
         "error": None if not (res.get("failed") or unreachable or gathered.get("failed")) else (
             res.get("msg") or gathered.get("msg")),
         # the node's in-memory state is gone: restarted cold (planned) or brought back after a failure
-        "state_lost": bool(agent.get("state_lost") or (res.get("changed") and not res.get("failed")
-                                                        and plan.get("loses_state"))),
+        "state_lost": bool(agent.get("state_lost")
+                           or (res.get("changed") and not res.get("failed") and plan.get("loses_state"))),
         "not_applied": list(res.get("not_applied") or []),
         "install_ms": agent.get("install_ms"),
         "downtime_ms": agent.get("downtime_ms"),
