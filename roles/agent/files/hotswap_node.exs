@@ -455,11 +455,15 @@ hs_result =
       end
     end
 
-    # before install: %{"ok" => true, ...} or a refusal with the processes named
-    old_code_check = fn vsn ->
+    # "N process(es) ...: NAME in Mod.fun/arity, ..." for a message
+    procs_line = fn procs, what ->
+      "#{length(procs)} process(es) #{what}: " <>
+        Enum.map_join(Enum.take(procs, 5), ", ", &"#{&1["name"]} in #{&1["in"] || &1["current_function"]}")
+    end
+
+    # before install, for the modules the edge replaces: %{"ok" => true, ...} or a refusal naming the processes
+    old_code_check = fn mods ->
       t_o = System.monotonic_time(:microsecond)
-      {running, _} = running_of.(releases.())
-      mods = edge_modules.(running, vsn)
       found = if mods == [], do: [], else: holders.(mods, nil, false)
 
       {left, movers} =
@@ -824,30 +828,32 @@ hs_result =
       else
         rh = if hs["rehearse"], do: rehearse.(old), else: %{"ok" => true}
         # an explicit rollback honours old_code like a deploy (a revert after a failure does not ask)
-        oc = if rh["ok"] && hs["op"] == "revert" && hs["old_code"], do: old_code_check.(old), else: %{"ok" => true}
+        oc =
+          if rh["ok"] && hs["op"] == "revert" && hs["old_code"],
+            do: old_code_check.(edge_modules.(running, old)),
+            else: %{"ok" => true}
 
         cond do
           not rh["ok"] ->
-          f = hd(rh["failures"])
-          %{"reverted" => false, "revert_rehearsal_failures" => rh["failures"],
-            "revert_error" => "code_change rehearsal of the down edge failed: #{f["module"]}: #{f["error"]}"}
+            f = hd(rh["failures"])
+            %{"reverted" => false, "revert_rehearsal_failures" => rh["failures"],
+              "revert_error" => "code_change rehearsal of the down edge failed: #{f["module"]}: #{f["error"]}"}
 
           not oc["ok"] ->
             %{"reverted" => false, "old_code_procs" => oc["old_code_procs"], "old_code_count" => oc["old_code_count"],
-              "revert_error" => "#{oc["old_code_count"]} process(es) execute code the rollback replaces: " <>
-                Enum.map_join(Enum.take(oc["old_code_procs"], 5), ", ", &"#{&1["name"]} in #{&1["in"] || &1["current_function"]}")}
+              "revert_error" => procs_line.(oc["old_code_procs"], "execute code the rollback replaces")}
 
           true ->
-        case do_install.(old) do
-          {:ok, info} ->
-            {r, _} = commit.(old)
+            case do_install.(old) do
+              {:ok, info} ->
+                {r, _} = commit.(old)
 
-            %{"reverted" => r == :ok, "revert_install_ms" => info["install_ms"],
-              "revert_error" => if(r != :ok, do: inspect(r))}
+                %{"reverted" => r == :ok, "revert_install_ms" => info["install_ms"],
+                  "revert_error" => if(r != :ok, do: inspect(r))}
 
-          {:error, info} ->
-            %{"reverted" => false, "revert_error" => info["error"]}
-        end
+              {:error, info} ->
+                %{"reverted" => false, "revert_error" => info["error"]}
+            end
         end
       end
     end
@@ -917,14 +923,9 @@ hs_result =
 
         # processes that a purge of the replaced modules would kill: refused before anything is
         # registered (or, under old_code = "kill", let through and counted)
-        oc =
-          if rh["ok"] && running0 != vsn && hs["old_code"] do
-            old_code_check.(vsn)
-          else
-            %{"ok" => true}
-          end
-
-        mods = if running0 && running0 != vsn, do: edge_modules.(running0, vsn), else: []
+        # the modules the edge loads or removes, read once for the checks before and after the load
+        mods = if hs["old_code"], do: edge_modules.(running0, vsn), else: []
+        oc = if rh["ok"] && hs["old_code"], do: old_code_check.(mods), else: %{"ok" => true}
 
         unpack =
           case {rh["ok"] && oc["ok"] && hs["rel_file"], Enum.find(rels0, &(&1["version"] == vsn))} do
@@ -978,9 +979,7 @@ hs_result =
                 {vok, why} =
                   cond do
                     not after_oc["ok"] ->
-                      procs = after_oc["old_code_procs"]
-                      {false, "#{length(procs)} process(es) still ran the replaced code after the install: " <>
-                                Enum.map_join(Enum.take(procs, 5), ", ", &"#{&1["name"]} in #{&1["in"] || &1["current_function"]}")}
+                      {false, procs_line.(after_oc["old_code_procs"], "still ran the replaced code after the install")}
 
                     hs["verify"] ->
                       verify.(vsn)
