@@ -102,7 +102,8 @@ def test_first_install_then_an_acceptor_looping_locally_is_refused_three_times_b
         for attempt in range(3):          # the acceptor case, several times in a row
             rc, out, err = _deploy(fleet, env["extra"]("1.1.0"))
             assert rc != 0 and parse_recap(out)["target1"]["failed"] == 1, (attempt, out[-3000:])
-            assert "refused" in out and "in Ledger.Listener.accept_loop/1 (blocked in :prim_inet.accept0/3)" in out, out[-3000:]
+            # where the acceptor is blocked depends on the moment it is sampled (accept, or a call it makes)
+            assert "refused" in out and re.search(r"in Ledger.Listener.accept_loop/1 \(blocked in :[a-z_]+\.\w+/\d\)", out), out[-3000:]
             assert "nothing was installed" in out and "hotswap_old_code=kill" in out, out[-3000:]
             _same_processes(before, _statuses(fleet), "1.0.0")
     loads.check()
