@@ -57,6 +57,14 @@ class ActionModule(ActionBase):
                 tar.add(os.path.join(source, name), arcname=name, filter=keep)
         return path
 
+    def _upload(self, local, name):
+        """Put a controller file in the task's remote temp dir (made on first use); returns its path."""
+        tmpdir = self._connection._shell.tmpdir or self._make_tmp_path()
+        remote = self._connection._shell.join_path(tmpdir, name)
+        self._transfer_file(local, remote)
+        self._fixup_perms2((tmpdir, remote))
+        return remote
+
     def _fetch(self, manifest, store_dir, artifact_dir):
         """Copy the version's artifacts to the controller unless an identical copy is there."""
         dest = os.path.join(artifact_dir, manifest["app"], manifest["version"])
@@ -136,7 +144,14 @@ class ActionModule(ActionBase):
         do_fetch = args.pop("fetch", True)
         local_archive = None
         discard = args.get("discard")
+        hex_archive = args.pop("hex_archive", None)
         try:
+            if hex_archive:
+                hex_archive = os.path.expanduser(to_text(hex_archive))
+                if not os.path.isfile(hex_archive):
+                    raise AnsibleActionFail("hotswap_hex_archive %s is not a file on the controller: give the path of "
+                                            "a Hex archive (.ez), e.g. one made by `mix archive.build` in Hex's "
+                                            "source, or unset it" % hex_archive)
             if source is None and discard:
                 # only the discard: nothing to pack, build or fetch
                 res = self._execute_module(module_name="beam.hotswap.build", module_args=args, task_vars=task_vars)
@@ -154,6 +169,8 @@ class ActionModule(ActionBase):
                 args["source_digest"] = "sha256:" + tree_digest(source)
             elif _is_git_url(source):
                 args["source_git"] = source
+                if hex_archive:
+                    args["hex_archive"] = self._upload(hex_archive, os.path.basename(hex_archive))
             else:
                 raise AnsibleActionFail("hotswap_source %s is neither a directory on the controller nor a git URL" % source)
 
@@ -178,11 +195,9 @@ class ActionModule(ActionBase):
                 if discard and not self._task.check_mode:
                     args.pop("discard")     # done by the first call
                 local_archive = self._pack(source)
-                tmpdir = self._make_tmp_path()
-                remote = self._connection._shell.join_path(tmpdir, "source.tar.gz")
-                self._transfer_file(local_archive, remote)
-                self._fixup_perms2((tmpdir, remote))
-                args["src_archive"] = remote
+                args["src_archive"] = self._upload(local_archive, "source.tar.gz")
+                if hex_archive:
+                    args["hex_archive"] = self._upload(hex_archive, os.path.basename(hex_archive))
                 res = self._execute_module(module_name="beam.hotswap.build", module_args=args, task_vars=task_vars)
             result.update(res)
             if first is not res and "discarded" in first:

@@ -22,7 +22,7 @@ import tarfile
 import tempfile
 import time
 
-from ansible_collections.beam.hotswap.plugins.module_utils import _appup, _beam
+from ansible_collections.beam.hotswap.plugins.module_utils import _appup, _beam, _deps
 from ansible_collections.beam.hotswap.plugins.module_utils._agent import fingerprint as _fingerprint
 from ansible_collections.beam.hotswap.plugins.module_utils._agent import erlterms
 from ansible_collections.beam.hotswap.plugins.module_utils._agent.errors import PackageRefused
@@ -339,12 +339,19 @@ halt(0).
 class Builder(object):
     """One build: ``run`` executes an argv list and returns (rc, stdout, stderr)."""
 
-    def __init__(self, run, store_root, app, log=None):
+    def __init__(self, run, store_root, app, log=None, env=None, hex_archive=None):
         check_name(app)
         self.run = run
         self.store = Store(store_root, app)
         self.app = app
         self.log = log or (lambda msg: None)
+        try:
+            self.user_env = _deps.check_env(env)
+        except _deps.DepsError as e:
+            raise BuildError(str(e))
+        self.hex_archive = hex_archive
+        self.hex_installed = None   # set when this build installed Hex from hex_archive
+        self.warnings = []
 
     # -- probe ---------------------------------------------------------------------------------
     def published(self, digest):
@@ -359,7 +366,7 @@ class Builder(object):
         wd = self.workdir()
         os.makedirs(wd, exist_ok=True)
         for name in os.listdir(wd):
-            if name not in ("_build", "deps"):
+            if name != "_build":
                 p = os.path.join(wd, name)
                 shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.unlink(p)
         with tarfile.open(archive, "r:*") as tar:
@@ -379,7 +386,7 @@ class Builder(object):
         parent = os.path.dirname(wd)
         os.makedirs(parent, exist_ok=True)
         keep = {}
-        for name in ("_build", "deps"):
+        for name in ("_build",):
             if os.path.isdir(os.path.join(wd, name)):
                 keep[name] = os.path.join(parent, "." + name + ".keep")
                 shutil.rmtree(keep[name], ignore_errors=True)
@@ -406,11 +413,46 @@ class Builder(object):
         return wd
 
     # -- build ---------------------------------------------------------------------------------
-    def mix(self, src, args, env):
+    def mix(self, src, args, env, lock=None):
         rc, out, err = self.run(["mix"] + args, cwd=src, env=env)
         if rc != 0:
-            raise BuildError("`mix %s` failed (exit %d):\n%s" % (" ".join(args), rc, (out + "\n" + err).strip()[-4000:]))
+            text = (out + "\n" + err).strip()
+            why = _deps.explain_failure(text, lock)
+            head = why + "\n" if why else ""
+            raise BuildError("%s`mix %s` failed (exit %d):\n%s" % (head, " ".join(args), rc, text[-4000:]))
         return out
+
+    def mix_env(self, lock):
+        """The environment mix runs in: the build user's own (Mix and Hex homes, Hex repositories),
+        ``hotswap_build_env`` over it, and the build's fixed parts."""
+        env = dict(self.user_env)
+        env.update({"MIX_ENV": "prod", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+                    "MIX_DEPS_PATH": _deps.deps_dir(os.path.join(self.store.root, ".work"), lock)})
+        return env
+
+    def fetch_deps(self, src, env, lock):
+        """``mix deps.get`` for prod, exactly as mix.lock says; Hex installed first from the archive the
+        user gave when the lock needs it and the build user has none."""
+        if _deps.hex_deps(lock) and not _deps.hex_installed(env):
+            if not self.hex_archive:
+                raise BuildError(_deps.explain_failure("Could not find Hex", lock))
+            self.mix(src, ["archive.install", self.hex_archive, "--force"], env)
+            self.hex_installed = _deps.hex_installed(env)
+            if not self.hex_installed:
+                raise BuildError("installing Hex from %s left no Hex archive in %s: is it a Hex archive named hex-VERSION.ez?"
+                                 % (self.hex_archive, _deps.archives_dir(env)))
+        self.mix(src, ["deps.get", "--only", "prod"], env, lock)
+        after = _deps.read_lock(src)
+        if lock is not None:
+            drift = _deps.lock_drift(lock, after)
+            if drift:
+                raise BuildError("mix.lock does not match mix.exs: fetching the dependencies changed the locked %s "
+                                 "(%s); run `mix deps.get` in the project, commit the updated mix.lock and "
+                                 "deploy again" % ("entry" if len(drift) == 1 else "entries", ", ".join(drift)))
+        elif _deps.hex_deps(after):
+            self.warnings.append("the project has no mix.lock: its Hex dependencies (%s) were resolved at build "
+                                 "time; commit a mix.lock to build the same versions every time"
+                                 % ", ".join(_deps.hex_deps(after)))
 
     def build(self, src, digest, bases=(), expect_version=None):
         """Build the release in ``src`` and publish it; returns (changed, manifest)."""
@@ -419,10 +461,9 @@ class Builder(object):
         existing = self.published(digest)
         if existing:
             return self.extend_edges(existing, bases)
-        env = {"MIX_ENV": "prod", "HEX_OFFLINE": "1", "MIX_HOME": os.path.join(self.store.root, ".work", "mix"),
-               "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-        if os.path.exists(os.path.join(src, "mix.lock")):
-            self.mix(src, ["deps.get", "--only", "prod"], env)
+        lock = _deps.read_lock(src)
+        env = self.mix_env(lock)
+        self.fetch_deps(src, env, lock)
         rel = os.path.join(src, "_build", "prod", "rel", self.app)
         # Every build compiles everything afresh, dependencies included: mix decides what is stale from
         # file times, and a source that keeps its own (a `git archive` export, a vendored library with
@@ -430,7 +471,7 @@ class Builder(object):
         # A published version is never rebuilt (the store is keyed on the source digest).
         shutil.rmtree(os.path.join(src, "_build", "prod"), ignore_errors=True)
         try:
-            self.mix(src, ["do", "compile,", "release", self.app, "--overwrite", "--quiet"], env)
+            self.mix(src, ["do", "compile,", "release", self.app, "--overwrite", "--quiet"], env, lock)
         except BuildError as e:
             if "Unknown release" in str(e) or "unknown release" in str(e):
                 raise BuildError("the project defines no release named %s: set hotswap_app to one of the "
@@ -747,9 +788,10 @@ def scratch_builder(builder, scratch_root, hide=()):
     for v in real.versions():
         if v not in hide:
             os.symlink(real.vdir(v), os.path.join(scratch_root, builder.app, v))
-    cache = os.path.join(real.root, ".work", "src")
-    for name in ("_build", "deps"):
-        if os.path.isdir(os.path.join(cache, name)):
-            shutil.copytree(os.path.join(cache, name), os.path.join(scratch_root, builder.app, ".work", "src", name),
+    for rel in ("src/_build", "deps"):
+        if os.path.isdir(os.path.join(real.root, ".work", rel)):
+            shutil.copytree(os.path.join(real.root, ".work", rel), os.path.join(scratch_root, builder.app, ".work", rel),
                             symlinks=True)
-    return Builder(builder.run, scratch_root, builder.app, builder.log)
+    b = Builder(builder.run, scratch_root, builder.app, builder.log, builder.user_env, builder.hex_archive)
+    b.warnings = builder.warnings
+    return b

@@ -94,6 +94,23 @@ options:
       - In check mode nothing is removed; C(changed) says whether something would be.
     type: list
     elements: str
+  build_env:
+    description:
+      - Environment variables for mix on the build host, over the build user's own environment. mix runs as
+        the build user with that user's Mix and Hex homes (C(~/.mix), C(~/.hex)), so the Hex repositories and
+        mirror configured with C(mix hex.repo) are used; set C(HEX_MIRROR), C(HEX_HOME), C(MIX_HOME),
+        C(HEX_CACERTS_PATH) or C(HEX_HTTP_TIMEOUT) here when the build user's login environment would.
+      - C(MIX_ENV), C(MIX_DEPS_PATH), C(MIX_BUILD_PATH), C(MIX_BUILD_ROOT), C(MIX_TARGET), C(MIX_EXS) and
+        C(MIX_LOCKFILE) are set by the build and refused here.
+    type: dict
+    default: {}
+  hex_archive:
+    description:
+      - A Hex archive (C(hex-X.Y.Z.ez), as C(mix archive.build) makes it) to install for the build user when the
+        project locks Hex dependencies and the build user has no Hex. Never replaces an installed Hex.
+      - Through the action plugin a file on the controller, uploaded with the source when a build runs; called
+        directly, a path on the build host.
+    type: path
   source:
     description:
       - Handled by the action plugin on the controller. A mix project directory on the controller (packed
@@ -147,6 +164,11 @@ store_dir:
   description: Directory of this version in the store.
   returned: success
   type: str
+hex_installed:
+  description: The Hex archive this build installed from O(hex_archive) for the build user.
+  returned: when Hex was installed
+  type: str
+  sample: hex-2.5.1
 build_fingerprint:
   description: The build host's OS fingerprint.
   returned: always
@@ -181,6 +203,8 @@ def main():
             artifact_dir=dict(type="path"),
             fetch=dict(type="bool", default=True),
             discard=dict(type="list", elements="str"),
+            build_env=dict(type="dict", default={}),
+            hex_archive=dict(type="path"),
         ),
         mutually_exclusive=[("src_archive", "source_git")],
         required_one_of=[("source_digest", "source_git", "discard")],
@@ -195,7 +219,7 @@ def main():
         return module.run_command(argv, cwd=cwd, environ_update=env or {})
 
     try:
-        builder = _build.Builder(run, p["store"], p["app"])
+        builder = _build.Builder(run, p["store"], p["app"], env=p["build_env"], hex_archive=p["hex_archive"])
         for b in p["bases"]:
             _build.check_version(b, "base version")
         if p["version"]:
@@ -250,6 +274,10 @@ def main():
         changed, manifest = builder.build(src, digest, bases=p["bases"], expect_version=p["version"])
         result.update(changed=changed or result["changed"], version=manifest["version"], manifest=manifest,
                       store_dir=builder.store.vdir(manifest["version"]))
+        if builder.hex_installed:
+            result.update(changed=True, hex_installed=builder.hex_installed)
+        for w in builder.warnings:
+            module.warn(w)
     except _build.BuildError as e:
         module.fail_json(msg=str(e), **result)
     except (OSError, ValueError) as e:
