@@ -1,0 +1,452 @@
+"""The Phoenix test app, tests/fixtures/phoenix_app: a Phoenix app written the way users write them (Endpoint,
+Router, a JSON controller, a GenServer whose state changes shape, PubSub, multipart uploads, runtime.exs), and
+an HTTP load client for deploys.
+
+Versions (``base/`` is 1.0.0; ``versions/VSN/`` holds the files that change in VSN, applied in CHAIN order):
+
+* 1.0.0: the OLDER library set (phoenix 1.7.14, plug 1.16.1, cowboy 2.12.0, ...);
+* 2.0.0: the NEWER library set (phoenix 1.7.24, plug 1.19.2, cowboy 2.17.0, ...) and ``Shop.Cart`` with a new
+  state shape and its ``code_change/3``;
+* 3.0.0: a controller change only (same libraries as 2.0.0).
+
+``server="bandit"`` gives the same versions on Bandit (``adapter: Bandit.PhoenixAdapter``): bandit 1.6.11 +
+thousand_island 1.3.14 with plug 1.16.1 in 1.0.0, bandit 1.11.1 + thousand_island 1.5.0 with plug 1.19.2 from
+2.0.0 (a flag rather than overlays: only ``deps/0`` and the endpoint's adapter line differ).
+
+``deps/0`` in ``mix.exs`` and the adapter line in ``config/config.exs`` are written by :func:`materialise` from
+LIBSETS, one table per library set:
+
+* ``deps="hex"``: what users write, Hex requirements on the direct dependencies (``{:phoenix, "~> 1.7.14"}``);
+  the versions of everything else come from a ``mix.lock``.  ``pin=True`` writes every library of the set,
+  direct and transitive, as ``"== VSN"`` (resolves to the set without a lock; a way to produce the lock);
+* ``deps="path"``: every library of the set as a path dependency into THIRDPARTY with ``override: true``
+  (shared/thirdparty/README.md); builds need the Hex archive in MIX_HOME only to read the libraries' own
+  requirements (:func:`install_hex`).
+
+Stdlib only.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+PHOENIX_SRC = Path(__file__).resolve().parent.parent / "fixtures" / "phoenix_app"
+APP = "shop"
+CHAIN = ("1.0.0", "2.0.0", "3.0.0")
+SERVERS = ("cowboy", "bandit")
+THIRDPARTY = Path(os.environ.get("HOTSWAP_THIRDPARTY", "/work/shared/thirdparty"))
+
+_COMMON_OLD = {
+    "phoenix": "1.7.14", "phoenix_pubsub": "2.1.3", "phoenix_template": "1.0.4", "plug": "1.16.1",
+    "plug_crypto": "2.1.1", "telemetry": "1.2.1", "mime": "2.0.7", "websock": "0.5.3", "websock_adapter": "0.5.9",
+    "castore": "1.0.19", "jason": "1.4.1",
+}
+_COMMON_NEW = dict(_COMMON_OLD, phoenix="1.7.24", phoenix_pubsub="2.2.0", plug="1.19.2", telemetry="1.3.0",
+                   jason="1.4.5")
+# Every library of the release, direct and transitive, per (server, set).  Consistent sets only: cowboy 2.12.0
+# pins cowlib 2.13.0 + ranch 1.8.0, cowboy 2.17.0 pins cowlib 2.18.0 + ranch 1.8.1; bandit >= 1.7 needs plug 1.18.
+LIBSETS = {
+    ("cowboy", "old"): dict(_COMMON_OLD, plug_cowboy="2.7.5", cowboy="2.12.0", cowlib="2.13.0", ranch="1.8.0",
+                            cowboy_telemetry="0.4.0"),
+    ("cowboy", "new"): dict(_COMMON_NEW, plug_cowboy="2.7.5", cowboy="2.17.0", cowlib="2.18.0", ranch="1.8.1",
+                            cowboy_telemetry="0.4.0"),
+    ("bandit", "old"): dict(_COMMON_OLD, bandit="1.6.11", thousand_island="1.3.14", hpax="1.0.3"),
+    ("bandit", "new"): dict(_COMMON_NEW, bandit="1.11.1", thousand_island="1.5.0", hpax="1.0.3"),
+}
+# What a user's mix.exs lists (the rest is transitive, pinned by mix.lock)
+DIRECT = {"cowboy": ("phoenix", "phoenix_pubsub", "jason", "plug_cowboy"),
+          "bandit": ("phoenix", "phoenix_pubsub", "jason", "bandit")}
+ADAPTER = {"cowboy": "Phoenix.Endpoint.Cowboy2Adapter", "bandit": "Bandit.PhoenixAdapter"}
+VERSION_SET = {"1.0.0": "old", "2.0.0": "new", "3.0.0": "new"}
+
+
+def libset(version: str, server: str = "cowboy") -> dict:
+    """{library: version} of every library in release ``version`` on ``server``."""
+    return dict(LIBSETS[(server, VERSION_SET[version])])
+
+
+def deps_block(version: str, deps: str = "hex", server: str = "cowboy", pin: bool = False,
+               thirdparty=THIRDPARTY) -> str:
+    """The text of ``defp deps`` for ``version``: ``deps`` is "hex" or "path"."""
+    libs = libset(version, server)
+    if deps == "path":
+        tp = str(thirdparty)
+        for name, vsn in libs.items():
+            if not (Path(tp) / f"{name}-{vsn}" / "mix.exs").is_file():
+                raise FileNotFoundError(f"{name}-{vsn} is not in {tp}")
+        lines = [f'{{:{n}, path: "#{{@thirdparty}}/{n}-{v}", override: true}}' for n, v in sorted(libs.items())]
+        head = f'  @thirdparty "{tp}"\n'
+    elif deps == "hex":
+        names = sorted(libs) if pin else DIRECT[server]
+        lines = [f'{{:{n}, "{"==" if pin else "~>"} {libs[n]}"}}' for n in names]
+        head = ""
+    else:
+        raise ValueError(f"deps must be 'hex' or 'path', not {deps!r}")
+    body = ",\n".join("      " + x for x in lines)
+    return f"{head}  defp deps do\n    [\n{body}\n    ]\n  end\n"
+
+
+def materialise(dest, version: str, deps: str = "hex", server: str = "cowboy", pin: bool = False,
+                thirdparty=THIRDPARTY, lock=None, pubsub_appup: bool = False) -> Path:
+    """Write version ``version`` of the app to ``dest`` (replaced if it exists).
+
+    ``deps``: "hex" (Hex requirements; ``pin`` writes every library as ``== VSN``) or "path" (path deps into
+    ``thirdparty``, all with ``override: true``).  ``server``: "cowboy" or "bandit".  ``lock``: a mix.lock to
+    copy in (hex only; default: ``locks/SERVER-SET.mix.lock`` of the fixture when it exists).
+    ``pubsub_appup``: in versions on the newer set, add the hand-written ``rel/appups/phoenix_pubsub/2.2.0.appup``
+    (``extras/pubsub_appup``) that loads Phoenix.PubSub.PG2 instead of updating it as a supervisor: without it
+    the agent's code_change rehearsal refuses 1.0.0 -> 2.0.0 (PG2's init/1 changed its argument shape)."""
+    if version not in CHAIN:
+        raise ValueError(f"no shop version {version}")
+    if server not in SERVERS:
+        raise ValueError(f"server must be one of {SERVERS}")
+    dest = Path(dest)
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(PHOENIX_SRC / "base", dest)
+    for v in CHAIN[1:CHAIN.index(version) + 1]:
+        shutil.copytree(PHOENIX_SRC / "versions" / v, dest, dirs_exist_ok=True)
+    if pubsub_appup and VERSION_SET[version] == "new":
+        shutil.copytree(PHOENIX_SRC / "extras" / "pubsub_appup", dest, dirs_exist_ok=True)
+    mix = dest / "mix.exs"
+    text = re.sub(r'@version "[^"]*"', f'@version "{version}"', mix.read_text())
+    text, n = re.subn(r"(  # deps:begin\n).*?(  # deps:end\n)",
+                      lambda m: m.group(1) + deps_block(version, deps, server, pin, thirdparty) + m.group(2),
+                      text, flags=re.S)
+    assert n == 1, "mix.exs lost its deps:begin/deps:end markers"
+    mix.write_text(text)
+    cfg = dest / "config" / "config.exs"
+    text, n = re.subn(r"(  # adapter:begin\n).*?(  # adapter:end\n)",
+                      lambda m: m.group(1) + f"  adapter: {ADAPTER[server]},\n" + m.group(2), cfg.read_text(),
+                      flags=re.S)
+    assert n == 1, "config.exs lost its adapter:begin/adapter:end markers"
+    cfg.write_text(text)
+    if deps == "hex":
+        lock = Path(lock) if lock else PHOENIX_SRC / "locks" / f"{server}-{VERSION_SET[version]}.mix.lock"
+        if lock.is_file():
+            shutil.copyfile(lock, dest / "mix.lock")
+    return dest
+
+
+def install_hex(mix_home, thirdparty=THIRDPARTY, cache="/tmp/phx-hex") -> Path:
+    """Build the Hex archive from ``thirdparty/hex-*`` once (in ``cache``) and install it into ``mix_home``:
+    Mix needs Hex to read the ``{:plug, "~> 1.14"}`` requirements inside the libraries, even with path deps."""
+    (src,) = sorted(Path(thirdparty).glob("hex-*"))[-1:]
+    ez = Path(cache) / f"{src.name}.ez"
+    env = dict(os.environ, MIX_HOME=str(Path(cache) / "mix"), MIX_ENV="prod", HEX_OFFLINE="1")
+    if not ez.is_file():
+        work = Path(cache) / "src"
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(src, work)
+        subprocess.run(["mix", "archive.build", "-o", str(ez)], cwd=work, env=env, check=True,
+                       capture_output=True)
+    env["MIX_HOME"] = str(mix_home)
+    subprocess.run(["mix", "archive.install", str(ez), "--force"], env=env, check=True, capture_output=True)
+    return Path(mix_home) / "archives" / src.name
+
+
+# --------------------------------------------------------------------------- small HTTP helpers
+
+def request(host: str, port: int, method: str, path: str, body: bytes | None = None, headers=None,
+            timeout: float = 10.0):
+    """(status, body bytes) over a fresh connection."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=dict(headers or {}))
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def get_json(host: str, port: int, path: str, timeout: float = 10.0):
+    status, body = request(host, port, "GET", path, timeout=timeout)
+    if status != 200:
+        raise RuntimeError(f"GET {path}: HTTP {status}: {body[:300]!r}")
+    return json.loads(body)
+
+
+def wait_up(host: str, port: int, timeout: float = 30.0, path: str = "/") -> float:
+    """Wait until ``path`` answers 200; returns the seconds it took."""
+    t0 = time.monotonic()
+    last = None
+    while time.monotonic() - t0 < timeout:
+        try:
+            if request(host, port, "GET", path, timeout=2)[0] == 200:
+                return time.monotonic() - t0
+        except OSError as e:
+            last = e
+        time.sleep(0.1)
+    raise TimeoutError(f"http://{host}:{port}{path} not up after {timeout}s (last error: {last})")
+
+
+def multipart(fields: dict, files: dict) -> tuple[bytes, str]:
+    """(body, content type) of a multipart/form-data request; ``files``: {field: (filename, bytes)}."""
+    boundary = "----shop" + uuid.uuid4().hex
+    out = []
+    for k, v in fields.items():
+        out.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode())
+    for k, (fn, data) in files.items():
+        out.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"; filename="{fn}"\r\n'
+                   f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
+    out.append(f"--{boundary}--\r\n".encode())
+    return b"".join(out), f"multipart/form-data; boundary={boundary}"
+
+
+# --------------------------------------------------------------------------- load client
+
+class Load:
+    """HTTP load for the length of a deploy, every request recorded (kind, start, latency, status, error):
+
+    * ``fresh``: ``POST /api/cart/SKU`` on a new connection each (``Connection: close``), ``fresh_pause`` s
+      apart (``fresh_threads`` of them; each leaves a TIME_WAIT socket, so mind the ephemeral port range);
+      every 200 is an acknowledged add (``acked_adds``);
+    * ``keepalive``: one connection sending ``GET /`` back to back; it reconnects when the server closes it
+      (cowboy does after ``max_keepalive``, 1000 requests) or after an error: ``keepalive_conns`` lists each
+      connection (opened, last answer, requests, how it ended);
+    * ``slow``: ``GET /slow?ms=SLOW_MS``, a new one every ``slow_ms * slow_overlap`` s, so one is always in
+      flight; the answer says the app version before and after the sleep;
+    * ``upload``: a multipart upload of ``upload_size`` random bytes every ``upload_every`` s, its size and
+      sha256 checked against the answer.
+
+    ``mark(label)`` records a moment (e.g. when the upgrade started and ended) for the report."""
+
+    KINDS = ("fresh", "keepalive", "slow", "upload")
+
+    def __init__(self, host: str, port: int, slow_ms: int = 3000, slow_overlap: float = 0.5,
+                 upload_every: float = 0.5, upload_size: int = 256 * 1024, fresh_threads: int = 1,
+                 fresh_pause: float = 0.01, keepalive_pause: float = 0.005, timeout: float = 30.0,
+                 sku_prefix: str = "load"):
+        self.host, self.port = host, port
+        self.slow_ms, self.slow_overlap = slow_ms, slow_overlap
+        self.upload_every, self.upload_size = upload_every, upload_size
+        self.fresh_threads, self.timeout = fresh_threads, timeout
+        self.fresh_pause, self.keepalive_pause = fresh_pause, keepalive_pause
+        self.sku_prefix = sku_prefix
+        self.records: list[dict] = []
+        self.marks: list[tuple[str, float]] = []
+        self.keepalive_conns: list[dict] = []  # per connection: opened, last, requests, how it ended
+        self.acked_adds = 0
+        self.slow_straddled: list[dict] = []   # slow answers whose vsn changed during the sleep
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._slow_threads: list[threading.Thread] = []
+        self.t0 = 0.0
+
+    # -- recording
+    def _now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def _record(self, kind, start, status=None, error=None, detail=None):
+        rec = {"kind": kind, "start": round(start, 4), "latency": round(self._now() - start, 4),
+               "status": status, "error": error, "ok": error is None and status == 200}
+        if detail is not None:
+            rec["detail"] = detail
+        with self._lock:
+            self.records.append(rec)
+        return rec
+
+    def mark(self, label: str):
+        with self._lock:
+            self.marks.append((label, round(self._now(), 4)))
+
+    @staticmethod
+    def _err(e: BaseException) -> str:
+        return f"{type(e).__name__}: {e}"[:300]
+
+    # -- request kinds
+    def _fresh(self, idx: int):
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            sku = f"{self.sku_prefix}-{idx}-{n % 50}"
+            start = self._now()
+            try:
+                status, body = request(self.host, self.port, "POST", f"/api/cart/{sku}", body=b"",
+                                       headers={"Connection": "close", "Accept": "application/json"},
+                                       timeout=self.timeout)
+                if status == 200:
+                    with self._lock:
+                        self.acked_adds += 1
+                    self._record("fresh", start, status)
+                else:
+                    self._record("fresh", start, status, f"HTTP {status}", body[:300].decode("utf-8", "replace"))
+            except Exception as e:  # noqa: BLE001 - every failure is a result
+                self._record("fresh", start, None, self._err(e))
+            if self.fresh_pause:
+                time.sleep(self.fresh_pause)
+
+    def _keepalive(self):
+        conn, cur = None, None
+        while not self._stop.is_set():
+            start = self._now()
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+                    conn.connect()
+                    cur = {"opened": round(start, 4), "last": None, "requests": 0, "end": "open"}
+                    with self._lock:
+                        self.keepalive_conns.append(cur)
+                conn.request("GET", "/", headers={"Accept": "application/json"})
+                resp = conn.getresponse()
+                body = resp.read()
+                cur["requests"] += 1
+                cur["last"] = round(self._now(), 4)
+                if resp.status == 200:
+                    self._record("keepalive", start, 200)
+                else:
+                    self._record("keepalive", start, resp.status, f"HTTP {resp.status}",
+                                 body[:300].decode("utf-8", "replace"))
+                if resp.will_close:  # the server said Connection: close (cowboy: after max_keepalive requests)
+                    cur["end"] = "server closed (Connection: close)"
+                    conn.close()
+                    conn = None
+            except Exception as e:  # noqa: BLE001
+                self._record("keepalive", start, None, self._err(e))
+                if cur is not None:
+                    cur["end"] = "error: " + self._err(e)
+                if conn is not None:
+                    conn.close()
+                conn = None
+                time.sleep(0.02)
+            if self.keepalive_pause:
+                time.sleep(self.keepalive_pause)
+        if conn is not None:
+            conn.close()
+
+    def _one_slow(self):
+        start = self._now()
+        try:
+            status, body = request(self.host, self.port, "GET", f"/slow?ms={self.slow_ms}",
+                                   headers={"Accept": "application/json"},
+                                   timeout=self.timeout + self.slow_ms / 1000)
+            if status == 200:
+                got = json.loads(body)
+                if got.get("vsn_before") != got.get("vsn_after"):
+                    with self._lock:
+                        self.slow_straddled.append(dict(got, start=round(start, 4)))
+                self._record("slow", start, 200)
+            else:
+                self._record("slow", start, status, f"HTTP {status}", body[:300].decode("utf-8", "replace"))
+        except Exception as e:  # noqa: BLE001
+            self._record("slow", start, None, self._err(e))
+
+    def _slow_starter(self):
+        every = self.slow_ms / 1000 * self.slow_overlap
+        while not self._stop.is_set():
+            t = threading.Thread(target=self._one_slow, daemon=True)
+            t.start()
+            self._slow_threads.append(t)
+            self._stop.wait(every)
+
+    def _upload(self):
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            data = os.urandom(self.upload_size)
+            want = hashlib.sha256(data).hexdigest()
+            body, ctype = multipart({"note": f"upload {n}"}, {"file": (f"blob-{n}.bin", data)})
+            start = self._now()
+            try:
+                status, got = request(self.host, self.port, "POST", "/api/upload", body=body,
+                                      headers={"Content-Type": ctype, "Accept": "application/json"},
+                                      timeout=self.timeout)
+                if status != 200:
+                    self._record("upload", start, status, f"HTTP {status}", got[:300].decode("utf-8", "replace"))
+                else:
+                    ans = json.loads(got)
+                    if ans.get("sha256") != want or ans.get("size") != len(data):
+                        self._record("upload", start, status, "sha256/size mismatch", ans)
+                    else:
+                        self._record("upload", start, status)
+            except Exception as e:  # noqa: BLE001
+                self._record("upload", start, None, self._err(e))
+            self._stop.wait(self.upload_every)
+
+    # -- control
+    def start(self) -> "Load":
+        self.t0 = time.monotonic()
+        targets = [lambda i=i: self._fresh(i) for i in range(self.fresh_threads)]
+        targets += [self._keepalive, self._slow_starter, self._upload]
+        self._threads = [threading.Thread(target=t, daemon=True) for t in targets]
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> dict:
+        """Stop starting requests, wait for those in flight (slow ones included), return :meth:`report`."""
+        self._stop.set()
+        for t in self._threads:
+            t.join(self.timeout + 5)
+        for t in list(self._slow_threads):
+            t.join(self.timeout + self.slow_ms / 1000 + 5)
+        return self.report()
+
+    def report(self, first_errors: int = 5) -> dict:
+        with self._lock:
+            recs = list(self.records)
+            marks = list(self.marks)
+        out = {"duration_s": round(self._now(), 2), "requests": len(recs), "ok": sum(r["ok"] for r in recs),
+               "failed": sum(not r["ok"] for r in recs), "by_kind": {}, "marks": marks,
+               "keepalive_connections": len(self.keepalive_conns), "keepalive_conns": [dict(c) for c in self.keepalive_conns],
+               "acked_adds": self.acked_adds,
+               "slow_straddled": self.slow_straddled}
+        for kind in self.KINDS:
+            rs = [r for r in recs if r["kind"] == kind]
+            lat = sorted(r["latency"] for r in rs if r["ok"])
+            bad = [r for r in rs if not r["ok"]]
+            out["by_kind"][kind] = {
+                "count": len(rs), "ok": len(rs) - len(bad), "failed": len(bad),
+                "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99), "max_ms": round(lat[-1] * 1000, 1) if lat else None,
+                "first_errors": [{k: r[k] for k in ("start", "latency", "status", "error", "detail") if k in r}
+                                 for r in bad[:first_errors]],
+                "errors": _count(r["error"] for r in bad),
+            }
+        # node pause: the largest gap between successive successful completions of short requests
+        ends = sorted(r["start"] + r["latency"] for r in recs if r["ok"] and r["kind"] in ("fresh", "keepalive"))
+        gap, at = 0.0, None
+        for a, b in zip(ends, ends[1:]):
+            if b - a > gap:
+                gap, at = b - a, a
+        out["max_gap_ms"] = round(gap * 1000, 1)
+        out["max_gap_at_s"] = round(at, 3) if at is not None else None
+        return out
+
+
+def _pct(sorted_vals, p):
+    if not sorted_vals:
+        return None
+    i = min(len(sorted_vals) - 1, max(0, int(round(p / 100 * len(sorted_vals) + 0.5)) - 1))
+    return round(sorted_vals[i] * 1000, 1)
+
+
+def _count(items):
+    out: dict = {}
+    for x in items:
+        key = re.sub(r"\d+", "N", str(x)) if x and not str(x).startswith("HTTP") else str(x)
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+def free_port(lo: int = 4100, hi: int = 4199) -> int:
+    """A port in [lo, hi] nobody listens on (this machine's test range for the Phoenix app)."""
+    for port in range(lo, hi + 1):
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {lo}-{hi}")
