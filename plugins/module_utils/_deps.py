@@ -133,13 +133,17 @@ def deps_dir(work_root, lock_bytes):
 
 _NO_HEX = ("Could not find Hex", "Could not find an SCM for dependency", "Shall I install Hex",
            "The task \"hex.", "module Hex.")
-_UNREACHABLE = ("econnrefused", "nxdomain", "ehostunreach", "enetunreach", "timeout", "Request failed",
-                "Failed to fetch record", "failed to fetch", "Failed to fetch", "Could not reach",
-                "{:failed_connect", "closed", "tls_alert", "certificate")
+_UNREACHABLE = ("econnrefused", "nxdomain", "ehostunreach", "enetunreach", ":timeout", "{:failed_connect",
+                "tls_alert", "Request failed")
 
 
 def explain_failure(output, lock_bytes):
     """A clear message for a failed ``mix deps.get`` (or compile) whose output says why, else None."""
+    m = re.search(r"Registry checksum mismatch against lock \(([^)]*)\)", output)
+    if m:
+        return ("the Hex repository serves %s with other content than mix.lock recorded (checksum mismatch): a "
+                "mirror that is not a faithful copy, or a package published again; check the repository the build "
+                "host uses, or update the dependency on purpose (`mix deps.update`) and commit mix.lock" % m.group(1))
     if any(s in output for s in _NO_HEX):
         names = hex_deps(lock_bytes)
         what = ("Hex dependencies (%s)" % ", ".join(names[:6] + (["..."] if len(names) > 6 else []))
@@ -149,4 +153,9 @@ def explain_failure(output, lock_bytes):
     about_hex = any(w in low for w in ("hex", "registry", "package", "repo"))
     if about_hex and any(s.lower() in low for s in _UNREACHABLE):
         return "could not fetch the project's Hex dependencies: %s" % REPO_HINT
+    m = re.search(r"Unknown package (\S+) in lockfile|No package with name (\S+)", output)
+    if m:
+        return ("the Hex repository the build host uses has no package %s: if it is private, add its repository "
+                "(`mix hex.repo add NAME URL`) or organisation for the build user; else %s"
+                % (m.group(1) or m.group(2), REPO_HINT))
     return None

@@ -69,8 +69,11 @@ def test_deps_dirs_are_keyed_on_the_lock_and_only_the_last_few_kept(tmp_path):
 @pytest.mark.parametrize("out, needle", [
     ("** (Mix) Could not find Hex, which is needed to build dependency :jason", "Hex is not installed"),
     ("** (Mix) Could not find an SCM for dependency :plug from Phoenix.MixProject", "Hex is not installed"),
-    ("Failed to fetch record for hexpm/jason from registry (using cache instead)\n** (Mix) "
-     "econnrefused", "could not fetch the project's Hex dependencies"),
+    ("{:failed_connect, [{:to_address, {'127.0.0.1', 9}}, {:inet, [:inet], :econnrefused}]}\nFailed to fetch "
+     "record for jason from registry (using cache instead)\n** (Mix) Unknown package jason in lockfile",
+     "could not fetch the project's Hex dependencies"),
+    ("** (Mix) Unknown package secret_lib in lockfile", "has no package secret_lib"),
+    ("** (Mix) Registry checksum mismatch against lock (jason 1.4.1)", "jason 1.4.1 with other content"),
 ])
 def test_failures_are_explained(out, needle):
     msg = _deps.explain_failure(out, LOCK)
