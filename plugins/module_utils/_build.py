@@ -433,7 +433,9 @@ class Builder(object):
     def fetch_deps(self, src, env, lock):
         """``mix deps.get`` for prod, exactly as mix.lock says; Hex installed first from the archive the
         user gave when the lock needs it and the build user has none."""
-        if _deps.hex_deps(lock) and not _deps.hex_installed(env):
+        if not _deps.hex_installed(env) and (self.hex_archive or _deps.hex_deps(lock)):
+            # Hex also reads the requirements of path dependencies' own mix.exs, so the archive the user
+            # gave is installed whenever the build user has none, lock or not
             if not self.hex_archive:
                 raise BuildError(_deps.explain_failure("Could not find Hex", lock))
             self.mix(src, ["archive.install", self.hex_archive, "--force"], env)
