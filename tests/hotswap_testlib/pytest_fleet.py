@@ -39,3 +39,30 @@ def fleet(fleet_available, tmp_path_factory):
         yield f
     finally:
         f.down()
+
+
+# ports of the controller's address on the fleet bridge used by the Hex mirror
+HEX_MIRROR_PORT = 8470
+
+
+@pytest.fixture(scope="session")
+def hex_repo(tmp_path_factory):
+    """The local Hex repository (hexrepo.py): every library of shared/thirdparty, built once per run."""
+    from hotswap_testlib import hexrepo
+    return hexrepo.session_repo(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def hex_mirror(fleet, hex_repo, tmp_path_factory):
+    """The repository served on the fleet bridge, and a build user's Mix/Hex homes configured for it the
+    way a user points Hex at a mirror. Yields ``{"url", "build_env", "repo", "log"}``: pass ``build_env`` as
+    ``hotswap_build_env`` (the build host is a namespace of this machine: the paths are the same there)."""
+    from hotswap_testlib import hexrepo
+    log: list[str] = []
+    url, stop = hexrepo.serve(hex_repo, fleet.controller_address, HEX_MIRROR_PORT, log=log)
+    try:
+        home = tmp_path_factory.mktemp("builduser")
+        env = hexrepo.configure_build_user(home / ".mix", home / ".hex", url, hex_repo)
+        yield {"url": url, "build_env": env, "repo": hex_repo, "log": log}
+    finally:
+        stop()
