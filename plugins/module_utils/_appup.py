@@ -103,6 +103,26 @@ try do
   for sup <- sups do
     children = :supervisor.which_children(sup)
     case phase do
+      :change ->
+        # what {update, Sup, supervisor} does (the new init/1 gives the child specs), but a supervisor
+        # whose new init/1 refuses its start arguments keeps its specs instead of failing the relup
+        why =
+          try do
+            :ok = :sys.suspend(sup, 5000)
+            try do
+              :sys.change_code(sup, sup_mod, :undefined, [], 10000)
+            after
+              :sys.resume(sup, 5000)
+            end
+          catch
+            k, r -> {:error, {k, r}}
+          end
+        if why != :ok do
+          key = {:beam_hotswap, :kept_supervisors}
+          line = "#{inspect(sup_mod)} #{inspect(sup)}: #{inspect(why, limit: 6, printable_limit: 160)}"
+          :persistent_term.put(key, :persistent_term.get(key, []) ++ [String.slice(line, 0, 400)])
+        end
+
       :before_down ->
         for {id, _child, _type, mods} <- children, is_list(mods), Enum.any?(mods, &(&1 in gone)) do
           :supervisor.terminate_child(sup, id)
@@ -191,16 +211,24 @@ def app_edge(app, old_vsn, new_vsn, old, new, skip=frozenset()):
     e.updated = [m for m in rest if new[m].has_code_change]
     e.loaded = [m for m in rest if not new[m].has_code_change]
 
+    # Post-purge soft everywhere: release_handler then never kills a process still running the old code
+    # at make_permanent; it purges that code when the last such process ends. Which processes may stay
+    # (connection processes finishing their connection) and which must not (a loop that never leaves) is
+    # decided on the node before and after the load (hotswap_old_code).
     def change(m, info):
         if info.has_code_change:
-            return (A("update"), A(m), (A("advanced"), []))
-        return (A("load_module"), A(m))
+            return (A("update"), A(m), (A("advanced"), []), A("brutal_purge"), A("soft_purge"), [])
+        return load(m)
+
+    def load(m):
+        return (A("load_module"), A(m), A("brutal_purge"), A("soft_purge"), [])
 
     # up
     e.up.extend((A("add_module"), A(m)) for m in call_order(added, new))
     e.up.extend(change(m, new[m]) for m in call_order(rest, new))
     for s in sups:
-        e.up.append((A("update"), A(s), A("supervisor")))
+        e.up.append(load(s))
+        e.up.append(supervisor_step(s, "change"))
         e.up.append(supervisor_step(s, "after_up"))
     e.up.extend((A("delete_module"), A(m)) for m in deleted)
 
@@ -211,7 +239,8 @@ def app_edge(app, old_vsn, new_vsn, old, new, skip=frozenset()):
     for s in sups:
         if added:
             e.down.append(supervisor_step(s, "before_down", added))
-        e.down.append((A("update"), A(s), A("supervisor")))
+        e.down.append(load(s))
+        e.down.append(supervisor_step(s, "change"))
         e.down.append(supervisor_step(s, "after_down"))
     e.down.extend((A("delete_module"), A(m)) for m in added)
     return e

@@ -154,6 +154,18 @@ def carry_out(plan, p, package, call, expect_state=None, diff=False):
             "lost) and restarted by their supervisors on the new code: %s"
             % (len(killed), "; ".join("%s in %s" % (k.get("name"), k.get("in") or k.get("current_function"))
                                       for k in killed[:5])))
+    kept = out.get("supervisors_kept") or []
+    if kept:
+        extra.setdefault("warnings", []).append(
+            "%d supervisor(s) kept the child specs they were started with: the new version's init/1 does not "
+            "accept their start arguments, so they were not updated (their running children are unchanged; a "
+            "restart of the node applies the new specs): %s" % (len(kept), "; ".join(kept[:5])))
+    finishing = out.get("old_code_finishing_count") or 0
+    if finishing:
+        extra["old_code_finishing"] = finishing
+        extra.setdefault("notes", []).append(
+            "%d open connection(s) finish on the previous code (%s); it is purged when the last one closes"
+            % (finishing, ", ".join(sorted(set(f.get("initial_call") or "?" for f in out.get("old_code_finishing") or [])))))
     if noop:
         if out.get("settings_changed"):
             extra["settings_changed"] = out["settings_changed"]

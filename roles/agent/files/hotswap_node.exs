@@ -461,10 +461,87 @@ hs_result =
         Enum.map_join(Enum.take(procs, 5), ", ", &"#{&1["name"]} in #{&1["in"] || &1["current_function"]}")
     end
 
+    # ---------------------------------------------------------------- network-facing processes
+    # The processes of Ranch listeners (Cowboy, Plug.Cowboy, Phoenix): acceptors, and below each
+    # connection supervisor one process per client connection plus Cowboy's request processes.  A
+    # connection process cannot move to a new version of its protocol's code (its state is a record of
+    # the old version), but it ENDS: when its client closes, its keep-alive limit or idle timeout is
+    # reached, its request is answered.  Such "finishers" run on the code they started with; the
+    # relup's post-purge is soft, so the old code goes when the last of them ends.  While the relup
+    # loads, all listener processes are suspended: no request ever runs against half-loaded code.
+    dict_of = fn pid ->
+      case Process.info(pid, :dictionary) do
+        {:dictionary, d} -> d
+        _ -> []
+      end
+    end
+
+    initial_of = fn pid, d ->
+      case List.keyfind(d, :"$initial_call", 0) do
+        {_, mfa} -> mfa
+        nil -> elem(Process.info(pid, :initial_call) || {:initial_call, nil}, 1)
+      end
+    end
+
+    # %{listener_sups: MapSet, conns_sups: MapSet} of the Ranch listeners running now
+    listeners = fn ->
+      Enum.reduce(Process.list(), %{listener_sups: MapSet.new(), conns_sups: MapSet.new()}, fn p, acc ->
+        case initial_of.(p, dict_of.(p)) do
+          {:supervisor, :ranch_listener_sup, _} -> %{acc | listener_sups: MapSet.put(acc.listener_sups, p)}
+          {:ranch_conns_sup, _, _} -> %{acc | conns_sups: MapSet.put(acc.conns_sups, p)}
+          _ -> acc
+        end
+      end)
+    end
+
+    # the parent (OTP 25+) -- acceptors are plain spawn_links without $ancestors
+    parent_of = fn pid ->
+      try do
+        case Process.info(pid, :parent) do
+          {:parent, q} when is_pid(q) -> q
+          _ -> nil
+        end
+      rescue
+        _ -> nil
+      end
+    end
+
+    below = fn pid, d, set ->
+      Enum.any?(Keyword.get(d, :"$ancestors", []), &(is_pid(&1) and MapSet.member?(set, &1))) or
+        Enum.reduce_while(1..8, pid, fn _, q ->
+          case parent_of.(q) do
+            nil -> {:halt, false}
+            up -> if MapSet.member?(set, up), do: {:halt, true}, else: {:cont, up}
+          end
+        end) == true
+    end
+
+    finisher? = fn pid, ls -> MapSet.size(ls.conns_sups) > 0 and below.(pid, dict_of.(pid), ls.conns_sups) end
+
+    # the listener processes that may run during the load (never a supervisor: release_handler asks them)
+    serving = fn ls ->
+      me = self()
+
+      for p <- Process.list(), p != me, d = dict_of.(p), below.(p, d, ls.listener_sups),
+          not match?({:supervisor, _, _}, initial_of.(p, d)),
+          not match?({:ranch_conns_sup, _, _}, initial_of.(p, d)),
+          do: p
+    end
+
+    suspend_all = fn pids ->
+      for p <- pids, (try do :erlang.suspend_process(p) rescue _ -> false end), do: p
+    end
+
+    resume_all = fn pids ->
+      Enum.each(pids, fn p -> try do :erlang.resume_process(p) rescue _ -> :ok end end)
+    end
+
     # before install, for the modules the edge replaces: %{"ok" => true, ...} or a refusal naming the processes
     old_code_check = fn mods ->
       t_o = System.monotonic_time(:microsecond)
-      found = if mods == [], do: [], else: holders.(mods, nil, false)
+      ls = listeners.()
+      {finishing, found} =
+        if mods == [], do: {[], []}, else: Enum.split_with(holders.(mods, nil, false), fn {p, _} -> finisher?.(p, ls) end)
 
       {left, movers} =
         if found == [], do: {[], []}, else: watch_out.(mods, found, hs["old_code_wait_ms"] || 5000)
@@ -474,24 +551,30 @@ hs_result =
       %{"ok" => left == [] or policy == "kill", "old_code_ms" => div(System.monotonic_time(:microsecond) - t_o, 100) / 10,
         "old_code_waited" => length(found) - length(left), "old_code_movers" => length(movers),
         "old_code_procs" => Enum.map(Enum.take(left, 20), fn {p, h} -> describe_proc.(p, h) end),
-        "old_code_count" => length(left)}
+        "old_code_count" => length(left), "old_code_finishing" => length(finishing)}
     end
 
     # after install_release: processes still on the old code of the edge's modules get a second
     # bounded wait (a fully qualified call moves them to the new code), then soft purge; what is
     # left is purged brutally only under old_code = "kill" (their supervisors restart them).
+    # Connection processes (finishers) are not waited for: they end on the old code, which
+    # release_handler soft-purges then (the relup's post-purge is soft).
     old_code_after = fn mods ->
       olds = Enum.filter(mods, &:erlang.check_old_code/1)
-      found = if olds == [], do: [], else: holders.(olds, nil, true)
+      ls = listeners.()
+      {finishing, found} =
+        if olds == [], do: {[], []}, else: Enum.split_with(holders.(olds, nil, true), fn {p, _} -> finisher?.(p, ls) end)
       left = if found == [], do: [], else: wait_out.(olds, found, hs["old_code_wait_ms"] || 5000)
       Enum.each(olds, &:code.soft_purge/1)
+      fin = %{"old_code_finishing" => Enum.map(Enum.take(finishing, 20), fn {p, h} -> describe_proc.(p, h) end),
+              "old_code_finishing_count" => length(finishing)}
 
       cond do
         left == [] ->
-          %{"ok" => true}
+          Map.put(fin, "ok", true)
 
         hs["old_code"] == "kill" ->
-          procs = Enum.map(left, fn {p, h} -> describe_proc.(p, h) end)
+          procs = Enum.map(left ++ finishing, fn {p, h} -> describe_proc.(p, h) end)
           Enum.each(olds, &:code.purge/1)
           %{"ok" => true, "old_code_killed" => procs}
 
@@ -743,15 +826,41 @@ hs_result =
       end
     end
 
-    do_install = fn vsn ->
+    # held: the modules the edge replaces, for the last look (empty: no look)
+    do_install = fn vsn, held ->
       keys = merge_runtime.(vsn)
-      {us, r} = :timer.tc(fn -> :release_handler.install_release(String.to_charlist(vsn)) end)
+      :persistent_term.erase({:beam_hotswap, :kept_supervisors})
+      ls = listeners.()
+      paused = suspend_all.(serving.(ls))
+
+      # the last look, with the listeners held: a process that entered the replaced code since the
+      # check (a connection opened meanwhile is a finisher; anything else is refused) stops the install
+      late =
+        if held == [] or hs["old_code"] == "kill",
+          do: [],
+          else: Enum.reject(holders.(held, nil, false), fn {p, _} -> finisher?.(p, ls) end)
+
+      {us, r} =
+        try do
+          if late == [],
+            do: :timer.tc(fn -> :release_handler.install_release(String.to_charlist(vsn)) end),
+            else: {0, {:late_old_code, late}}
+        after
+          resume_all.(paused)
+        end
+
+      kept = :persistent_term.get({:beam_hotswap, :kept_supervisors}, [])
+      :persistent_term.erase({:beam_hotswap, :kept_supervisors})
 
       case r do
         {:ok, from, _descr} ->
           {:ok,
            %{"from" => chars.(from), "install_ms" => div(us, 100) / 10, "runtime_keys" => keys,
-             "consolidated_reloaded" => reload_consolidated.(vsn)}}
+             "consolidated_reloaded" => reload_consolidated.(vsn), "paused" => length(paused),
+             "supervisors_kept" => kept}}
+
+        {:late_old_code, late} ->
+          {:late, Enum.map(Enum.take(late, 20), fn {p, h} -> describe_proc.(p, h) end)}
 
         other ->
           {:error, %{"install_ms" => div(us, 100) / 10, "error" => inspect(other, limit: 12, printable_limit: 200)}}
@@ -844,7 +953,7 @@ hs_result =
               "revert_error" => procs_line.(oc["old_code_procs"], "execute code the rollback replaces")}
 
           true ->
-            case do_install.(old) do
+            case do_install.(old, []) do
               {:ok, info} ->
                 {r, _} = commit.(old)
 
@@ -965,16 +1074,26 @@ hs_result =
             inst =
               if running0 == vsn,
                 do: {:ok, %{"install_ms" => 0, "already_running" => true}},
-                else: do_install.(vsn)
+                else: do_install.(vsn, mods)
 
             case inst do
+              {:late, procs} ->
+                # refused before install_release ran: unregister what set_unpacked registered
+                if match?({:ok, _}, unpack), do: :release_handler.remove_release(String.to_charlist(vsn))
+
+                state.(%{"ok" => false, "stage" => "old_code", "old_code_phase" => "before",
+                         "old_code_procs" => procs, "old_code_count" => length(procs), "old_code_late" => true,
+                         "created_releases" => created, "old" => old,
+                         "error" => "processes execute code this upgrade replaces"})
+
               {:error, info} ->
                 state.(Map.merge(info, %{"ok" => false, "stage" => "install", "old" => old,
                                         "created_releases" => created, "unpack" => inspect(unpack)}))
 
               {:ok, info} ->
                 after_oc = if hs["old_code"], do: old_code_after.(mods), else: %{"ok" => true}
-                info = Map.put(info, "old_code_killed", after_oc["old_code_killed"])
+                info = Map.merge(info, Map.take(after_oc, ["old_code_killed", "old_code_finishing",
+                                                           "old_code_finishing_count"]))
 
                 {vok, why} =
                   cond do

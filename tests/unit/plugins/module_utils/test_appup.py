@@ -135,8 +135,9 @@ def test_added_and_deleted_modules(ebins):
 def test_genserver_with_code_change_is_updated_advanced_and_plain_module_loaded(ebins):
     old, new = ebins
     e = _appup.app_edge("w", "1", "2", old, new)
-    assert (A("update"), A("Elixir.W.Worker"), (A("advanced"), [])) in e.up
-    assert (A("load_module"), A("Elixir.W.Util")) in e.up
+    # post-purge soft: release_handler never kills at make_permanent; the node decides (hotswap_old_code)
+    assert (A("update"), A("Elixir.W.Worker"), (A("advanced"), []), A("brutal_purge"), A("soft_purge"), []) in e.up
+    assert (A("load_module"), A("Elixir.W.Util"), A("brutal_purge"), A("soft_purge"), []) in e.up
     assert e.updated == ["Elixir.W.Worker"] and e.loaded == ["Elixir.W.Util"]
 
 
@@ -150,11 +151,14 @@ def test_callees_come_before_callers(ebins):
 def test_supervisor_gaining_a_child_up_and_down(ebins):
     old, new = ebins
     e = _appup.app_edge("w", "1", "2", old, new)
-    up_idx = e.up.index((A("update"), A("Elixir.W.Sup"), A("supervisor")))
-    after = e.up[up_idx + 1]
+    # loaded, then its running supervisors get the new init/1's specs (kept, and said, if it refuses them)
+    up_idx = e.up.index((A("load_module"), A("Elixir.W.Sup"), A("brutal_purge"), A("soft_purge"), []))
+    change = e.up[up_idx + 1]
+    assert change[0] == "apply" and b":change" in change[1][2][0] and b"kept_supervisors" in change[1][2][0]
+    after = e.up[up_idx + 2]
     assert after[0] == "apply" and b":after_up" in after[1][2][0]          # starts the new child
     assert e.up.index((A("add_module"), A("Elixir.W.Audit"))) < up_idx
-    d = e.down.index((A("update"), A("Elixir.W.Sup"), A("supervisor")))
+    d = e.down.index((A("load_module"), A("Elixir.W.Sup"), A("brutal_purge"), A("soft_purge"), []))
     before = e.down[d - 1]
     assert before[0] == "apply" and b":before_down" in before[1][2][0]    # drops Audit before
     assert b"Elixir.W.Audit" in before[1][2][0]
@@ -177,7 +181,7 @@ def test_dependency_bumped_without_appup_gets_one(ebins):
     dep_old = dict((k, v) for k, v in old.items() if k == "Elixir.W.Util")
     dep_new = dict((k, v) for k, v in new.items() if k == "Elixir.W.Util")
     e = _appup.app_edge("dep", "0.1.0", "0.2.0", dep_old, dep_new)
-    assert e.up == [(A("load_module"), A("Elixir.W.Util"))]
+    assert e.up == [(A("load_module"), A("Elixir.W.Util"), A("brutal_purge"), A("soft_purge"), [])]
     assert _appup.coverage_gaps(dep_old, dep_new, e.up) == []
 
 
