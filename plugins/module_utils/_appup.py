@@ -174,6 +174,77 @@ end
 """
 
 
+# Runs inside release_handler after an application's modules are loaded: makes the children of the
+# application's top supervisor what the new version's start/2 starts (the ids it no longer has, or
+# starts differently, are stopped; the ones it adds are started). Never raises; says what it did.
+_CHILDREN_SNIPPET = """
+key = {:beam_hotswap, :children_changed}
+note = fn line -> :persistent_term.put(key, :persistent_term.get(key, []) ++ [String.slice(line, 0, 400)]) end
+try do
+  app = %(app)s
+  {:ok, toks, _} = :erl_scan.string(String.to_charlist(%(specs)s <> "."))
+  {:ok, specs} = :erl_parse.parse_term(toks)
+  id_of = fn s -> if is_map(s), do: s.id, else: elem(s, 0) end
+  start_of = fn s -> if is_map(s), do: s.start, else: elem(s, 1) end
+  master = :application_controller.get_master(app)
+  {sup, _} = :application_master.get_child(master)
+  live = for {id, _, _, _} <- :supervisor.which_children(sup), do: id
+  want = Map.new(specs, &{id_of.(&1), &1})
+  stopped =
+    for id <- live,
+        (case Map.fetch(want, id) do
+           :error -> true
+           {:ok, s} -> match?({:ok, cur} when is_map(cur), :supervisor.get_childspec(sup, id)) and
+                         start_of.(elem(:supervisor.get_childspec(sup, id), 1)) != start_of.(s)
+         end) do
+      :supervisor.terminate_child(sup, id)
+      :supervisor.delete_child(sup, id)
+      id
+    end
+  kept = live -- stopped
+  started =
+    for s <- specs, id_of.(s) not in kept do
+      case :supervisor.start_child(sup, s) do
+        {:ok, _} -> {id_of.(s), :ok}
+        {:ok, _, _} -> {id_of.(s), :ok}
+        other -> {id_of.(s), other}
+      end
+    end
+  bad = for {id, r} <- started, r != :ok, do: "#{inspect(id)}: #{inspect(r, limit: 6)}"
+  if stopped != [] or started != [] do
+    note.("#{app}: stopped #{inspect(stopped)}, started #{inspect(for {id, :ok} <- started, do: id)}" <>
+            if(bad == [], do: "", else: "; FAILED to start " <> Enum.join(bad, ", ")))
+  end
+  :ok
+rescue
+  e -> note.("#{%(app)s}: children not reconciled: #{Exception.message(e)}") && :ok
+catch
+  k, r -> note.("#{%(app)s}: children not reconciled: #{inspect({k, r}, limit: 6)}") && :ok
+end
+"""
+
+
+def children_step(app, specs_text):
+    """An ``apply`` instruction that gives ``app``'s top supervisor the children of ``specs_text`` (an
+    Erlang term: the list of child specs its new start/2 starts, learned at build time)."""
+    code = _CHILDREN_SNIPPET % {"app": _ex_atom(app), "specs": _ex_string(specs_text)}
+    return _eval(code)
+
+
+def children_diff(old_text, new_text):
+    """"-Plug.Upload, +Plug.Upload.Supervisor" from two child spec lists (ids read roughly from the text)."""
+    import re
+    ids = lambda t: re.findall(r"#\{id\s*=>\s*('[^']*'|[a-z][\w@]*)", t)  # noqa: E731
+    o, n = ids(old_text), ids(new_text)
+    out = ["-" + i.strip("'").replace("Elixir.", "") for i in o if i not in n] + \
+          ["+" + i.strip("'").replace("Elixir.", "") for i in n if i not in o]
+    return ", ".join(out) or "same ids, started differently"
+
+
+def _ex_string(text):
+    return '"%s"' % text.replace("\\", "\\\\").replace('"', '\\"').replace("#", "\\#").replace("\n", "\\n")
+
+
 def supervisor_step(sup, phase, gone=()):
     """An ``apply`` instruction that reconciles a supervisor's children around its update.
 

@@ -12,6 +12,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import glob
 import gzip
 import hashlib
 import json
@@ -230,14 +231,19 @@ class EdgePlan(object):
         self.consolidated_up = []
         self.consolidated_down = []
         self.not_applied = []     # what a hot upgrade over this edge leaves undone (human strings)
+        self.notes = []           # what it does beyond loading code (human strings)
 
     @property
     def hot(self):
         return not self.reasons
 
 
-def plan_edge(store, app, new_vsn, new_dir, base, user_appups):
-    """Work out one edge ``base -> new_vsn``: verdict, reasons and per-app instructions."""
+def plan_edge(store, app, new_vsn, new_dir, base, user_appups, children_of=None):
+    """Work out one edge ``base -> new_vsn``: verdict, reasons and per-app instructions.
+
+    ``children_of(rel_dir, apps)`` -> {app: child specs text or None, "why:" + app: reason}: the children
+    each application's start/2 starts in that release (learned in a scratch VM); used to reconcile a
+    dependency whose Application module changed."""
     plan = EdgePlan(base)
     if not store.retained(base):
         plan.reasons.append("no base release retained for %s on the build host: a hot edge needs the "
@@ -265,9 +271,23 @@ def plan_edge(store, app, new_vsn, new_dir, base, user_appups):
                                  % (name, ", ".join(differ[:5]) or "modules added/removed", nv, name))
             continue
         edge = _appup.app_edge(name, ov, nv, old_mods, new_mods, skip=skip)
-        plan.not_applied.extend(_appup.application_module_notes(
-            name, app_mod(os.path.join(odir, "ebin"), name), app_mod(os.path.join(ndir, "ebin"), name),
-            old_mods, new_mods))
+        o_mod, n_mod = app_mod(os.path.join(odir, "ebin"), name), app_mod(os.path.join(ndir, "ebin"), name)
+        notes = _appup.application_module_notes(name, o_mod, n_mod, old_mods, new_mods)
+        if notes and name != app and o_mod and n_mod and children_of is not None and name not in user_appups:
+            # a dependency's Application module changed: its top supervisor gets the children the new
+            # start/2 starts (and the old ones back on the way down), learned from both releases
+            new_kids, old_kids = children_of(new_dir, (name,)), children_of(base_dir, (name,))
+            if new_kids.get(name) and old_kids.get(name):
+                edge.up.append(_appup.children_step(name, new_kids[name]))
+                edge.down.append(_appup.children_step(name, old_kids[name]))
+                plan.notes.append("%s: its Application module changed; the children of its supervision tree are "
+                                  "made what %s starts (%s), and put back on a rollback" % (
+                                      name, nv, _appup.children_diff(old_kids[name], new_kids[name])))
+                notes = []
+            else:
+                why = new_kids.get("why:" + name) or old_kids.get("why:" + name) or "unknown"
+                notes = [n + " (its children could not be learned: %s)" % why for n in notes]
+        plan.not_applied.extend(notes)
         user = user_appups.get(name)
         if user is not None:
             up, down = _appup.find_user_edge(user, ov)
@@ -332,6 +352,25 @@ case Good of [] -> ok; Bases -> ok; _ -> {ok, _, _, _} = Try(Good) end,
    {B, ok} -> io:format("RELUP\t~s\tok~n", [B]);
    {B, {error, S}} -> io:format("RELUP\t~s\terror\t~ts~n", [B, S])
  end || R <- Res],
+halt(0).
+"""
+
+
+# Starts each application (with what it needs) and prints its top supervisor's child specs.
+_CHILDREN_SCRIPT = """
+[begin
+   R = try
+         {ok, _} = application:ensure_all_started(A),
+         {Sup, _} = application_master:get_child(application_controller:get_master(A)),
+         Ids = [Id || {Id, _, _, _} <- supervisor:which_children(Sup)],
+         {ok, [element(2, supervisor:get_childspec(Sup, Id)) || Id <- Ids]}
+       catch C:E -> {error, {C, E}}
+       end,
+   case R of
+     {ok, Specs} -> io:format("CHILDREN\t~s\t~w~n", [A, Specs]);
+     {error, Why} -> io:format("NOCHILDREN\t~s\t~P~n", [A, Why, 12])
+   end
+ end || A <- [%s]],
 halt(0).
 """
 
@@ -411,6 +450,37 @@ class Builder(object):
         for name, tmp in keep.items():
             os.rename(tmp, os.path.join(wd, name))
         return wd
+
+    # -- children of applications ------------------------------------------------------------
+    def children_of(self, rel_dir, apps):
+        """{app: child specs text} of the top supervisor each app's start/2 starts in ``rel_dir``, from a
+        scratch VM on the build host (the release's own code; no config beyond the .app files); for an
+        app that cannot be learned, "why:APP" holds the reason. Cached per release tree."""
+        cache = self.__dict__.setdefault("_children", {})
+        want = [a for a in apps if (rel_dir, a) not in cache]
+        if want:
+            ebins = sorted(glob.glob(os.path.join(rel_dir, "lib", "*", "ebin")))
+            script = _CHILDREN_SCRIPT % ",".join("'%s'" % a for a in want)
+            rc, out, err = self.run(["erl", "-noshell", "-noinput", "-pa"] + ebins + ["-eval", script])
+            got = {}
+            for line in (out or "").splitlines():
+                parts = line.split("\t", 2)
+                if len(parts) == 3 and parts[0] in ("CHILDREN", "NOCHILDREN"):
+                    got[parts[1]] = (parts[0], parts[2])
+            for a in want:
+                kind, text = got.get(a, ("NOCHILDREN", "the scratch VM gave no answer (exit %s): %s"
+                                         % (rc, (err or out or "").strip()[-300:])))
+                if kind == "CHILDREN" and any(x in text for x in ("#Fun<", "#Ref<", "#Port<", "<0.")):
+                    kind, text = "NOCHILDREN", "its child specs hold funs, pids or references"
+                cache[(rel_dir, a)] = (kind, text)
+        res = {}
+        for a in apps:
+            kind, text = cache[(rel_dir, a)]
+            if kind == "CHILDREN":
+                res[a] = text
+            else:
+                res["why:" + a] = text
+        return res
 
     # -- build ---------------------------------------------------------------------------------
     def mix(self, src, args, env, lock=None):
@@ -609,7 +679,7 @@ class Builder(object):
         new_dir = os.path.join(vdir, "release")
         order = list(read_rel(os.path.join(new_dir, "releases", vsn, self.app + ".rel"))[3])
         user = self.load_user_appups(vdir, new_dir)
-        plans = [plan_edge(self.store, self.app, vsn, new_dir, b, user) for b in all_bases]
+        plans = [plan_edge(self.store, self.app, vsn, new_dir, b, user, self.children_of) for b in all_bases]
         # remove stale generated appups before writing the new set
         for name, (_v, d) in _app_dirs(new_dir).items():
             p = os.path.join(d, "ebin", name + ".appup")
@@ -628,6 +698,8 @@ class Builder(object):
         for p in plans:
             e = {"from": p.base, "verdict": "hot" if p.hot else "cold", "reasons": p.reasons,
                  "not_applied": list(p.not_applied) if p.hot else []}
+            if p.hot and p.notes:
+                e["notes"] = list(p.notes)
             if p.hot:
                 e["changed_apps"] = sorted(a.app for a in p.app_edges)
                 e["modules"] = {

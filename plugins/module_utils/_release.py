@@ -160,6 +160,12 @@ def carry_out(plan, p, package, call, expect_state=None, diff=False):
             "%d supervisor(s) kept the child specs they were started with: the new version's init/1 does not "
             "accept their start arguments, so they were not updated (their running children are unchanged; a "
             "restart of the node applies the new specs): %s" % (len(kept), "; ".join(kept[:5])))
+    kids = out.get("children_changed") or []
+    failed_kids = [k for k in kids if "FAILED" in k or "not reconciled" in k]
+    if failed_kids:
+        extra.setdefault("warnings", []).append("children of a dependency's supervision tree: %s" % "; ".join(failed_kids))
+    if kids:
+        extra.setdefault("notes", []).extend("children: %s" % k for k in kids if k not in failed_kids)
     finishing = out.get("old_code_finishing_count") or 0
     if finishing:
         extra["old_code_finishing"] = finishing

@@ -2747,7 +2747,7 @@ def cmd_hot(h, a):
         base = {"version": vsn, "from": old, "install_ms": r.get("install_ms"), "unpack_ms": unpack_ms,
                 "runtime_keys": r.get("runtime_keys"), "os_pid": r.get("os_pid"), **_rehearsal_fields(r)}
         for k in ("old_code_killed", "old_code_waited", "old_code_ms", "old_code_finishing", "old_code_finishing_count",
-                  "supervisors_kept", "paused"):
+                  "supervisors_kept", "children_changed", "paused"):
             if r.get(k):
                 base[k] = r[k]
         if not r.get("ok") and r.get("stage") == "install":

@@ -830,6 +830,7 @@ hs_result =
     do_install = fn vsn, held ->
       keys = merge_runtime.(vsn)
       :persistent_term.erase({:beam_hotswap, :kept_supervisors})
+      :persistent_term.erase({:beam_hotswap, :children_changed})
       ls = listeners.()
       paused = suspend_all.(serving.(ls))
 
@@ -851,13 +852,15 @@ hs_result =
 
       kept = :persistent_term.get({:beam_hotswap, :kept_supervisors}, [])
       :persistent_term.erase({:beam_hotswap, :kept_supervisors})
+      kids = :persistent_term.get({:beam_hotswap, :children_changed}, [])
+      :persistent_term.erase({:beam_hotswap, :children_changed})
 
       case r do
         {:ok, from, _descr} ->
           {:ok,
            %{"from" => chars.(from), "install_ms" => div(us, 100) / 10, "runtime_keys" => keys,
              "consolidated_reloaded" => reload_consolidated.(vsn), "paused" => length(paused),
-             "supervisors_kept" => kept}}
+             "supervisors_kept" => kept, "children_changed" => kids}}
 
         {:late_old_code, late} ->
           {:late, Enum.map(Enum.take(late, 20), fn {p, h} -> describe_proc.(p, h) end)}
