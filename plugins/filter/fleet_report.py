@@ -50,7 +50,8 @@ _value:
     - C(rows) (list of dicts, one per host, with C(state) and C(result)), C(lines) (the table and a line per
       kind of host without a version), C(spread) (state to host count), C(mixed) (more than one version runs),
       C(versions) (the versions that run), per row C(state_lost) (the node was restarted, by plan or after a failure)
-      and C(not_applied) (what a hot upgrade left as it was), the host names that are C(down), C(unreachable), C(not_run) and
+      , C(not_applied) (what a hot upgrade left as it was) and C(notes) (what it did besides loading code: open
+      connections finishing on the previous code, a dependency's supervision tree reconciled), the host names that are C(down), C(unreachable), C(not_run) and
       C(unread) (state V(unknown)), and C(verdict) (one sentence per kind - down, unreachable, outdated agent,
       not installed, unread - with the count and the names; empty when every host runs a version with a current agent).
   type: dict
@@ -121,6 +122,7 @@ def _row(hv):
         "state_lost": bool(agent.get("state_lost")
                            or (res.get("changed") and not res.get("failed") and plan.get("loses_state"))),
         "not_applied": list(res.get("not_applied") or []),
+        "notes": list(res.get("notes") or []),
         "install_ms": agent.get("install_ms"),
         "downtime_ms": agent.get("downtime_ms"),
         "total_ms": agent.get("total_ms"),
@@ -180,6 +182,7 @@ def fleet_report(hostvars_list, app="", version=""):
         lines.append("in-memory state lost (node restarted) on: %s" % (", ".join(lost) if lost else "no host"))
         for r in rows:
             lines.extend("%s: not applied: %s" % (r["host"], n) for n in r["not_applied"])
+            lines.extend("%s: %s" % (r["host"], n) for n in r["notes"])
     versions = [v for v in spread if v not in (DOWN, UNREACHABLE, NOT_RUN, UNKNOWN, NONE)]
     unread = _hosts(rows, UNKNOWN)
     verdict = []

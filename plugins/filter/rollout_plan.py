@@ -15,8 +15,8 @@ description:
     build's manifest, and plans each host the way the release task will (the same function), without
     touching any host.
   - Returns one line per host (hot, cold, first install, nothing to do, or refused and why), the hosts whose
-    running node the plan restarts (every process's in-memory state is lost) and what a hot upgrade leaves as
-    it was (C(not_applied)).
+    running node the plan restarts (every process's in-memory state is lost), what a hot upgrade leaves as
+    it was (C(not_applied)) and what it does besides loading code (a dependency's supervision tree reconciled).
 positional: _input
 options:
   _input:
@@ -84,6 +84,7 @@ def rollout_plan(hosts, manifest, mode="auto", allow_downgrade=False):
         if plan.get("not_applied"):
             notes[name] = plan["not_applied"]
             lines.extend("%s: not applied by a hot upgrade: %s" % (name, n) for n in plan["not_applied"])
+        lines.extend("%s: %s" % (name, n) for n in plan.get("notes") or [])
     lines.append("in-memory state lost (the node restarts) on: %s" % (", ".join(loses) if loses else "no host"))
     return {"lines": lines, "plans": plans, "loses_state": loses, "not_applied": notes}
 

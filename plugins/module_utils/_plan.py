@@ -93,6 +93,9 @@ def deploy(status, manifest, mode="auto", allow_downgrade=False):
         if edge.get("not_applied"):
             # what the build knows a hot upgrade leaves as it was (e.g. an Application module's children)
             plan["not_applied"] = list(edge["not_applied"])
+        if edge.get("notes"):
+            # what it does beyond loading code (a dependency's supervision tree reconciled)
+            plan["notes"] = list(edge["notes"])
         return plan
     if edge is None:
         reasons = ["the build has no edge from %s (it was not among the bases gathered from the fleet)" % frm]

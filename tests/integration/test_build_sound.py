@@ -238,3 +238,51 @@ def test_a_changed_application_module_is_recorded_as_not_applied_and_the_edge_st
     # the same Application module code: nothing left undone
     m2 = _build_version(builder, base, _project(os.path.join(base, "mod2"), "3.2.0", dep, children=two), ["3.1.0"])
     assert [e["not_applied"] for e in m2["edges"]] == [[]]
+
+
+def _kids(base, vsn, child):
+    """A dependency with an Application module starting one Agent named ``child``."""
+    root = os.path.join(base, "kids-" + vsn)
+    _write(root, {
+        "mix.exs": """
+            defmodule Kids.MixProject do
+              use Mix.Project
+              def project, do: [app: :dep2, version: "%s", elixir: "~> 1.14"]
+              def application, do: [mod: {Kids.Application, []}]
+            end
+            """ % vsn,
+        "lib/kids.ex": """
+            defmodule Kids.Application do
+              use Application
+              def zero, do: 0
+              def start(_, _) do
+                children = [%%{id: %s, start: {Agent, :start_link, [__MODULE__, :zero, [], [name: %s]]}}]
+                Supervisor.start_link(children, strategy: :one_for_one, name: Kids.Supervisor)
+              end
+            end
+            """ % (child, child),
+    })
+    _age(root)
+    return root
+
+
+def test_a_dependency_whose_application_starts_other_children_gets_them_reconciled_by_the_relup(tmp_path):
+    """plug 1.16 -> 1.19 replaced its Plug.Upload child by Plug.Upload.Supervisor: a hot upgrade used to load
+    the code and leave the old child running (every upload failed afterwards). The build learns each version's
+    children in a scratch VM and the relup makes the dependency's supervisor match, both ways."""
+    base = str(tmp_path)
+    builder = _build.Builder(_run, os.path.join(base, "store"), "sound")
+    _build_version(builder, base, _project(base, "1.0.0", _dep(base, "0.1.0", 1), dep2_dir=_kids(base, "0.1.0", "KidsA")), [])
+    m = _build_version(builder, base, _project(base, "1.1.0", _dep(base, "0.1.0", 1),
+                                               dep2_dir=_kids(base, "0.2.0", "KidsB")), ["1.0.0"])
+    (edge,) = m["edges"]
+    assert edge["verdict"] == "hot" and edge["not_applied"] == [], edge
+    assert edge["notes"] == ["dep2: its Application module changed; the children of its supervision tree are made "
+                             "what 0.2.0 starts (-KidsA, +KidsB), and put back on a rollback"], edge
+    vsn, ups, downs = _relup(builder, "1.1.0")
+    up_code = [i[1][2][0] for i in ups[0][2] if isinstance(i, tuple) and i[0] == "apply" and b"children_changed" in
+               i[1][2][0]]
+    down_code = [i[1][2][0] for i in downs[0][2] if isinstance(i, tuple) and i[0] == "apply" and b"children_changed"
+                 in i[1][2][0]]
+    assert len(up_code) == 1 and b"KidsB" in up_code[0] and b"KidsA" not in up_code[0]
+    assert len(down_code) == 1 and b"KidsA" in down_code[0] and b"KidsB" not in down_code[0]

@@ -265,3 +265,28 @@ def test_an_unchanged_application_module_leaves_nothing_undone(old_mod, new_mod,
     old = dict((m, _info(m, d)) for m, d in old.items())
     new = dict((m, _info(m, d)) for m, d in new.items())
     assert _appup.application_module_notes("shop", old_mod, new_mod, old, new) == []
+
+
+def test_children_step_carries_the_specs_as_an_erlang_term_and_never_raises():
+    specs = "[#{id => 'Elixir.Plug.Upload.Supervisor',start => {'Elixir.Plug.Upload.Supervisor',start_link,[[]]}}]"
+    ins = _appup.children_step("plug", specs)
+    assert ins[0] == "apply" and ins[1][:2] == ("Elixir.Code", "eval_string")
+    code = ins[1][2][0].decode()
+    assert ':"plug"' in code and "Elixir.Plug.Upload.Supervisor" in code
+    assert "rescue" in code and "catch" in code and ':beam_hotswap, :children_changed' in code
+    assert '\\#{id' in code          # the term's #{ is not Elixir interpolation
+
+
+def test_children_diff_names_what_goes_and_what_comes():
+    old = "[#{id => 'Elixir.Plug.Upload',start => {a,b,[]}},#{id => keep,start => {c,d,[]}}]"
+    new = "[#{id => keep,start => {c,d,[]}},#{id => 'Elixir.Plug.Upload.Supervisor',start => {e,f,[]}}]"
+    assert _appup.children_diff(old, new) == "-Plug.Upload, +Plug.Upload.Supervisor"
+    assert _appup.children_diff(old, old) == "same ids, started differently"
+
+
+def test_load_and_update_post_purge_is_soft_so_release_handler_never_kills_at_make_permanent(ebins):
+    old, new = ebins
+    e = _appup.app_edge("w", "1", "2", old, new)
+    for ins in e.up + e.down:
+        if ins[0] in ("load_module", "update"):
+            assert ins[-3:] == (A("brutal_purge"), A("soft_purge"), []), ins
