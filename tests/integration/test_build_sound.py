@@ -240,8 +240,8 @@ def test_a_changed_application_module_is_recorded_as_not_applied_and_the_edge_st
     assert [e["not_applied"] for e in m2["edges"]] == [[]]
 
 
-def _kids(base, vsn, child):
-    """A dependency with an Application module starting one Agent named ``child``."""
+def _kids(base, vsn, child, fun=False):
+    """A dependency with an Application module starting one Agent named ``child`` (``fun``: its spec holds a fun)."""
     root = os.path.join(base, "kids-" + vsn)
     _write(root, {
         "mix.exs": """
@@ -256,11 +256,11 @@ def _kids(base, vsn, child):
               use Application
               def zero, do: 0
               def start(_, _) do
-                children = [%%{id: %s, start: {Agent, :start_link, [__MODULE__, :zero, [], [name: %s]]}}]
+                children = [%%{id: %s, start: {Agent, :start_link, %s}}]
                 Supervisor.start_link(children, strategy: :one_for_one, name: Kids.Supervisor)
               end
             end
-            """ % (child, child),
+            """ % (child, ("[fn -> 0 end, [name: %s]]" if fun else "[__MODULE__, :zero, [], [name: %s]]") % child),
     })
     _age(root)
     return root
@@ -286,3 +286,11 @@ def test_a_dependency_whose_application_starts_other_children_gets_them_reconcil
                  in i[1][2][0]]
     assert len(up_code) == 1 and b"KidsB" in up_code[0] and b"KidsA" not in up_code[0]
     assert len(down_code) == 1 and b"KidsA" in down_code[0] and b"KidsB" not in down_code[0]
+    # children whose specs cannot be written down (a fun) are left as they were, and the edge says why
+    m = _build_version(builder, base, _project(base, "1.2.0", _dep(base, "0.1.0", 1),
+                                               dep2_dir=_kids(base, "0.3.0", "KidsC", fun=True)), ["1.1.0"])
+    (edge,) = m["edges"]
+    assert edge["verdict"] == "hot" and "notes" not in edge, edge
+    (note,) = edge["not_applied"]
+    assert note.startswith("dep2: the Application module Elixir.Kids.Application changed") and \
+        note.endswith("(its children could not be learned: its child specs hold funs, pids or references)"), note
