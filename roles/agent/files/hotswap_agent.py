@@ -2549,16 +2549,22 @@ def _old_code_args(a):
             "old_code_wait_ms": int(max(0.0, getattr(a, "old_code_wait", 5.0) or 0.0) * 1000)}
 
 
-def _procs_text(procs, limit=5):
-    """Processes the node named (old_code_procs) as one line."""
+def _procs_text(procs, limit=5, total=None):
+    """Processes the node named (old_code_procs) as one line; processes alike (same function, same start)
+    are told once with their count."""
+    groups = {}
+    for p in procs or []:
+        key = (p.get("in"), p.get("current_function"), p.get("initial_call"), tuple(p.get("modules") or []))
+        groups.setdefault(key, []).append(p.get("name"))
     out = []
-    for p in (procs or [])[:limit]:
-        init, cur, where = p.get("initial_call"), p.get("current_function"), p.get("in")
-        out.append(f"{p.get('name')} in {where or cur}"
+    for (where, cur, init, mods), names in list(groups.items())[:limit]:
+        who = names[0] if len(names) == 1 else f"{len(names)} processes like {names[0]}"
+        out.append(f"{who} in {where or cur}"
                    + (f" (blocked in {cur})" if where and cur and cur != where else "")
                    + (f", started as {init}" if init and init not in (cur, where) else "")
-                   + (f", holding old code of {', '.join(p.get('modules') or [])}" if not where else ""))
-    more = len(procs or []) - limit
+                   + (f", holding old code of {', '.join(mods)}" if not where else ""))
+    shown = sum(len(n) for n in list(groups.values())[:limit])
+    more = max(total or 0, len(procs or [])) - shown
     return "; ".join(out) + (f"; and {more} more" if more > 0 else "")
 
 
@@ -2566,7 +2572,7 @@ def _old_code_refusal_msg(vsn, r, wait_s):
     procs = r.get("old_code_procs") or []
     count = r.get("old_code_count") or len(procs)
     return (f"hot upgrade to {vsn} refused: {count} process(es) execute code of modules this upgrade replaces and "
-            f"did not leave within {wait_s:g} s, so purging the old code would kill them: {_procs_text(procs)} -- "
+            f"did not leave within {wait_s:g} s, so purging the old code would kill them: {_procs_text(procs, total=count)} -- "
             f"nothing was installed; the host keeps {r.get('running')} and its state. Make such loops leave the "
             f"module (docs/writing-upgradable-code.md), or set hotswap_old_code=kill to let their supervisors "
             f"restart them on the new code, or deploy with hotswap_mode=cold")
