@@ -832,7 +832,20 @@ hs_result =
       :persistent_term.erase({:beam_hotswap, :kept_supervisors})
       :persistent_term.erase({:beam_hotswap, :children_changed})
       ls = listeners.()
-      paused = suspend_all.(serving.(ls))
+      # never hold a process the relup itself suspends for its code_change (release_handler's
+      # sys:suspend would time out on it and skip its code_change)
+      {running_now, _} = running_of.(releases.())
+      updated =
+        case if(running_now && running_now != vsn, do: find_edge.(running_now, vsn)) do
+          {_, instrs} -> for {:suspend, ms} <- instrs, m <- ms, into: MapSet.new(), do: (if is_tuple(m), do: elem(m, 0), else: m)
+          nil -> MapSet.new()
+        end
+      paused =
+        suspend_all.(
+          for p <- serving.(ls), not (case initial_of.(p, dict_of.(p)) do
+                                       {m, _, _} -> MapSet.member?(updated, m)
+                                       _ -> false
+                                     end), do: p)
 
       # the last look, with the listeners held: a process that entered the replaced code since the
       # check (a connection opened meanwhile is a finisher; anything else is refused) stops the install
