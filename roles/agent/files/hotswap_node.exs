@@ -551,7 +551,8 @@ hs_result =
       %{"ok" => left == [] or policy == "kill", "old_code_ms" => div(System.monotonic_time(:microsecond) - t_o, 100) / 10,
         "old_code_waited" => length(found) - length(left), "old_code_movers" => length(movers),
         "old_code_procs" => Enum.map(Enum.take(left, 20), fn {p, h} -> describe_proc.(p, h) end),
-        "old_code_count" => length(left), "old_code_finishing" => length(finishing)}
+        "old_code_count" => length(left), "old_code_finishing" => length(finishing),
+        seen: MapSet.new(found, &elem(&1, 0))}
     end
 
     # after install_release: processes still on the old code of the edge's modules get a second
@@ -826,8 +827,9 @@ hs_result =
       end
     end
 
-    # held: the modules the edge replaces, for the last look (empty: no look)
-    do_install = fn vsn, held ->
+    # held: the modules the edge replaces, for the last look (empty: no look); seen: the processes the
+    # check already judged (movers, and under kill the ones let through)
+    do_install = fn vsn, held, seen ->
       keys = merge_runtime.(vsn)
       :persistent_term.erase({:beam_hotswap, :kept_supervisors})
       :persistent_term.erase({:beam_hotswap, :children_changed})
@@ -852,7 +854,7 @@ hs_result =
       late =
         if held == [] or hs["old_code"] == "kill",
           do: [],
-          else: Enum.reject(holders.(held, nil, false), fn {p, _} -> finisher?.(p, ls) end)
+          else: Enum.reject(holders.(held, nil, false), fn {p, _} -> MapSet.member?(seen, p) or finisher?.(p, ls) end)
 
       {us, r} =
         try do
@@ -969,7 +971,7 @@ hs_result =
               "revert_error" => procs_line.(oc["old_code_procs"], "execute code the rollback replaces")}
 
           true ->
-            case do_install.(old, []) do
+            case do_install.(old, [], MapSet.new()) do
               {:ok, info} ->
                 {r, _} = commit.(old)
 
@@ -1090,7 +1092,7 @@ hs_result =
             inst =
               if running0 == vsn,
                 do: {:ok, %{"install_ms" => 0, "already_running" => true}},
-                else: do_install.(vsn, mods)
+                else: do_install.(vsn, mods, oc[:seen] || MapSet.new())
 
             case inst do
               {:late, procs} ->
