@@ -16,12 +16,15 @@ thousand_island 1.3.14 with plug 1.16.1 in 1.0.0, bandit 1.11.1 + thousand_islan
 ``deps/0`` in ``mix.exs`` and the adapter line in ``config/config.exs`` are written by :func:`materialise` from
 LIBSETS, one table per library set:
 
-* ``deps="hex"``: what users write, Hex requirements on the direct dependencies (``{:phoenix, "~> 1.7.14"}``);
-  the versions of everything else come from a ``mix.lock``.  ``pin=True`` writes every library of the set,
-  direct and transitive, as ``"== VSN"`` (resolves to the set without a lock; a way to produce the lock);
-* ``deps="path"``: every library of the set as a path dependency into THIRDPARTY with ``override: true``
-  (shared/thirdparty/README.md); builds need the Hex archive in MIX_HOME only to read the libraries' own
-  requirements (:func:`install_hex`).
+* ``deps="hex"`` (what the tests use): what users write, Hex requirements on the direct dependencies
+  (``{:phoenix, "~> 1.7.14"}``), and the set's tracked ``mix.lock`` (``locks/SERVER-SET.mix.lock``), which pins
+  every library of the set, direct and transitive, with the checksums of the tests' local Hex repository
+  (hexrepo.py; its packages are reproducible, so the checksums hold for every build of it).  ``pin=True``
+  writes every library as ``"== VSN"`` instead (resolves to the set without a lock): :func:`make_locks` uses
+  it to write the locks again, :func:`check_locks` compares them with a repository;
+* ``deps="path"``: a dev aid only, used by no test: every library of the set as a path dependency into
+  THIRDPARTY with ``override: true`` (shared/thirdparty/README.md); builds need the Hex archive in MIX_HOME
+  only to read the libraries' own requirements (:func:`install_hex`).
 
 Stdlib only.
 """
@@ -41,6 +44,7 @@ import uuid
 from pathlib import Path
 
 PHOENIX_SRC = Path(__file__).resolve().parent.parent / "fixtures" / "phoenix_app"
+LOCKS = PHOENIX_SRC / "locks"
 APP = "shop"
 CHAIN = ("1.0.0", "2.0.0", "3.0.0")
 SERVERS = ("cowboy", "bandit")
@@ -96,13 +100,19 @@ def deps_block(version: str, deps: str = "hex", server: str = "cowboy", pin: boo
     return f"{head}  defp deps do\n    [\n{body}\n    ]\n  end\n"
 
 
+def lock_path(version: str, server: str = "cowboy") -> Path:
+    """The tracked mix.lock of ``version`` on ``server``: ``locks/SERVER-SET.mix.lock``."""
+    return LOCKS / f"{server}-{VERSION_SET[version]}.mix.lock"
+
+
 def materialise(dest, version: str, deps: str = "hex", server: str = "cowboy", pin: bool = False,
                 thirdparty=THIRDPARTY, lock=None, pubsub_appup: bool = False) -> Path:
     """Write version ``version`` of the app to ``dest`` (replaced if it exists).
 
-    ``deps``: "hex" (Hex requirements; ``pin`` writes every library as ``== VSN``) or "path" (path deps into
-    ``thirdparty``, all with ``override: true``).  ``server``: "cowboy" or "bandit".  ``lock``: a mix.lock to
-    copy in (hex only; default: ``locks/SERVER-SET.mix.lock`` of the fixture when it exists).
+    ``deps``: "hex" (Hex requirements; ``pin`` writes every library as ``== VSN``) or "path" (a dev aid: path
+    deps into ``thirdparty``, all with ``override: true``).  ``server``: "cowboy" or "bandit".  ``lock`` (hex
+    only): None copies the tracked ``locks/SERVER-SET.mix.lock`` (:func:`lock_path`; FileNotFoundError when it
+    is missing, unless ``pin``), a path copies that file, False writes no mix.lock.
     ``pubsub_appup``: in versions on the newer set, add the hand-written ``rel/appups/phoenix_pubsub/2.2.0.appup``
     (``extras/pubsub_appup``) that loads Phoenix.PubSub.PG2 instead of updating it as a supervisor: without it
     the agent's code_change rehearsal refuses 1.0.0 -> 2.0.0 (PG2's init/1 changed its argument shape)."""
@@ -131,11 +141,75 @@ def materialise(dest, version: str, deps: str = "hex", server: str = "cowboy", p
                       flags=re.S)
     assert n == 1, "config.exs lost its adapter:begin/adapter:end markers"
     cfg.write_text(text)
-    if deps == "hex":
-        lock = Path(lock) if lock else PHOENIX_SRC / "locks" / f"{server}-{VERSION_SET[version]}.mix.lock"
-        if lock.is_file():
-            shutil.copyfile(lock, dest / "mix.lock")
+    if deps == "hex" and lock is not False:
+        src = Path(lock) if lock else lock_path(version, server)
+        if src.is_file():
+            shutil.copyfile(src, dest / "mix.lock")
+        elif lock or not pin:
+            raise FileNotFoundError(f"no mix.lock {src} for shop {version} on {server} (phoenix.make_locks writes "
+                                    "the tracked ones)")
     return dest
+
+
+_LOCK_ENTRY = re.compile(r'^  "(\w+)": \{:hex, :(\w+), "([^"]+)", "([0-9a-f]{64})", \[[^\]]*\], .*, "hexpm", '
+                         r'"([0-9a-f]{64})"\},$', re.M)
+
+
+def lock_entries(path) -> dict:
+    """{package: (version, inner checksum, outer checksum)} of the Hex entries of a mix.lock."""
+    return {m.group(2): (m.group(3), m.group(4), m.group(5)) for m in _LOCK_ENTRY.finditer(Path(path).read_text())}
+
+
+def check_locks(repo, locks_dir=None) -> list[str]:
+    """What is wrong with the tracked locks against ``repo`` (a hexrepo.Repo): a lock missing, a library of
+    the set missing or at another version, an entry the set does not have, a checksum the repository does
+    not give.  Empty when every lock pins exactly its set with the repository's checksums."""
+    problems = []
+    for (server, vset), libs in sorted(LIBSETS.items()):
+        path = Path(locks_dir or LOCKS) / f"{server}-{vset}.mix.lock"
+        if not path.is_file():
+            problems.append(f"{path.name}: missing")
+            continue
+        got = lock_entries(path)
+        for name in sorted(set(libs) | set(got)):
+            if name not in got:
+                problems.append(f"{path.name}: {name} {libs[name]} is not pinned")
+            elif name not in libs:
+                problems.append(f"{path.name}: {name} {got[name][0]} is not in the {server}/{vset} set")
+            elif got[name][0] != libs[name]:
+                problems.append(f"{path.name}: {name} is locked at {got[name][0]}, the set has {libs[name]}")
+            elif tuple(repo.checksums.get((name, libs[name]), ())) != got[name][1:]:
+                problems.append(f"{path.name}: {name} {libs[name]} checksums {got[name][1][:12]}/{got[name][2][:12]} "
+                                f"differ from the repository's {repo.checksums.get((name, libs[name]))}")
+    return problems
+
+
+def make_locks(repo, workdir, out_dir=None) -> dict:
+    """Write the four tracked locks again: for each (server, set), ``materialise(..., pin=True, lock=False)``
+    and ``mix deps.get`` against ``repo`` (a hexrepo.Repo) served on 127.0.0.1, with Mix/Hex homes under
+    ``workdir``.  Returns {(server, set): path}.  The locks name the repository's checksums, which are the
+    same for every build of it (hexrepo.py)."""
+    from hotswap_testlib import hexrepo  # pylint: disable=import-outside-toplevel
+    workdir, out_dir = Path(workdir), Path(out_dir or LOCKS)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    url, stop = hexrepo.serve(repo, "127.0.0.1", 0)
+    written = {}
+    try:
+        homes = hexrepo.configure_build_user(workdir / "home" / ".mix", workdir / "home" / ".hex", url, repo)
+        env = hexrepo.mix_env(homes["MIX_HOME"], homes["HEX_HOME"], {"HOME": str(workdir / "home"), "MIX_ENV": "prod"})
+        for (server, vset) in sorted(LIBSETS):
+            version = next(v for v in CHAIN if VERSION_SET[v] == vset)
+            proj = materialise(workdir / f"lock-{server}-{vset}", version, deps="hex", server=server, pin=True,
+                               lock=False)
+            p = subprocess.run(["mix", "deps.get"], cwd=proj, env=env, capture_output=True, text=True, timeout=600,
+                               check=False)
+            if p.returncode != 0:
+                raise RuntimeError(f"mix deps.get for {server}/{vset} exited {p.returncode}:\n{p.stdout}{p.stderr}")
+            written[(server, vset)] = out_dir / f"{server}-{vset}.mix.lock"
+            shutil.copyfile(proj / "mix.lock", written[(server, vset)])
+    finally:
+        stop()
+    return written
 
 
 def install_hex(mix_home, thirdparty=THIRDPARTY, cache="/tmp/phx-hex") -> Path:
@@ -422,6 +496,92 @@ class Load:
         out["max_gap_ms"] = round(gap * 1000, 1)
         out["max_gap_at_s"] = round(at, 3) if at is not None else None
         return out
+
+    def at(self, t_monotonic: float) -> float:
+        """A ``time.monotonic()`` reading on this load's clock (seconds since :meth:`start`)."""
+        return t_monotonic - self.t0
+
+    def window(self, start: float, end: float, kinds=("fresh", "keepalive")) -> dict:
+        """Figures of the requests of ``kinds`` that started between ``start`` and ``end`` (``time.monotonic()``
+        readings): count, failed, p50/p99/max latency, and the largest gap between successive successful
+        completions inside the window, its edges included (a pause at the start or the end counts)."""
+        lo, hi = self.at(start), self.at(end)
+        with self._lock:
+            recs = [r for r in self.records if r["kind"] in kinds and lo <= r["start"] <= hi]
+        lat = sorted(r["latency"] for r in recs if r["ok"])
+        ends = sorted(r["start"] + r["latency"] for r in recs if r["ok"])
+        return {"requests": len(recs), "failed": sum(not r["ok"] for r in recs), "p50_ms": _pct(lat, 50),
+                "p99_ms": _pct(lat, 99), "max_ms": round(lat[-1] * 1000, 1) if lat else None,
+                "max_gap_ms": _max_gap_ms(ends, lo, hi)}
+
+
+def _max_gap_ms(ends, lo, hi):
+    """The largest gap in ms between successive times of sorted ``ends`` within [lo, hi], edges included."""
+    points = [lo] + [e for e in ends if lo <= e <= hi] + [hi]
+    return round(max(b - a for a, b in zip(points, points[1:])) * 1000, 1)
+
+
+class Probe:
+    """A 1 ms probe loop: ``GET /`` on one keep-alive connection, ``interval`` s after each answer (reconnecting
+    when the server closes the connection or a request fails).  Every request is kept (start and end on the
+    ``time.monotonic()`` clock, ok), so :meth:`window` gives the largest pause seen between two answers."""
+
+    def __init__(self, host: str, port: int, interval: float = 0.001, timeout: float = 10.0):
+        self.host, self.port, self.interval, self.timeout = host, port, interval, timeout
+        self.records: list[tuple[float, float, bool]] = []   # (start, end, ok)
+        self.errors: dict = {}
+        self._stop = threading.Event()
+        self._thread = None
+
+    def start(self) -> "Probe":
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        conn = None
+        while not self._stop.is_set():
+            start = time.monotonic()
+            ok = False
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+                conn.request("GET", "/", headers={"Accept": "application/json"})
+                resp = conn.getresponse()
+                resp.read()
+                ok = resp.status == 200
+                if not ok:
+                    key = f"HTTP {resp.status}"
+                    self.errors[key] = self.errors.get(key, 0) + 1
+                if resp.will_close:
+                    conn.close()
+                    conn = None
+            except (OSError, http.client.HTTPException) as e:
+                key = type(e).__name__
+                self.errors[key] = self.errors.get(key, 0) + 1
+                if conn is not None:
+                    conn.close()
+                conn = None
+            self.records.append((start, time.monotonic(), ok))
+            time.sleep(self.interval)
+        if conn is not None:
+            conn.close()
+
+    def stop(self) -> "Probe":
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(self.timeout + 5)
+        return self
+
+    def window(self, start: float, end: float) -> dict:
+        """Probes started between ``start`` and ``end`` (``time.monotonic()``): count, failed, p50/p99/max
+        latency, largest gap between successive successful answers (window edges included)."""
+        recs = [r for r in list(self.records) if start <= r[0] <= end]
+        lat = sorted(e - s for s, e, ok in recs if ok)
+        ends = sorted(e for s, e, ok in recs if ok)
+        return {"requests": len(recs), "failed": sum(not ok for _s, _e, ok in recs), "p50_ms": _pct(lat, 50),
+                "p99_ms": _pct(lat, 99), "max_ms": round(lat[-1] * 1000, 1) if lat else None,
+                "max_gap_ms": _max_gap_ms(ends, start, end)}
 
 
 def _pct(sorted_vals, p):
