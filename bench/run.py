@@ -1,8 +1,9 @@
 """``make bench``: run every benchmark (each on its own fleet, one after the other) and print a table.
 
-    .venv/bin/python bench/run.py [--only hot_gap,downtime,deploy_time] [--reps N]
+    .venv/bin/python bench/run.py [--only hot_gap,downtime,deploy_time,phoenix_pause] [--reps N]
 
-Each benchmark is also runnable alone (``bench/hot_gap.py``, ``bench/downtime.py``, ``bench/deploy_time.py``).
+Each benchmark is also runnable alone (``bench/hot_gap.py``, ``bench/downtime.py``, ``bench/deploy_time.py``,
+``bench/phoenix_pause.py``).
 Figures and ratios are printed, never judged: a goal missed is reported, not a failure.  The exit status is
 non-zero only when a benchmark could not run (a playbook failed, the fleet did not come up...).
 Raw results: ``tests/output/bench/*.json``; playbook logs: ``tests/output/bench/logs/``.
@@ -21,8 +22,9 @@ import _common as C  # noqa: E402
 import deploy_time  # noqa: E402
 import downtime  # noqa: E402
 import hot_gap  # noqa: E402
+import phoenix_pause  # noqa: E402
 
-ALL = ["hot_gap", "downtime", "deploy_time"]
+ALL = ["hot_gap", "downtime", "deploy_time", "phoenix_pause"]
 
 
 def _fmt(v, unit=""):
@@ -77,6 +79,20 @@ def summary_rows(results: dict) -> list[dict]:
                      "value": _fmt(s["six"], " s"), "baseline": _fmt(s["one"], " s (1 host)"),
                      "ratio": _fmt(s["six_vs_one"], "x"), "goal": f"<= {deploy_time.GOAL_6_VS_1}x",
                      "met": "yes" if s["goal_six_met"] else "NO"})
+    r = results.get("phoenix_pause")
+    if r:
+        for label, src, fig, goal in (("Phoenix: largest pause, 1 ms probe, during deploy.yml hot", "probe", "max_gap_ms", "-"),
+                                      ("Phoenix: p99 latency, load, during deploy.yml hot", "load", "p99_ms", "-"),
+                                      ("Phoenix: failed requests (load + probe) during deploy.yml hot", None, "failed", "0")):
+            if src:
+                value, base = r["deploy"][src][fig], r["rest"][src][fig]
+                rows.append({"benchmark": "phoenix_pause", "figure": label, "value": _fmt(value, " ms"),
+                             "baseline": _fmt(base, " ms (rest)"), "ratio": _fmt(C.ratio(value, base), "x"),
+                             "goal": goal, "met": "-"})
+            else:
+                failed = r["deploy"]["load"]["failed"] + r["deploy"]["probe"]["failed"]
+                rows.append({"benchmark": "phoenix_pause", "figure": label, "value": str(failed), "baseline": "-",
+                             "ratio": "-", "goal": goal, "met": "yes" if failed == 0 else "NO"})
     return rows
 
 
@@ -93,7 +109,8 @@ def main(argv=None) -> int:
     results, reports, crashed = {}, {}, []
     runners = {"hot_gap": (hot_gap.run, hot_gap.report),
                "downtime": (downtime.run, downtime.report),
-               "deploy_time": (lambda: deploy_time.run(a.reps), deploy_time.report)}
+               "deploy_time": (lambda: deploy_time.run(a.reps), deploy_time.report),
+               "phoenix_pause": (phoenix_pause.run_or_raise, phoenix_pause.report)}
     for name in chosen:
         C.log(f"=== {name}")
         run, rep = runners[name]
