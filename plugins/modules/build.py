@@ -107,7 +107,8 @@ options:
   hex_archive:
     description:
       - A Hex archive (C(hex-X.Y.Z.ez), as C(mix archive.build) makes it) to install for the build user when the
-        build user has no Hex (a project with Hex dependencies, or path dependencies whose own mix.exs name Hex requirements, needs it). Never replaces an installed Hex.
+        build user has no Hex (a project with Hex dependencies, or path dependencies whose own mix.exs name Hex
+        requirements, needs it). Never replaces an installed Hex.
       - Through the action plugin a file on the controller, uploaded with the source when a build runs; called
         directly, a path on the build host.
     type: path
