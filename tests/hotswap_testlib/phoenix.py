@@ -114,8 +114,9 @@ def materialise(dest, version: str, deps: str = "hex", server: str = "cowboy", p
     only): None copies the tracked ``locks/SERVER-SET.mix.lock`` (:func:`lock_path`; FileNotFoundError when it
     is missing, unless ``pin``), a path copies that file, False writes no mix.lock.
     ``pubsub_appup``: in versions on the newer set, add the hand-written ``rel/appups/phoenix_pubsub/2.2.0.appup``
-    (``extras/pubsub_appup``) that loads Phoenix.PubSub.PG2 instead of updating it as a supervisor: without it
-    the agent's code_change rehearsal refuses 1.0.0 -> 2.0.0 (PG2's init/1 changed its argument shape)."""
+    (``extras/pubsub_appup``) that loads Phoenix.PubSub.PG2 instead of updating it as a supervisor (PG2's init/1
+    changed its argument shape in 2.2.0; generated appups now keep such a supervisor's specs, so the tests do
+    not use it: an experiment aid)."""
     if version not in CHAIN:
         raise ValueError(f"no shop version {version}")
     if server not in SERVERS:

@@ -283,8 +283,10 @@ def _module_diff(site, host, frm, to):
 
 
 def _check_modules_live(c, site, host, diff, live):
-    """``live`` is the edge's side now running ("from" or "to"): each changed module is loaded from that side's
-    lib directory with that side's md5; modules only on the other side are not loaded."""
+    """``live`` is the edge's side now running ("from" or "to"): each changed module's current code is loaded from
+    that side's lib directory with that side's md5; modules only on the other side are not loaded.  Old code of
+    a module may stay resident (connections finishing on the previous code, soft post-purge: by design, see
+    docs/writing-upgradable-code.md): counted in the summary, not a failure."""
     names = sorted({m for d in diff.values() for m in d["changed"] + d["added"] + d["removed"]})
     got = site.post_json(host, "/api/modules", {"modules": names})["modules"]
     summary = {}
@@ -298,14 +300,15 @@ def _check_modules_live(c, site, host, diff, live):
         for m in present:
             want_path = f"{site.root}/lib/{lib}-{vsn}/ebin/{m}.beam"
             g = got.get(m, {})
-            if not (g.get("loaded") and g.get("which") == want_path and g.get("md5") == d["md5"][(vsn, m)]
-                    and g.get("old_code") is False):
+            if not (g.get("loaded") and g.get("which") == want_path and g.get("md5") == d["md5"][(vsn, m)]):
                 bad.append(f"{m}: {g} (want {want_path}, md5 {d['md5'][(vsn, m)]})")
         stale = [m for m in absent if got.get(m, {}).get("loaded")]
         c.check(not bad, f"{host}: {lib} {vsn}: {len(bad)} of {len(present)} changed module(s) not live from "
                          f"lib/{lib}-{vsn}: " + "; ".join(bad[:4]))
         c.check(not stale, f"{host}: {lib}: module(s) of the other version still loaded: {stale[:6]}")
-        summary[f"{lib}-{vsn}"] = f"{len(present) - len(bad)}/{len(present)} live"
+        held = [m for m in present if got.get(m, {}).get("old_code")]
+        summary[f"{lib}-{vsn}"] = f"{len(present) - len(bad)}/{len(present)} live" + (
+            f" ({len(held)} with old code still resident: {', '.join(held[:3])})" if held else "")
     return summary
 
 
