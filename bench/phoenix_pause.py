@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -61,6 +62,12 @@ class ShopBench:
         self.dir = bf.dir
         self.build_env: dict = {}
         self._stop = None
+
+    def fresh(self):
+        """Forget what an earlier run fetched: the controller reuses a release it already holds, and this
+        fleet's build store is new (its /opt), so an old artifact would be a release built by older code."""
+        for d in ("artifacts", "reports"):
+            shutil.rmtree(self.dir / d, ignore_errors=True)
 
     def hex_mirror(self):
         t0 = time.monotonic()
@@ -111,6 +118,7 @@ def run(rest_seconds: float = 10.0, old_code: str = "refuse") -> dict:
     with C.BenchFleet("phoenix_pause", targets=1) as bf:
         sb = ShopBench(bf)
         try:
+            sb.fresh()
             sb.hex_mirror()
             dt, _ign = bf.playbook(C.DEPLOY, sb.extra("1.0.0"), "shop-first-install-1.0.0")
             C.log(f"  first install of shop 1.0.0: {dt:.1f}s")
