@@ -49,9 +49,10 @@ _value:
   description:
     - C(rows) (list of dicts, one per host, with C(state) and C(result)), C(lines) (the table and a line per
       kind of host without a version), C(spread) (state to host count), C(mixed) (more than one version runs),
-      C(versions) (the versions that run), per row C(state_lost) (the node was restarted, by plan or after a failure)
-      , C(not_applied) (what a hot upgrade left as it was) and C(notes) (what it did besides loading code: open
-      connections finishing on the previous code, a dependency's supervision tree reconciled), the host names that are C(down), C(unreachable), C(not_run) and
+      C(versions) (the versions that run), per row C(state_lost) (the node was restarted, by plan or after a failure),
+      C(not_applied) (what a hot upgrade left as it was) and C(notes) (what it did besides loading code - open
+      connections finishing on the previous code, a dependency's supervision tree reconciled),
+      the host names that are C(down), C(unreachable), C(not_run) and
       C(unread) (state V(unknown)), and C(verdict) (one sentence per kind - down, unreachable, outdated agent,
       not installed, unread - with the count and the names; empty when every host runs a version with a current agent).
   type: dict

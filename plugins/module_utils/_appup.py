@@ -234,8 +234,8 @@ def children_step(app, specs_text):
 def children_diff(old_text, new_text):
     """"-Plug.Upload, +Plug.Upload.Supervisor" from two child spec lists (ids read roughly from the text)."""
     import re
-    ids = lambda t: re.findall(r"#\{id\s*=>\s*('[^']*'|[a-z][\w@]*)", t)  # noqa: E731
-    o, n = ids(old_text), ids(new_text)
+    id_re = re.compile(r"#\{id\s*=>\s*('[^']*'|[a-z][\w@]*)")
+    o, n = id_re.findall(old_text), id_re.findall(new_text)
     out = ["-" + i.strip("'").replace("Elixir.", "") for i in o if i not in n] + \
           ["+" + i.strip("'").replace("Elixir.", "") for i in n if i not in o]
     return ", ".join(out) or "same ids, started differently"
