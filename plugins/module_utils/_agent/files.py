@@ -1,16 +1,23 @@
 """Files on the host: the node's env file, epmd's registered names, sha256 of a file, and the tar safety
 rules (members that stay inside the root, no links out, no device files) used before anything is
 extracted; chown and removal of trees.
+
+Everything below the release root belongs to the node's user and is hostile input to the root agent:
+writes, reads, renames and removals there go through the dir-fd helpers below (``safe_open_dir``,
+``safe_write``, ``safe_read``, ``safe_rmtree``, ``safe_rename``), which never follow a symbolic link below
+the root and chown only what they created (fchown/lchown).
 """
 
+import errno
 import hashlib
 import os
 import re
 import shutil
 import socket
+import stat
 import struct
 
-from .errors import PackageRefused
+from .errors import OpFailed, PackageRefused
 from .names import ENV_KEY_RE
 
 
@@ -60,6 +67,220 @@ def _inside(root, path):
     root = os.path.normpath(root)
     path = os.path.normpath(path)
     return path == root or path.startswith(root + os.sep)
+
+
+def inside(root, path, real=True):
+    """True when ``path`` is ``root`` or below it; with ``real`` both are resolved first (realpath), so a
+    symbolic link anywhere in ``path`` that leads out of ``root`` makes it False."""
+    if real:
+        root, path = os.path.realpath(root), os.path.realpath(path)
+    return _inside(root, path)
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _rel_parts(root, rel):
+    """``rel`` (relative to root, or an absolute path below root) as a list of names; no '..'."""
+    if os.path.isabs(rel):
+        if not _inside(root, rel):
+            raise OpFailed(f"{rel} is not inside {root}: refused")
+        rel = os.path.relpath(os.path.normpath(rel), os.path.normpath(root))
+    parts = [x for x in rel.split("/") if x not in ("", ".")]
+    if ".." in parts:
+        raise OpFailed(f"{os.path.join(root, rel)}: a path with '..' below {root} is refused")
+    return parts
+
+
+def _link_refused(path, root, e):
+    if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+        return OpFailed(f"{path} is a symbolic link or not a directory: the agent never follows links below "
+                        f"{root} (remove or rename it, then re-run)", path=path)
+    return OpFailed(f"cannot open {path}: {e.strerror}", path=path)
+
+
+def safe_open_dir(root, rel="", create=False, mode=0o750, owner=None):
+    """A file descriptor (the caller closes it) for the directory ROOT/rel, opened one component at a time
+    with openat(O_NOFOLLOW|O_DIRECTORY): a symbolic link at the root or anywhere below it is refused
+    (OpFailed naming the path).  ``create``: missing components are made (``mode``; chowned to ``owner``
+    when we are root, via the new directory's own fd)."""
+    parts = _rel_parts(root, rel)
+    try:
+        fd = os.open(root, _DIR_FLAGS)
+    except OSError as e:
+        raise _link_refused(root, root, e) from None
+    path = root
+    try:
+        for name in parts:
+            path = os.path.join(path, name)
+            try:
+                nfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise OpFailed(f"{path} does not exist", path=path) from None
+                try:
+                    os.mkdir(name, mode, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                try:
+                    nfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                except OSError as e:
+                    raise _link_refused(path, root, e) from None
+                if owner is not None and os.geteuid() == 0:
+                    os.fchown(nfd, *owner)
+                os.fchmod(nfd, mode)
+            except OSError as e:
+                raise _link_refused(path, root, e) from None
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def safe_write(root, rel, data, owner=None, mode=0o644, create_dirs=False):
+    """Write ``data`` (str: UTF-8, or bytes) to ROOT/rel atomically without following any symbolic link
+    below ROOT: a temp file with a random name is created in the (no-follow opened) directory with
+    O_CREAT|O_EXCL|O_NOFOLLOW, written, fsynced, fchmod ``mode``, fchown ``owner`` (when we are root and an
+    owner is given), renamed over the name through the dir fd, and the dir fsynced.  A symbolic link
+    planted at the name is replaced, never written through.  On failure the temp file is removed."""
+    parts = _rel_parts(root, rel)
+    if not parts:
+        raise OpFailed(f"safe_write: no file name below {root}")
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    dfd = safe_open_dir(root, "/".join(parts[:-1]), create=create_dirs, owner=owner)
+    name = parts[-1]
+    tmp = f".{name}.hotswap-tmp-{os.urandom(6).hex()}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
+                     0o600, dir_fd=dfd)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+                os.fchmod(fd, mode)
+                if owner is not None and os.geteuid() == 0:
+                    os.fchown(fd, *owner)
+            finally:
+                os.close(fd)
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            try:
+                os.unlink(tmp, dir_fd=dfd)
+            except OSError:
+                pass
+            raise
+        try:
+            os.fsync(dfd)
+        except OSError:
+            pass
+    finally:
+        os.close(dfd)
+    return os.path.join(root, *parts)
+
+
+def safe_read(root, rel, limit=None):
+    """Bytes of the regular file ROOT/rel, read without following a symbolic link anywhere below ROOT;
+    None when it is missing, a link, or not a regular file."""
+    try:
+        parts = _rel_parts(root, rel)
+        dfd = safe_open_dir(root, "/".join(parts[:-1]))
+    except OpFailed:
+        return None
+    try:
+        fd = os.open(parts[-1], os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0), dir_fd=dfd)
+    except OSError:
+        return None
+    finally:
+        os.close(dfd)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read() if limit is None else fh.read(limit)
+    finally:
+        os.close(fd)
+
+
+def _rm_at(dfd, name):
+    """Remove ``name`` in the directory ``dfd`` (a tree, recursively through dir fds; links themselves)."""
+    try:
+        st = os.lstat(name, dir_fd=dfd)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=dfd)
+        return
+    fd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+    try:
+        for child in os.listdir(fd):
+            _rm_at(fd, child)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dfd)
+
+
+def safe_rmtree(root, rel):
+    """Remove ROOT/rel (file, link or tree) without following any symbolic link: the parent is opened
+    no-follow from ROOT, the tree is walked through dir fds.  A missing path is fine."""
+    parts = _rel_parts(root, rel)
+    if not parts:
+        raise OpFailed(f"refusing to remove the root {root} itself")
+    try:
+        dfd = safe_open_dir(root, "/".join(parts[:-1]))
+    except OpFailed:
+        if not os.path.lexists(os.path.join(root, *parts[:-1])):
+            return
+        raise
+    try:
+        _rm_at(dfd, parts[-1])
+    finally:
+        os.close(dfd)
+
+
+def safe_rename(src_root, src_rel, dst_root, dst_rel):
+    """rename(SRC_ROOT/src_rel, DST_ROOT/dst_rel) through no-follow opened parent dirs."""
+    sp, dp = _rel_parts(src_root, src_rel), _rel_parts(dst_root, dst_rel)
+    sfd = safe_open_dir(src_root, "/".join(sp[:-1]))
+    try:
+        dfd = safe_open_dir(dst_root, "/".join(dp[:-1]))
+        try:
+            os.rename(sp[-1], dp[-1], src_dir_fd=sfd, dst_dir_fd=dfd)
+        finally:
+            os.close(dfd)
+    finally:
+        os.close(sfd)
+
+
+def lchown_tree_at(root, rel, uid, gid):
+    """Chown ROOT/rel and everything below it to uid:gid (when we are root) without following any link:
+    lchown on each entry, walking through no-follow dir fds."""
+    if os.geteuid() != 0:
+        return
+    parts = _rel_parts(root, rel)
+    fd = safe_open_dir(root, "/".join(parts))
+
+    def walk(dfd):
+        os.fchown(dfd, uid, gid)
+        for name in os.listdir(dfd):
+            st = os.lstat(name, dir_fd=dfd)
+            if stat.S_ISDIR(st.st_mode):
+                cfd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+                try:
+                    walk(cfd)
+                finally:
+                    os.close(cfd)
+            else:
+                os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
+    try:
+        walk(fd)
+    finally:
+        os.close(fd)
 
 
 def member_rel(m):

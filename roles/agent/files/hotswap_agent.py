@@ -28,6 +28,7 @@ GENERATED from plugins/module_utils/_agent/ by _assemble.py: edit those modules,
 """
 import argparse
 import base64
+import contextlib
 import datetime
 import errno
 import fcntl
@@ -47,7 +48,6 @@ import struct
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 
 
@@ -98,7 +98,8 @@ TASK_OPTIONS = (
     ("health_timeout", {"type": "int", "default": 30}, "--timeout", "timeout", float, 30.0),
     ("service_manager", {"type": "str", "default": "auto", "choices": ["auto", "systemd", "daemon"]},
      "--service-manager", "service_manager", str, "auto"),
-    ("health_check", {"type": "str"}, "--check", "check", str, None),
+    # no_log: a URL may carry a token; the controller hands it to the agent on stdin, never on a command line
+    ("health_check", {"type": "str", "no_log": True}, "--check", "check", str, None),
     # after a hot commit (and prune) the node must stay up and healthy this long; 0 = no watch
     ("settle_seconds", {"type": "float", "default": 3.0}, "--settle", "settle", float, 0.0),
     # processes executing code a hot upgrade replaces (a purge would kill them): refuse, or let them die
@@ -107,6 +108,10 @@ TASK_OPTIONS = (
     # how long such processes get to leave before that decision
     ("old_code_wait", {"type": "float", "default": 5.0}, "--old-code-wait", "old_code_wait", float, 5.0),
 )
+
+
+# options that travel with the settings on the agent's stdin (``_release.settings_of``), not on its command line
+SETTINGS_OPTIONS = ("health_check",)
 
 
 def task_option_specs():
@@ -118,6 +123,8 @@ def agent_option_args(params):
     """The agent's command-line arguments for a task's validated parameters (unset options left out)."""
     out = []
     for name, _spec, flag, _dest, _type, _default in TASK_OPTIONS:
+        if name in SETTINGS_OPTIONS:
+            continue
         if params.get(name) not in (None, ""):
             out += [flag, str(params[name])]
     return out
@@ -139,7 +146,7 @@ def add_agent_options(parser):
 # the modules and the agent all use these), the agent's own version, and the order of release versions.
 # ==================================================================================================
 
-AGENT_VERSION = "1.1.0"
+AGENT_VERSION = "1.2.0"
 
 # a release version: letters, digits and . _ + - (never "..": versions become paths)
 VSN_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}\Z")
@@ -166,6 +173,18 @@ def valid_root(root):
     """True for a release root the controller accepts (see ROOT_RE)."""
     return isinstance(root, str) and ROOT_RE.match(root) is not None and os.path.normpath(root) not in ("/", "//") \
         and ".." not in root.split("/")
+
+
+def state_dir(root):
+    """The agent's own directory for a release root: ``PARENT/.hotswap/NAME`` beside ROOT, never inside it
+    (ROOT belongs to the node's user, who could rename anything in it); root-owned, like PARENT."""
+    root = os.path.normpath(root)
+    return os.path.join(os.path.dirname(root), ".hotswap", os.path.basename(root))
+
+
+def legacy_state_dir(root):
+    """Where agents before 1.2.0 kept their state: ROOT/.hotswap, inside the node user's tree."""
+    return os.path.join(os.path.normpath(root), ".hotswap")
 
 
 def check_vsn(v, what="version"):
@@ -546,6 +565,11 @@ def parse_rel(text):
 # Files on the host: the node's env file, epmd's registered names, sha256 of a file, and the tar safety
 # rules (members that stay inside the root, no links out, no device files) used before anything is
 # extracted; chown and removal of trees.
+#
+# Everything below the release root belongs to the node's user and is hostile input to the root agent:
+# writes, reads, renames and removals there go through the dir-fd helpers below (``safe_open_dir``,
+# ``safe_write``, ``safe_read``, ``safe_rmtree``, ``safe_rename``), which never follow a symbolic link below
+# the root and chown only what they created (fchown/lchown).
 # ==================================================================================================
 
 def parse_env(text):
@@ -594,6 +618,220 @@ def _inside(root, path):
     root = os.path.normpath(root)
     path = os.path.normpath(path)
     return path == root or path.startswith(root + os.sep)
+
+
+def inside(root, path, real=True):
+    """True when ``path`` is ``root`` or below it; with ``real`` both are resolved first (realpath), so a
+    symbolic link anywhere in ``path`` that leads out of ``root`` makes it False."""
+    if real:
+        root, path = os.path.realpath(root), os.path.realpath(path)
+    return _inside(root, path)
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _rel_parts(root, rel):
+    """``rel`` (relative to root, or an absolute path below root) as a list of names; no '..'."""
+    if os.path.isabs(rel):
+        if not _inside(root, rel):
+            raise OpFailed(f"{rel} is not inside {root}: refused")
+        rel = os.path.relpath(os.path.normpath(rel), os.path.normpath(root))
+    parts = [x for x in rel.split("/") if x not in ("", ".")]
+    if ".." in parts:
+        raise OpFailed(f"{os.path.join(root, rel)}: a path with '..' below {root} is refused")
+    return parts
+
+
+def _link_refused(path, root, e):
+    if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+        return OpFailed(f"{path} is a symbolic link or not a directory: the agent never follows links below "
+                        f"{root} (remove or rename it, then re-run)", path=path)
+    return OpFailed(f"cannot open {path}: {e.strerror}", path=path)
+
+
+def safe_open_dir(root, rel="", create=False, mode=0o750, owner=None):
+    """A file descriptor (the caller closes it) for the directory ROOT/rel, opened one component at a time
+    with openat(O_NOFOLLOW|O_DIRECTORY): a symbolic link at the root or anywhere below it is refused
+    (OpFailed naming the path).  ``create``: missing components are made (``mode``; chowned to ``owner``
+    when we are root, via the new directory's own fd)."""
+    parts = _rel_parts(root, rel)
+    try:
+        fd = os.open(root, _DIR_FLAGS)
+    except OSError as e:
+        raise _link_refused(root, root, e) from None
+    path = root
+    try:
+        for name in parts:
+            path = os.path.join(path, name)
+            try:
+                nfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise OpFailed(f"{path} does not exist", path=path) from None
+                try:
+                    os.mkdir(name, mode, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                try:
+                    nfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                except OSError as e:
+                    raise _link_refused(path, root, e) from None
+                if owner is not None and os.geteuid() == 0:
+                    os.fchown(nfd, *owner)
+                os.fchmod(nfd, mode)
+            except OSError as e:
+                raise _link_refused(path, root, e) from None
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def safe_write(root, rel, data, owner=None, mode=0o644, create_dirs=False):
+    """Write ``data`` (str: UTF-8, or bytes) to ROOT/rel atomically without following any symbolic link
+    below ROOT: a temp file with a random name is created in the (no-follow opened) directory with
+    O_CREAT|O_EXCL|O_NOFOLLOW, written, fsynced, fchmod ``mode``, fchown ``owner`` (when we are root and an
+    owner is given), renamed over the name through the dir fd, and the dir fsynced.  A symbolic link
+    planted at the name is replaced, never written through.  On failure the temp file is removed."""
+    parts = _rel_parts(root, rel)
+    if not parts:
+        raise OpFailed(f"safe_write: no file name below {root}")
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    dfd = safe_open_dir(root, "/".join(parts[:-1]), create=create_dirs, owner=owner)
+    name = parts[-1]
+    tmp = f".{name}.hotswap-tmp-{os.urandom(6).hex()}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
+                     0o600, dir_fd=dfd)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+                os.fchmod(fd, mode)
+                if owner is not None and os.geteuid() == 0:
+                    os.fchown(fd, *owner)
+            finally:
+                os.close(fd)
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            try:
+                os.unlink(tmp, dir_fd=dfd)
+            except OSError:
+                pass
+            raise
+        try:
+            os.fsync(dfd)
+        except OSError:
+            pass
+    finally:
+        os.close(dfd)
+    return os.path.join(root, *parts)
+
+
+def safe_read(root, rel, limit=None):
+    """Bytes of the regular file ROOT/rel, read without following a symbolic link anywhere below ROOT;
+    None when it is missing, a link, or not a regular file."""
+    try:
+        parts = _rel_parts(root, rel)
+        dfd = safe_open_dir(root, "/".join(parts[:-1]))
+    except OpFailed:
+        return None
+    try:
+        fd = os.open(parts[-1], os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0), dir_fd=dfd)
+    except OSError:
+        return None
+    finally:
+        os.close(dfd)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read() if limit is None else fh.read(limit)
+    finally:
+        os.close(fd)
+
+
+def _rm_at(dfd, name):
+    """Remove ``name`` in the directory ``dfd`` (a tree, recursively through dir fds; links themselves)."""
+    try:
+        st = os.lstat(name, dir_fd=dfd)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=dfd)
+        return
+    fd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+    try:
+        for child in os.listdir(fd):
+            _rm_at(fd, child)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dfd)
+
+
+def safe_rmtree(root, rel):
+    """Remove ROOT/rel (file, link or tree) without following any symbolic link: the parent is opened
+    no-follow from ROOT, the tree is walked through dir fds.  A missing path is fine."""
+    parts = _rel_parts(root, rel)
+    if not parts:
+        raise OpFailed(f"refusing to remove the root {root} itself")
+    try:
+        dfd = safe_open_dir(root, "/".join(parts[:-1]))
+    except OpFailed:
+        if not os.path.lexists(os.path.join(root, *parts[:-1])):
+            return
+        raise
+    try:
+        _rm_at(dfd, parts[-1])
+    finally:
+        os.close(dfd)
+
+
+def safe_rename(src_root, src_rel, dst_root, dst_rel):
+    """rename(SRC_ROOT/src_rel, DST_ROOT/dst_rel) through no-follow opened parent dirs."""
+    sp, dp = _rel_parts(src_root, src_rel), _rel_parts(dst_root, dst_rel)
+    sfd = safe_open_dir(src_root, "/".join(sp[:-1]))
+    try:
+        dfd = safe_open_dir(dst_root, "/".join(dp[:-1]))
+        try:
+            os.rename(sp[-1], dp[-1], src_dir_fd=sfd, dst_dir_fd=dfd)
+        finally:
+            os.close(dfd)
+    finally:
+        os.close(sfd)
+
+
+def lchown_tree_at(root, rel, uid, gid):
+    """Chown ROOT/rel and everything below it to uid:gid (when we are root) without following any link:
+    lchown on each entry, walking through no-follow dir fds."""
+    if os.geteuid() != 0:
+        return
+    parts = _rel_parts(root, rel)
+    fd = safe_open_dir(root, "/".join(parts))
+
+    def walk(dfd):
+        os.fchown(dfd, uid, gid)
+        for name in os.listdir(dfd):
+            st = os.lstat(name, dir_fd=dfd)
+            if stat.S_ISDIR(st.st_mode):
+                cfd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+                try:
+                    walk(cfd)
+                finally:
+                    os.close(cfd)
+            else:
+                os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
+    try:
+        walk(fd)
+    finally:
+        os.close(fd)
 
 
 def member_rel(m):
@@ -889,7 +1127,8 @@ class Host:
         self.root = os.path.abspath(root)
         self.app = app
         self.user = user
-        self.hs = os.path.join(self.root, ".hotswap")
+        self.hs = state_dir(self.root)  # root-only, beside ROOT: never in the node user's tree
+        self.legacy_hs = legacy_state_dir(self.root)
         self.rel_dir = os.path.join(self.root, "releases")
         self.rpc_calls = 0
         self.rpc_ms = 0.0
@@ -906,13 +1145,150 @@ class Host:
     def p(self, *parts):
         return os.path.join(self.root, *parts)
 
+    def check_parents(self):
+        """Refuse a root whose parent directories someone other than root could write: the agent's
+        directory (PARENT/.hotswap/NAME) and ROOT itself must be where only root can rename them."""
+        me = os.geteuid()
+        d = os.path.realpath(os.path.dirname(self.root))
+        while True:
+            try:
+                st = os.lstat(d)
+            except OSError:
+                st = None  # created by the first install, as root, 0755
+            if st is not None:
+                if not stat.S_ISDIR(st.st_mode):
+                    raise BadInput(f"{d} is not a directory: hotswap_root {self.root} needs a directory above it")
+                open_to_others = st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX
+                if st.st_uid not in (0, me) or open_to_others:
+                    raise BadInput(f"{d} can be written by users other than root (owner uid {st.st_uid}, mode "
+                                   f"{stat.S_IMODE(st.st_mode):04o}): the agent keeps its state beside hotswap_root "
+                                   f"{self.root} and runs as root, so every directory above it must belong to root "
+                                   f"and be writable only by root; put hotswap_root in such a directory "
+                                   f"(for example /opt/{self.app}). Nothing was changed")
+            if d == "/":
+                return
+            d = os.path.dirname(d)
+
+    def _mkdir_private(self, d, mode):
+        try:
+            os.mkdir(d, mode)
+        except FileExistsError:
+            pass
+        st = os.lstat(d)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            raise OpFailed(f"{d} is not a directory of the agent's user (uid {st.st_uid}); remove it and re-run")
+        if stat.S_IMODE(st.st_mode) != mode:
+            os.chmod(d, mode)
+
     def ensure_hs(self):
-        os.makedirs(self.hs, mode=0o750, exist_ok=True)
+        """The agent's directory (PARENT/.hotswap/NAME, 0711: the node's user may reach only what is
+        given to it), its packages/ and unpacked/ (0700); moves a pre-1.2.0 ROOT/.hotswap into it."""
+        self.check_parents()
+        self._mkdir_private(os.path.dirname(self.hs), 0o711)
+        self._mkdir_private(self.hs, 0o711)
         for d in ("packages", "unpacked"):
-            os.makedirs(os.path.join(self.hs, d), mode=0o750, exist_ok=True)
+            self._mkdir_private(os.path.join(self.hs, d), 0o700)
+        self.migrate_legacy()
+
+    def _legacy_fd(self):
+        """An fd on ROOT/.hotswap when it is a real root-owned directory (what agents before 1.2.0 made),
+        else None.  Opened without following links: the node's user can rename things in ROOT."""
+        try:
+            fd = os.open(self.legacy_hs, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o022:
+            os.close(fd)
+            return None
+        return fd
+
+    def state_file(self, *parts):
+        """A file of the agent's state; before the first write of a host set up by an agent before 1.2.0,
+        its copy in ROOT/.hotswap when that is still root's (reads only)."""
+        f = os.path.join(self.hs, *parts)
+        if os.path.lexists(f) or not os.path.isdir(self.legacy_hs) or os.path.isdir(self.hs + "/unpacked"):
+            return f
+        fd = self._legacy_fd()
+        if fd is None:
+            return f
+        try:
+            st = os.stat(os.path.join(*parts), dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid():
+                return os.path.join(self.legacy_hs, *parts)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        return f
+
+    def migrate_legacy(self):
+        """Move the state of an agent before 1.2.0 (ROOT/.hotswap) here: root-owned regular files only,
+        copied through directory fds (never a link), then the old directory is removed.  The node keeps
+        running; a systemd unit is rewritten at the next start."""
+        fd = self._legacy_fd()
+        if fd is None:
+            return False
+        skip = {"agent.py", "node.exs", "__pycache__", "lock", "VERSION"}
+
+        def copy_dir(src_fd, dst):
+            for name in os.listdir(src_fd):
+                if name in skip or name.startswith(("staging", ".upload-", ".")):
+                    continue
+                st = os.stat(name, dir_fd=src_fd, follow_symlinks=False)
+                if st.st_uid != os.geteuid():
+                    continue
+                target = os.path.join(dst, name)
+                if stat.S_ISDIR(st.st_mode):
+                    sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=src_fd)
+                    try:
+                        self._mkdir_private(target, 0o700)
+                        copy_dir(sub, target)
+                    finally:
+                        os.close(sub)
+                elif stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+                    src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=src_fd)
+                    with os.fdopen(src, "rb") as fin:
+                        data = fin.read()
+                    mode = 0o400 if name == "cookie" else 0o600
+                    if name == "journal.jsonl" and os.path.exists(target):
+                        with open(target, "rb") as fh:
+                            data += fh.read()
+                    elif os.path.lexists(target):
+                        continue
+                    tmp = target + ".migrating"
+                    out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+                    with os.fdopen(out, "wb") as fout:
+                        fout.write(data)
+                        os.fchmod(fout.fileno(), mode)
+                    os.replace(tmp, target)
+        try:
+            copy_dir(fd, self.hs)
+        finally:
+            os.close(fd)
+        shutil.rmtree(self.legacy_hs, ignore_errors=True)  # fd-based: never follows a link
+        self.repaired.append(f"moved the agent's state from {self.legacy_hs} to {self.hs}")
+        return True
+
+    def run_pw(self):
+        """The node's user (--user, else the owner of ROOT): everything run from the release tree or
+        against the node runs as this user, never as root."""
+        if self._pw is None:
+            try:
+                uid = os.lstat(self.root).st_uid
+            except OSError:
+                raise OpFailed(f"release root {self.root} does not exist")
+            try:
+                self._pw = pwd.getpwuid(uid)
+            except KeyError:
+                raise BadInput(f"{self.root} belongs to uid {uid}, which has no user: give hotswap_user")
+        if self._pw.pw_uid == 0 and os.geteuid() == 0:
+            raise BadInput(f"{self.root} belongs to root: the node must run as its own user (hotswap_user), "
+                           f"and the agent runs nothing from the release tree as root")
+        return self._pw
 
     def env_file(self):
-        f = os.path.join(self.hs, "env")
+        f = self.state_file("env")
         if not os.path.exists(f):
             return {}
         try:
@@ -962,16 +1338,15 @@ class Host:
 
     def tree_owner(self):
         """(uid, gid) the release tree belongs to: --user's, else the releases dir's, else ours."""
-        if self._pw:
-            return self._pw.pw_uid, self._pw.pw_gid
-        if os.path.isdir(self.rel_dir):
+        if self._pw is None and os.path.isdir(self.rel_dir):
             return self.owner()
-        return os.geteuid(), os.getegid()
+        pw = self.run_pw()
+        return pw.pw_uid, pw.pw_gid
 
     def _read_record(self, vsn, suffix):
         """The package checksum recorded for ``vsn`` in ``.hotswap/unpacked/VSN<suffix>``, or None."""
         try:
-            with open(os.path.join(self.hs, "unpacked", vsn + suffix)) as fh:
+            with open(self.state_file("unpacked", vsn + suffix)) as fh:
                 return fh.read().strip()
         except OSError:
             return None
@@ -1023,7 +1398,7 @@ class Host:
 
     def installed_record(self):
         try:
-            with open(os.path.join(self.hs, "installed.json")) as fh:
+            with open(self.state_file("installed.json")) as fh:
                 return json.load(fh)
         except (OSError, ValueError):
             return None
@@ -1044,9 +1419,10 @@ class Host:
         env.update(self.env_file())
         env["RELEASE_ROOT"] = self.root
         kw = {"env": env, "cwd": self.root}
-        if as_user and self._pw and os.geteuid() == 0 and self._pw.pw_uid != 0:
-            kw.update(user=self._pw.pw_uid, group=self._pw.pw_gid, extra_groups=[])
-            env.update(HOME=self._pw.pw_dir, USER=self._pw.pw_name, LOGNAME=self._pw.pw_name)
+        if as_user and os.geteuid() == 0:
+            pw = self.run_pw()
+            kw.update(user=pw.pw_uid, group=pw.pw_gid, extra_groups=[])
+            env.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name)
         return kw
 
     def bin(self):
@@ -1088,7 +1464,7 @@ class Host:
 
     def os_pid(self):
         """(pid, boot_version) of the node's beam process, or (None, None)."""
-        pf = os.path.join(self.hs, "pid")
+        pf = self.state_file("pid")
         cands = []
         try:
             with open(pf) as fh:
@@ -1108,7 +1484,7 @@ class Host:
         for i, a in enumerate(args[:-1]):
             if a == "-boot":
                 m = re.search(r"/releases/([^/]+)/[^/]+$", args[i + 1])
-                boot = m.group(1) if m else None
+                boot = m.group(1) if m and valid_version(m.group(1)) else None
         return pid, boot
 
     def node_exs(self):
@@ -1155,29 +1531,53 @@ class Host:
                 return None
         return (erl_call, flag, node, cookie) if cookie else None
 
+    def _cookie_for(self, cookie, uid, gid):
+        """HS/.erlang.cookie holding ``cookie``, owned by the node's user, 0400 (erl_call's only way to get
+        a cookie without a command line): rewritten only when it differs."""
+        if not os.path.isdir(self.hs):  # a read of a host set up before 1.2.0: the directory only
+            self.check_parents()
+            self._mkdir_private(os.path.dirname(self.hs), 0o711)
+            self._mkdir_private(self.hs, 0o711)
+        f = os.path.join(self.hs, ".erlang.cookie")
+        want = cookie.encode("utf-8")
+        try:
+            st = os.lstat(f)
+            if stat.S_ISREG(st.st_mode) and (uid is None or st.st_uid == uid) and stat.S_IMODE(st.st_mode) == 0o400:
+                fd = os.open(f, os.O_RDONLY | os.O_NOFOLLOW)
+                with os.fdopen(fd, "rb") as fh:
+                    if fh.read() == want:
+                        return
+        except OSError:
+            pass
+        tmp = f"{f}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(want)
+            if uid is not None:
+                os.fchown(fh.fileno(), uid, gid)
+        os.replace(tmp, f)
+
     def _run_erl_call(self, target, code, timeout):
         """Evaluate Elixir `code` in the node through erl_call; None when it could not connect.
         The cookie goes in a private ~/.erlang.cookie, never on a command line."""
         erl_call, flag, node, cookie = target
-        home = tempfile.mkdtemp(prefix="hotswap-erlcall-")
-        try:
-            fd = os.open(os.path.join(home, ".erlang.cookie"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(cookie)
-            # the JSON comes back base64-encoded as a charlist: plain ASCII whatever erl_call's term printer does
-            expr = ("{R, _} = 'Elixir.Code':eval_string(base64:decode(<<\"%s\">>)), "
-                    "binary_to_list(base64:encode(R)).\n"
-                    % base64.b64encode((code + "\nhs_out\n").encode("utf-8")).decode("ascii"))
-            # a client node name of our own: two erl_calls on one host must not collide
-            p = subprocess.run([erl_call, flag, node, "-h", f"hotswap_{os.getpid()}_{os.urandom(3).hex()}",
-                                "-e", "-timeout", str(int(timeout))],
-                               input=expr, capture_output=True, text=True,
-                               timeout=timeout + 10, env={"HOME": home, "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-                               cwd=home, check=False)
-        finally:
-            shutil.rmtree(home, ignore_errors=True)
-        if p.returncode != 0 and "failed to connect" in p.stderr:
-            return None
+        kw = {"env": {"HOME": self.hs, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}, "cwd": "/"}
+        if os.geteuid() == 0:
+            # erl_call comes from the release tree: it runs as the node's user, who reads the cookie from
+            # HOME/.erlang.cookie (HOME = the agent's 0711 directory, the file the user's own, 0400)
+            pw = self.run_pw()
+            kw.update(user=pw.pw_uid, group=pw.pw_gid, extra_groups=[])
+            self._cookie_for(cookie, pw.pw_uid, pw.pw_gid)
+        else:
+            self._cookie_for(cookie, None, None)
+        # the JSON comes back base64-encoded as a charlist: plain ASCII whatever erl_call's term printer does
+        expr = ("{R, _} = 'Elixir.Code':eval_string(base64:decode(<<\"%s\">>)), "
+                "binary_to_list(base64:encode(R)).\n"
+                % base64.b64encode((code + "\nhs_out\n").encode("utf-8")).decode("ascii"))
+        # a client node name of our own: two erl_calls on one host must not collide
+        p = subprocess.run([erl_call, flag, node, "-h", f"hotswap_{os.getpid()}_{os.urandom(3).hex()}",
+                            "-e", "-timeout", str(int(timeout))],
+                           input=expr, capture_output=True, text=True, timeout=timeout + 10, check=False, **kw)
         m = re.fullmatch(r'\{ok, *(?:"([A-Za-z0-9+/=]*)"|\[([0-9,\s]*)\])\}\s*', p.stdout)
         if m and p.returncode == 0:
             try:
@@ -1190,20 +1590,23 @@ class Host:
     def rpc(self, op, timeout=120, **args):
         """Evaluate node.exs with hs = args inside the running node; returns the node's result map.
 
-        Transport: erl_call when it can reach the node (milliseconds), else one `bin/APP rpc`."""
+        Transport: erl_call, run as the node's user with the cookie in a file (never `bin/APP rpc`, which
+        puts the cookie on a command line every user of the host can read)."""
         args = dict(args, op=op, app=self.app)
         code = "hs = " + ex_lit(args) + "\n" + self.node_exs()
         t0 = now_ms()
         self.rpc_calls += 1
         try:
             target = self._erl_call_target()
-            p = self._run_erl_call(target, code, timeout) if target else None
-            if p is None:
-                code += '\nIO.puts("HOTSWAP_RESULT " <> hs_out)\n'
-                p = subprocess.run([self.bin(), "rpc", code], capture_output=True, text=True,
-                                   timeout=timeout, **self.run_kwargs(), check=False)
+            if target is None:
+                raise OpFailed(f"cannot reach node {self.node_name()} ({op}): no erl_call in {self.root}/erts-*/bin "
+                               f"or on PATH, no cookie, or RELEASE_DISTRIBUTION=none", rpc_transport=True)
+            p = self._run_erl_call(target, code, timeout)
+            if p.returncode != 0 and "failed to connect" in p.stderr:
+                raise OpFailed(f"erl_call could not connect to node {target[2]} ({op}): {p.stderr.strip()[-300:]}",
+                               rpc_transport=True)
         except subprocess.TimeoutExpired:
-            raise OpFailed(f"bin/{self.app} rpc ({op}) timed out after {timeout}s", rpc_transport=True)
+            raise OpFailed(f"erl_call ({op}) timed out after {timeout}s", rpc_transport=True)
         finally:
             self.rpc_ms += now_ms() - t0
         for line in reversed(p.stdout.splitlines()):
@@ -1216,8 +1619,7 @@ class Host:
         said = [re.sub(r"[A-Za-z0-9+/=]{40,}", "...", x) for x in (p.stdout + "\n" + p.stderr).splitlines()
                 if x.strip() and not re.fullmatch(r"[A-Za-z0-9+/=]{40,}", x.strip())]
         tail = "\n".join(said).strip()[-600:] or "no output"
-        via = "erl_call" if p.args[0] != self.p("bin", self.app) else f"bin/{self.app} rpc"
-        raise OpFailed(f"{via} ({op}) gave no result (exit {p.returncode}): {tail}",
+        raise OpFailed(f"erl_call ({op}) gave no result (exit {p.returncode}): {tail}",
                        rpc_transport=True)
 
 
@@ -1235,6 +1637,9 @@ class Lock:
         self.fh = None
 
     def __enter__(self):
+        if getattr(self.host, "lock_depth", 0):  # already held by this agent (cli.run takes it first)
+            self.host.lock_depth += 1
+            return self
         self.host.ensure_hs()
         path = os.path.join(self.host.hs, "lock")
         fh = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600), "a+")
@@ -1260,9 +1665,14 @@ class Lock:
                              "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}))
         fh.flush()
         self.fh = fh
+        self.host.lock_depth = 1
         return self
 
     def __exit__(self, *exc):
+        if self.fh is None and getattr(self.host, "lock_depth", 0):
+            self.host.lock_depth -= 1
+            return False
+        self.host.lock_depth = 0
         if self.fh:
             try:
                 self.fh.seek(0)
@@ -2102,9 +2512,11 @@ def _http_check(url, timeout):
         return False, f"{type(e).__name__}: {getattr(e, 'reason', e)}"
 
 
-def _cmd_check(argv, timeout):
+def _cmd_check(h, argv, timeout):
+    """The command runs as the node's user (never root: a script in the release tree is the user's)."""
     try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
+                           stdin=subprocess.DEVNULL, **h.run_kwargs())
     except FileNotFoundError:
         return False, f"command not found: {argv[0]}"
     except subprocess.TimeoutExpired:
@@ -2150,7 +2562,7 @@ def run_health(h, vsn, check, timeout):
         left = deadline - time.monotonic()
         # a command may take as long as the budget allows; one HTTP request at most 10 s, then retry
         per = max(0.5, left if kind == "cmd" else min(10.0, left))
-        ok, why = _http_check(arg, per) if kind == "http" else _cmd_check(arg, per)
+        ok, why = _http_check(arg, per) if kind == "http" else _cmd_check(h, arg, per)
         if ok:
             return True, why
         if time.monotonic() + 0.5 >= deadline:
@@ -2204,9 +2616,8 @@ def systemd_unit(root, app, user=None):
         "Type=exec",
         f"WorkingDirectory={root}",
         f"Environment=RELEASE_ROOT={root}",
-        f"EnvironmentFile=-{root}/.hotswap/env",
+        f"EnvironmentFile=-{state_dir(root)}/env",
         f"ExecStart={root}/bin/{app} start",
-        f"ExecStop={root}/bin/{app} stop",
     ]
     if user:
         lines.append(f"User={user}")
@@ -2214,7 +2625,8 @@ def systemd_unit(root, app, user=None):
         "Restart=on-failure",
         "RestartSec=2",
         "TimeoutStopSec=60",
-        # the VM starts epmd, which the host's other nodes use too: stop only the VM (ExecStop)
+        # no ExecStop (`bin/APP stop` shows the cookie on its command line): SIGTERM to the VM is an orderly
+        # init:stop; the VM starts epmd, which the host's other nodes use too: stop only the VM
         "KillMode=process",
         "LimitNOFILE=65536",
         f"SyslogIdentifier={app}",
@@ -2238,7 +2650,7 @@ def _systemctl(*args, run=None, check=True, timeout=120):
 def ensure_unit(h, unit_dir=SYSTEMD_UNIT_DIR, run=None):
     """Write the unit only when its text changed; then daemon-reload + enable.  Returns changed."""
     path = os.path.join(unit_dir, unit_name(h.app))
-    text = systemd_unit(h.root, h.app, h.user)
+    text = systemd_unit(h.root, h.app, h.run_pw().pw_name)
     try:
         with open(path, encoding="utf-8") as fh:
             if fh.read() == text:
@@ -2342,11 +2754,10 @@ def stop_node(h, timeout=60):
             _systemctl("stop", unit_name(h.app), check=False, timeout=timeout + 30)
             stopped = True
     if not stopped and h.node_up():  # NEVER `bin/APP restart` (init:restart keeps the old env)
-        try:
-            subprocess.run([h.bin(), "stop"], capture_output=True, text=True, timeout=30,
-                           stdin=subprocess.DEVNULL, **h.run_kwargs(), check=False)
-        except subprocess.TimeoutExpired:
-            pass
+        try:  # not `bin/APP stop`: its VM carries the cookie on its command line
+            h.rpc("stop", timeout=30)
+        except OpFailed:
+            pass  # then SIGTERM below
     deadline = time.monotonic() + timeout
     while (pid and _pid_alive(pid)) or (not pid and h.node_up()):
         if time.monotonic() > deadline:
@@ -3374,7 +3785,9 @@ def run(argv, settings=None):
         out["op"] = a.command
         check_app(a.app)
         if a.user is not None and not USER_RE.fullmatch(a.user):
-            raise BadInput(f"invalid user {a.user!r}")
+            raise BadInput(f"invalid user {a.user!r}: give the node's own user (hotswap_user), a system user name")
+        if a.user == "root":
+            raise BadInput("the node may not run as root: give it a user of its own (hotswap_user)")
         if getattr(a, "version", None) is not None:
             check_vsn(a.version)
             out["version"] = a.version
@@ -3386,36 +3799,42 @@ def run(argv, settings=None):
             raise BadInput("--keep must be >= 1")
         if not (0 < a.timeout <= 3600):
             raise BadInput("--timeout must be in (0, 3600]")
-        if getattr(a, "check", None) is not None:
-            parse_check(a.check)
         if (not os.path.isabs(a.root) or os.path.normpath(a.root) in ("/", "//") or ".." in a.root.split("/")
                 or any(ord(c) < 0x20 or ord(c) == 0x7F for c in a.root)):
             raise BadInput(f"--root must be an absolute path below / without '..' (got {a.root!r})")
-        if a.command == "first-install" and a.user and a.user != "root" and ensure_user(a.user):
+        if a.settings_stdin and settings is None:
+            try:
+                settings = json.loads(sys.stdin.read() or "{}")
+            except ValueError as e:
+                raise BadInput(f"--settings-stdin: not JSON ({e})")
+        settings = dict(settings or {})
+        if settings.get("check"):
+            a.check = settings["check"]
+        settings.pop("check", None)
+        if getattr(a, "check", None) is not None:
+            parse_check(a.check)
+        if a.command == "first-install" and a.user and ensure_user(a.user):
             out["user_created"] = a.user
         h = Host(a.root, a.app, a.user)
+        h.check_parents()
         h.service_manager = resolve_service_manager(a.service_manager)
-        if a.command == "first-install" and not os.path.isdir(h.root):
-            os.makedirs(h.root, mode=0o755)
-        if a.command not in READ_OPS and not os.path.isdir(h.root):
+        if a.command not in READ_OPS and a.command != "first-install" and not os.path.isdir(h.root):
             raise OpFailed(f"release root {h.root} does not exist")
         if a.expect_state is not None:
             now = state_key(h)
             if now != a.expect_state:
                 raise OpFailed(f"the host changed since its facts were read ({a.expect_state} -> {now}); "
                                "nothing was done", stale_facts=True, changed=False)
-        if a.settings_stdin and settings is None:
-            try:
-                settings = json.loads(sys.stdin.read() or "{}")
-            except ValueError as e:
-                raise BadInput(f"--settings-stdin: not JSON ({e})")
-        if settings:
-            out["settings_changed"] = apply_settings(h, settings)
-        if a.store_package:
-            if not getattr(a, "package", None):
-                raise BadInput("--store-package needs --package")
-            a.package = store_package(h, a.package, a.sha256, a.store_package)
-        res = a.fn(h, a)
+        # the settings and the package are written under the root's lock, which the command then keeps
+        # (a second agent, refused by the lock, writes nothing)
+        with (Lock(h, a.command) if a.command not in READ_OPS else contextlib.nullcontext()):
+            if any(settings.values()) and a.command not in READ_OPS:
+                out["settings_changed"] = apply_settings(h, settings)
+            if a.store_package:
+                if not getattr(a, "package", None):
+                    raise BadInput("--store-package needs --package")
+                a.package = store_package(h, a.package, a.sha256, a.store_package)
+            res = a.fn(h, a)
         out.update(res)
         out.setdefault("changed", False)
         out["failed"] = False

@@ -138,3 +138,100 @@ def test_property_extraction_stays_inside(tmp_path, entries):
         assert _inside(str(dest), os.path.realpath(p)) or p.is_symlink() and not p.exists() and \
             _inside(str(dest), os.path.normpath(os.path.join(p.parent, os.readlink(p)))), p
     shutil.rmtree(box)
+
+
+# ------------------------------------------------------------------ no-follow writes below the root
+
+
+def test_safe_write_creates_and_replaces(tmp_path):
+    (tmp_path / "releases").mkdir()
+    ag.safe_write(str(tmp_path), "releases/RELEASES", "one\n", owner=(1234, 1234), mode=0o640)
+    f = tmp_path / "releases" / "RELEASES"
+    assert f.read_text() == "one\n" and (f.stat().st_mode & 0o7777) == 0o640
+    if os.geteuid() == 0:
+        assert (f.stat().st_uid, f.stat().st_gid) == (1234, 1234)
+    ag.safe_write(str(tmp_path), str(f), b"two\n")
+    assert f.read_bytes() == b"two\n"
+    assert [p.name for p in (tmp_path / "releases").iterdir()] == ["RELEASES"]  # no temp left
+
+
+def test_safe_write_never_writes_through_a_planted_link(tmp_path):
+    root, decoy = tmp_path / "root", tmp_path / "decoy"
+    (root / "releases").mkdir(parents=True)
+    decoy.write_text("secret")
+    os.chmod(decoy, 0o600)
+    # a link at the name is replaced, the decoy untouched
+    (root / "releases" / "start_erl.data").symlink_to(decoy)
+    ag.safe_write(str(root), "releases/start_erl.data", "13.1.5 1.0.0\n", owner=(1234, 1234))
+    assert decoy.read_text() == "secret" and not (root / "releases" / "start_erl.data").is_symlink()
+    assert decoy.stat().st_uid == os.geteuid()
+    # a link at a temp name a writer might guess is never followed (the temp name is random + O_EXCL)
+    (root / "releases" / "start_erl.data.hotswap-tmp").symlink_to(decoy)
+    ag.safe_write(str(root), "releases/start_erl.data", "x\n", owner=(1234, 1234))
+    assert decoy.read_text() == "secret" and decoy.stat().st_uid == os.geteuid()
+
+
+@pytest.mark.parametrize("where", ["releases", "root"])
+def test_safe_write_refuses_a_linked_directory(tmp_path, where):
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    if where == "releases":
+        root.mkdir()
+        (root / "releases").symlink_to(elsewhere)
+        target = root
+    else:
+        (elsewhere / "releases").mkdir()
+        root.symlink_to(elsewhere)
+        target = root
+    with pytest.raises(ag.OpFailed) as e:
+        ag.safe_write(str(target), "releases/RELEASES", "x")
+    assert "symbolic link" in e.value.msg and "never follows" in e.value.msg
+    assert not (elsewhere / "RELEASES").exists() and not (elsewhere / "releases" / "RELEASES").exists()
+
+
+def test_safe_write_refuses_dotdot_and_outside(tmp_path):
+    with pytest.raises(ag.OpFailed):
+        ag.safe_write(str(tmp_path), "releases/../../x", "x")
+    with pytest.raises(ag.OpFailed):
+        ag.safe_write(str(tmp_path / "a"), str(tmp_path / "b" / "x"), "x")
+
+
+def test_safe_read_and_rmtree_do_not_follow(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    (outside / "keep").mkdir(parents=True)
+    (outside / "keep" / "f").write_text("precious")
+    (root / "lib").symlink_to(outside)
+    assert ag.safe_read(str(root), "lib/keep/f") is None
+    with pytest.raises(ag.OpFailed):
+        ag.safe_rmtree(str(root), "lib/keep")
+    assert (outside / "keep" / "f").exists()
+    # a tree holding a link to outside: the link goes, the outside stays
+    (root / "rel" / "x").mkdir(parents=True)
+    (root / "rel" / "x" / "out").symlink_to(outside)
+    ag.safe_rmtree(str(root), "rel")
+    assert not (root / "rel").exists() and (outside / "keep" / "f").exists()
+    ag.safe_rmtree(str(root), "missing/deeper")
+    (root / "f").write_text("ok")
+    assert ag.safe_read(str(root), "f") == b"ok"
+
+
+def test_inside_resolves_links(tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "l").symlink_to("/etc")
+    assert ag.inside(str(tmp_path / "r"), str(tmp_path / "r" / "x"))
+    assert not ag.inside(str(tmp_path / "r"), str(tmp_path / "r" / "l" / "passwd"))
+    assert ag.inside(str(tmp_path / "r"), str(tmp_path / "r" / "l" / "passwd"), real=False)
+
+
+def test_lchown_tree_at_never_follows(tmp_path):
+    decoy = tmp_path / "decoy"
+    decoy.write_text("x")
+    (tmp_path / "t" / "d").mkdir(parents=True)
+    (tmp_path / "t" / "d" / "f").write_text("y")
+    (tmp_path / "t" / "l").symlink_to(decoy)
+    ag.lchown_tree_at(str(tmp_path), "t", 1234, 1234)
+    if os.geteuid() == 0:
+        assert (tmp_path / "t" / "d" / "f").stat().st_uid == 1234
+        assert os.lstat(tmp_path / "t" / "l").st_uid == 1234
+    assert decoy.stat().st_uid == os.geteuid()
