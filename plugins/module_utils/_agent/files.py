@@ -10,12 +10,15 @@ the root and chown only what they created (fchown/lchown).
 
 import errno
 import hashlib
+import lzma
 import os
 import re
 import shutil
 import socket
 import stat
 import struct
+import tarfile
+import zlib
 
 from .errors import OpFailed, PackageRefused
 from .names import ENV_KEY_RE
@@ -356,35 +359,112 @@ def sha256_file(path):
     return h.hexdigest()
 
 
-def safe_extract(tf, members, dest):
-    """Extract pre-checked members under dest ourselves: no owners, no setuid bits."""
+def _norm(name):
+    return "/".join(x for x in name.replace("\\", "/").split("/") if x not in ("", "."))
+
+
+def check_links(members):
+    """Archive-wide link rules over [(member, rel)] (each already passed member_rel): no member of any kind
+    below a symlink member; a symlink's target, resolved against the archive's own symlinks, stays inside;
+    a hard link names a regular-file member that comes earlier (exact normalised name); no name twice
+    when one of them is a link."""
+    syms = {rel: m.linkname for m, rel in members if m.issym()}
+    seen, files = {}, set()
     for m, rel in members:
-        target = os.path.join(dest, rel)
-        if not _inside(dest, target):
-            raise PackageRefused(f"package refused: {m.name!r} escapes the staging dir")
-        parent = os.path.dirname(target)
-        os.makedirs(parent, exist_ok=True)
-        if os.path.islink(parent) or not _inside(dest, os.path.realpath(parent)):
-            raise PackageRefused(f"package refused: {m.name!r} would be written through a link")
-        if m.isdir():
-            os.makedirs(target, exist_ok=True)
-            os.chmod(target, (m.mode & 0o755) | 0o700)
-        elif m.issym():
-            if os.path.lexists(target):
-                os.unlink(target)
-            os.symlink(m.linkname, target)
-        elif m.islnk():
-            src = os.path.join(dest, os.path.normpath(m.linkname))
-            if not _inside(dest, src) or not os.path.isfile(src) or os.path.islink(src):
-                raise PackageRefused(f"package refused: hard link {m.name!r} -> {m.linkname!r} has no safe target")
-            shutil.copy2(src, target)
-        else:
-            if os.path.lexists(target):
-                os.unlink(target)
-            f = tf.extractfile(m)
-            with open(target, "xb") as out:
-                shutil.copyfileobj(f, out)
-            os.chmod(target, (m.mode & 0o755) | 0o600)
+        parts = rel.split("/")
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in syms:
+                raise PackageRefused(f"package refused: entry {m.name!r} lies below the symbolic link "
+                                     f"{'/'.join(parts[:i])!r} of the package; nothing changed")
+        if rel in seen and (m.issym() or m.islnk() or seen[rel]):
+            raise PackageRefused(f"package refused: entry {m.name!r} appears twice, once as a link; nothing changed")
+        seen[rel] = m.issym() or m.islnk()
+        if m.islnk() and _norm(m.linkname) not in files:
+            raise PackageRefused(f"package refused: hard link {m.name!r} -> {m.linkname!r} does not name a regular "
+                                 f"file earlier in the package; nothing changed")
+        if m.issym():
+            _resolve_sym(rel, syms, m)
+        if m.isfile():
+            files.add(rel)
+
+
+def _resolve_sym(rel, syms, m):
+    """Follow the symlink member ``rel`` through the archive's own symlinks; refuse when it leaves the root."""
+    todo, path, hops = m.linkname.split("/"), rel.split("/")[:-1], 0
+    while todo:
+        x = todo.pop(0)
+        if x in ("", "."):
+            continue
+        if x == "..":
+            if not path:
+                raise PackageRefused(f"package refused: link {m.name!r} -> {m.linkname!r} leads outside the root "
+                                     f"(through the package's own links); nothing changed")
+            path.pop()
+            continue
+        path.append(x)
+        target = syms.get("/".join(path))
+        if target is not None:
+            hops += 1
+            if hops > 40 or target.startswith("/"):
+                raise PackageRefused(f"package refused: link {m.name!r} -> {m.linkname!r} loops or leads outside "
+                                     f"the root; nothing changed")
+            path.pop()
+            todo = target.split("/") + todo
+
+
+def package_damaged(package, e):
+    return PackageRefused(f"package {package} is truncated or damaged ({type(e).__name__}: {e}): re-upload it; "
+                          f"nothing changed")
+
+
+READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError)
+
+
+def safe_extract(tf, members, dest):
+    """Extract pre-checked members under dest (a private, root-only staging dir) ourselves, through
+    no-follow dir fds: no owners, no setuid/setgid/sticky bits, hard links copied from the regular file
+    they name (never through a link)."""
+    check_links(members)
+    for m, rel in members:
+        parts = rel.split("/")
+        dfd = safe_open_dir(dest, "/".join(parts[:-1]), create=True, mode=0o700)
+        name = parts[-1]
+        try:
+            if m.isdir():
+                try:
+                    os.mkdir(name, 0o700, dir_fd=dfd)
+                except FileExistsError:
+                    pass
+                fd = safe_open_dir(dest, rel)
+                os.fchmod(fd, (m.mode & 0o755) | 0o700)
+                os.close(fd)
+                continue
+            try:
+                os.unlink(name, dir_fd=dfd)
+            except FileNotFoundError:
+                pass
+            if m.issym():
+                os.symlink(m.linkname, name, dir_fd=dfd)
+                continue
+            if m.islnk():
+                src_parts = _norm(m.linkname).split("/")
+                sfd = safe_open_dir(dest, "/".join(src_parts[:-1]))
+                try:
+                    fin = os.open(src_parts[-1], os.O_RDONLY | _NOFOLLOW, dir_fd=sfd)
+                finally:
+                    os.close(sfd)
+                src, mode = os.fdopen(fin, "rb"), stat.S_IMODE(os.fstat(fin).st_mode)
+            else:
+                src, mode = tf.extractfile(m), m.mode
+            out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600, dir_fd=dfd)
+            with src, os.fdopen(out, "wb") as fo:
+                try:
+                    shutil.copyfileobj(src, fo)
+                except READ_ERRORS as e:
+                    raise package_damaged(getattr(tf, "name", "?"), e) from None
+                os.fchmod(fo.fileno(), (mode & 0o755) | 0o600)
+        finally:
+            os.close(dfd)
 
 
 def chown_tree(path, uid, gid):

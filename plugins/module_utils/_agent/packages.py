@@ -12,7 +12,7 @@ import tarfile
 from .errors import BadInput, OpFailed, PackageRefused
 from .names import ENV_KEY_RE
 from .erlterms import parse_rel, TermError
-from .files import check_member, chown_tree, rmtree, safe_extract, sha256_file
+from .files import check_links, check_member, chown_tree, package_damaged, READ_ERRORS, rmtree, safe_extract, sha256_file
 from .state import Lock
 
 
@@ -131,10 +131,16 @@ def open_verified(package, sha, check):
                        sha256_actual=got)
     try:
         tf = tarfile.open(package, "r:*")
-    except (tarfile.TarError, OSError) as e:
+    except READ_ERRORS as e:
+        raise package_damaged(package, e) from None
+    except OSError as e:
         raise OpFailed(f"package {package} is not a readable tar archive ({e}); nothing changed")
     try:
         members = [(m, rel) for m in tf.getmembers() for rel in [check(m)] if rel]
+        check_links(members)
+    except READ_ERRORS as e:
+        tf.close()
+        raise package_damaged(package, e) from None
     except BaseException:
         tf.close()
         raise
@@ -223,10 +229,14 @@ def prepare_unpack(h, package, sha, vsn, node_up, running=None):
 
 
 def _space_needed(members, block=4096):
-    """Bytes the members take on disk (each file rounded up to a block, a block per dir/link) + slack."""
+    """Bytes the members take on disk (each file, and each hard link -- extracted as a copy -- rounded up to a
+    block, a block per dir/symlink) + slack."""
     need = 64 * 1024
+    sizes = {_rel: m.size for m, _rel in members if m.isfile()}
     for m, _rel in members:
-        need += ((m.size + block - 1) // block) * block if m.isfile() else block
+        size = m.size if m.isfile() else sizes.get("/".join(x for x in m.linkname.split("/") if x not in ("", ".")), 0) \
+            if m.islnk() else 0  # a hard link is extracted as a copy of its file
+        need += ((size + block - 1) // block) * block if size else block
     return need
 
 

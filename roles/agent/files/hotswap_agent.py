@@ -6,8 +6,10 @@ Commands: status, facts, unpack, install, health, commit, revert, rollback, hot,
 prune, start, stop.
 Prints exactly one JSON object on stdout.  Exit 0 ok, 1 operation failed, 2 bad input.
 Python 3.9+ standard library only.  The node-side code lives in node.exs (installed next to
-this file; `hotswap_node.exs` in the repository); the agent runs its phases on the live node
-through `erl_call` (shipped with every ERTS), falling back to one `bin/APP rpc` call per phase.
+this file, in the agent's root-only directory PARENT/.hotswap/NAME beside the release root;
+`hotswap_node.exs` in the repository); the agent runs its phases on the live node through
+`erl_call` (shipped with every ERTS), run as the node's user: nothing from the release tree
+ever runs as root.
 
 Before a hot install the node rehearses every code_change of the relup edge on a copy of
 the live state in a scratch peer node; if one raises, the install is refused (nothing is
@@ -35,6 +37,7 @@ import fcntl
 import glob
 import hashlib
 import json
+import lzma
 import os
 import platform
 import pwd
@@ -49,6 +52,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import zlib
 
 
 # ==================================================================================================
@@ -162,6 +166,11 @@ ROOT_RE = re.compile(r"^/[A-Za-z0-9._/-]*\Z")
 def valid_version(v):
     """True for a release version (see VSN_RE)."""
     return isinstance(v, str) and VSN_RE.match(v) is not None and ".." not in v
+
+
+def valid_user(u):
+    """True for a user the node may run as: a system user name (see USER_RE), never root."""
+    return isinstance(u, str) and USER_RE.match(u) is not None and u != "root"
 
 
 def valid_app(a):
@@ -907,35 +916,112 @@ def sha256_file(path):
     return h.hexdigest()
 
 
-def safe_extract(tf, members, dest):
-    """Extract pre-checked members under dest ourselves: no owners, no setuid bits."""
+def _norm(name):
+    return "/".join(x for x in name.replace("\\", "/").split("/") if x not in ("", "."))
+
+
+def check_links(members):
+    """Archive-wide link rules over [(member, rel)] (each already passed member_rel): no member of any kind
+    below a symlink member; a symlink's target, resolved against the archive's own symlinks, stays inside;
+    a hard link names a regular-file member that comes earlier (exact normalised name); no name twice
+    when one of them is a link."""
+    syms = {rel: m.linkname for m, rel in members if m.issym()}
+    seen, files = {}, set()
     for m, rel in members:
-        target = os.path.join(dest, rel)
-        if not _inside(dest, target):
-            raise PackageRefused(f"package refused: {m.name!r} escapes the staging dir")
-        parent = os.path.dirname(target)
-        os.makedirs(parent, exist_ok=True)
-        if os.path.islink(parent) or not _inside(dest, os.path.realpath(parent)):
-            raise PackageRefused(f"package refused: {m.name!r} would be written through a link")
-        if m.isdir():
-            os.makedirs(target, exist_ok=True)
-            os.chmod(target, (m.mode & 0o755) | 0o700)
-        elif m.issym():
-            if os.path.lexists(target):
-                os.unlink(target)
-            os.symlink(m.linkname, target)
-        elif m.islnk():
-            src = os.path.join(dest, os.path.normpath(m.linkname))
-            if not _inside(dest, src) or not os.path.isfile(src) or os.path.islink(src):
-                raise PackageRefused(f"package refused: hard link {m.name!r} -> {m.linkname!r} has no safe target")
-            shutil.copy2(src, target)
-        else:
-            if os.path.lexists(target):
-                os.unlink(target)
-            f = tf.extractfile(m)
-            with open(target, "xb") as out:
-                shutil.copyfileobj(f, out)
-            os.chmod(target, (m.mode & 0o755) | 0o600)
+        parts = rel.split("/")
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in syms:
+                raise PackageRefused(f"package refused: entry {m.name!r} lies below the symbolic link "
+                                     f"{'/'.join(parts[:i])!r} of the package; nothing changed")
+        if rel in seen and (m.issym() or m.islnk() or seen[rel]):
+            raise PackageRefused(f"package refused: entry {m.name!r} appears twice, once as a link; nothing changed")
+        seen[rel] = m.issym() or m.islnk()
+        if m.islnk() and _norm(m.linkname) not in files:
+            raise PackageRefused(f"package refused: hard link {m.name!r} -> {m.linkname!r} does not name a regular "
+                                 f"file earlier in the package; nothing changed")
+        if m.issym():
+            _resolve_sym(rel, syms, m)
+        if m.isfile():
+            files.add(rel)
+
+
+def _resolve_sym(rel, syms, m):
+    """Follow the symlink member ``rel`` through the archive's own symlinks; refuse when it leaves the root."""
+    todo, path, hops = m.linkname.split("/"), rel.split("/")[:-1], 0
+    while todo:
+        x = todo.pop(0)
+        if x in ("", "."):
+            continue
+        if x == "..":
+            if not path:
+                raise PackageRefused(f"package refused: link {m.name!r} -> {m.linkname!r} leads outside the root "
+                                     f"(through the package's own links); nothing changed")
+            path.pop()
+            continue
+        path.append(x)
+        target = syms.get("/".join(path))
+        if target is not None:
+            hops += 1
+            if hops > 40 or target.startswith("/"):
+                raise PackageRefused(f"package refused: link {m.name!r} -> {m.linkname!r} loops or leads outside "
+                                     f"the root; nothing changed")
+            path.pop()
+            todo = target.split("/") + todo
+
+
+def package_damaged(package, e):
+    return PackageRefused(f"package {package} is truncated or damaged ({type(e).__name__}: {e}): re-upload it; "
+                          f"nothing changed")
+
+
+READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError)
+
+
+def safe_extract(tf, members, dest):
+    """Extract pre-checked members under dest (a private, root-only staging dir) ourselves, through
+    no-follow dir fds: no owners, no setuid/setgid/sticky bits, hard links copied from the regular file
+    they name (never through a link)."""
+    check_links(members)
+    for m, rel in members:
+        parts = rel.split("/")
+        dfd = safe_open_dir(dest, "/".join(parts[:-1]), create=True, mode=0o700)
+        name = parts[-1]
+        try:
+            if m.isdir():
+                try:
+                    os.mkdir(name, 0o700, dir_fd=dfd)
+                except FileExistsError:
+                    pass
+                fd = safe_open_dir(dest, rel)
+                os.fchmod(fd, (m.mode & 0o755) | 0o700)
+                os.close(fd)
+                continue
+            try:
+                os.unlink(name, dir_fd=dfd)
+            except FileNotFoundError:
+                pass
+            if m.issym():
+                os.symlink(m.linkname, name, dir_fd=dfd)
+                continue
+            if m.islnk():
+                src_parts = _norm(m.linkname).split("/")
+                sfd = safe_open_dir(dest, "/".join(src_parts[:-1]))
+                try:
+                    fin = os.open(src_parts[-1], os.O_RDONLY | _NOFOLLOW, dir_fd=sfd)
+                finally:
+                    os.close(sfd)
+                src, mode = os.fdopen(fin, "rb"), stat.S_IMODE(os.fstat(fin).st_mode)
+            else:
+                src, mode = tf.extractfile(m), m.mode
+            out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600, dir_fd=dfd)
+            with src, os.fdopen(out, "wb") as fo:
+                try:
+                    shutil.copyfileobj(src, fo)
+                except READ_ERRORS as e:
+                    raise package_damaged(getattr(tf, "name", "?"), e) from None
+                os.fchmod(fo.fileno(), (mode & 0o755) | 0o600)
+        finally:
+            os.close(dfd)
 
 
 def chown_tree(path, uid, gid):
@@ -1071,6 +1157,131 @@ def package_mismatch(manifest, host_fp):
 
 
 # ==================================================================================================
+# layout.py
+# Where the agent keeps its state and who may write there: the agent's directory beside the release
+# root (PARENT/.hotswap/NAME, root-only), the check that nobody but root can write above it, private
+# directories, and the move of the state of agents before 1.2.0 out of ROOT/.hotswap (the node user's tree).
+# ==================================================================================================
+
+def check_parents(root, app):
+    """Refuse a root whose parent directories someone other than root could write: the agent's directory
+    (PARENT/.hotswap/NAME) and ROOT itself must be where only root can rename them."""
+    me = os.geteuid()
+    d = os.path.realpath(os.path.dirname(root))
+    while True:
+        try:
+            st = os.lstat(d)
+        except OSError:
+            st = None  # made by the first install, as root
+        if st is not None:
+            if not stat.S_ISDIR(st.st_mode):
+                raise BadInput(f"{d} is not a directory: hotswap_root {root} needs a directory above it")
+            open_to_others = st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX
+            if st.st_uid not in (0, me) or open_to_others:
+                raise BadInput(f"{d} can be written by users other than root (owner uid {st.st_uid}, mode "
+                               f"{stat.S_IMODE(st.st_mode):04o}): the agent keeps its state beside hotswap_root "
+                               f"{root} and runs as root, so every directory above it must belong to root and be "
+                               f"writable only by root; put hotswap_root in such a directory (for example "
+                               f"/opt/{app}). Nothing was changed")
+        if d == "/":
+            return
+        d = os.path.dirname(d)
+
+
+def mkdir_private(d, mode):
+    """A directory of the agent's own user with exactly ``mode`` (made when missing)."""
+    try:
+        os.mkdir(d, mode)
+    except FileExistsError:
+        pass
+    st = os.lstat(d)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise OpFailed(f"{d} is not a directory of the agent's user (uid {st.st_uid}): remove it and re-run")
+    if stat.S_IMODE(st.st_mode) != mode:
+        os.chmod(d, mode)
+
+
+def _legacy_fd(legacy):
+    """An fd on ROOT/.hotswap when it is a real directory of the agent's user that only it can write (what
+    agents before 1.2.0 made), else None.  Opened without following links: the node's user can rename
+    things in ROOT."""
+    try:
+        fd = os.open(legacy, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o022:
+        os.close(fd)
+        return None
+    return fd
+
+
+def legacy_file(legacy, parts):
+    """ROOT/.hotswap/PARTS when it is a regular file of the agent's user in such a directory, else None."""
+    fd = _legacy_fd(legacy)
+    if fd is None:
+        return None
+    try:
+        st = os.stat(os.path.join(*parts), dir_fd=fd, follow_symlinks=False)
+        if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid():
+            return os.path.join(legacy, *parts)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return None
+
+
+_NOT_STATE = ("agent.py", "node.exs", "__pycache__", "lock", "VERSION")
+
+
+def _copy_private(src_fd, dst):
+    """Copy the agent's own regular files and directories under src_fd into dst (through fds, never a link;
+    a file with other hard links is left: it may not be the agent's)."""
+    for name in os.listdir(src_fd):
+        if name in _NOT_STATE or name.startswith(("staging", ".upload-", ".")):
+            continue
+        st = os.stat(name, dir_fd=src_fd, follow_symlinks=False)
+        if st.st_uid != os.geteuid():
+            continue
+        target = os.path.join(dst, name)
+        if stat.S_ISDIR(st.st_mode):
+            sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=src_fd)
+            try:
+                mkdir_private(target, 0o700)
+                _copy_private(sub, target)
+            finally:
+                os.close(sub)
+        elif stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+            with os.fdopen(os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=src_fd), "rb") as fin:
+                data = fin.read()
+            if name == "journal.jsonl" and os.path.exists(target):
+                with open(target, "rb") as fh:
+                    data += fh.read()  # the old lines first
+            elif os.path.lexists(target):
+                continue
+            tmp = target + ".migrating"
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "wb") as fout:
+                fout.write(data)
+                os.fchmod(fout.fileno(), 0o400 if name == "cookie" else 0o600)
+            os.replace(tmp, target)
+
+
+def migrate_legacy(legacy, hs):
+    """Move the state an agent before 1.2.0 kept in ROOT/.hotswap into hs (the node keeps running), then
+    remove the old directory.  Returns True when there was one."""
+    fd = _legacy_fd(legacy)
+    if fd is None:
+        return False
+    try:
+        _copy_private(fd, hs)
+    finally:
+        os.close(fd)
+    shutil.rmtree(legacy, ignore_errors=True)  # fd-based on Linux: never follows a link
+    return True
+
+
+# ==================================================================================================
 # host.py
 # One release root on one host (`Host`): its paths and records (RELEASES, start_erl.data, releases/),
 # the run user, and the node transport: erl_call (or the `bin/APP rpc` fallback) running node.exs
@@ -1146,129 +1357,25 @@ class Host:
         return os.path.join(self.root, *parts)
 
     def check_parents(self):
-        """Refuse a root whose parent directories someone other than root could write: the agent's
-        directory (PARENT/.hotswap/NAME) and ROOT itself must be where only root can rename them."""
-        me = os.geteuid()
-        d = os.path.realpath(os.path.dirname(self.root))
-        while True:
-            try:
-                st = os.lstat(d)
-            except OSError:
-                st = None  # created by the first install, as root, 0755
-            if st is not None:
-                if not stat.S_ISDIR(st.st_mode):
-                    raise BadInput(f"{d} is not a directory: hotswap_root {self.root} needs a directory above it")
-                open_to_others = st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX
-                if st.st_uid not in (0, me) or open_to_others:
-                    raise BadInput(f"{d} can be written by users other than root (owner uid {st.st_uid}, mode "
-                                   f"{stat.S_IMODE(st.st_mode):04o}): the agent keeps its state beside hotswap_root "
-                                   f"{self.root} and runs as root, so every directory above it must belong to root "
-                                   f"and be writable only by root; put hotswap_root in such a directory "
-                                   f"(for example /opt/{self.app}). Nothing was changed")
-            if d == "/":
-                return
-            d = os.path.dirname(d)
-
-    def _mkdir_private(self, d, mode):
-        try:
-            os.mkdir(d, mode)
-        except FileExistsError:
-            pass
-        st = os.lstat(d)
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
-            raise OpFailed(f"{d} is not a directory of the agent's user (uid {st.st_uid}); remove it and re-run")
-        if stat.S_IMODE(st.st_mode) != mode:
-            os.chmod(d, mode)
+        check_parents(self.root, self.app)
 
     def ensure_hs(self):
-        """The agent's directory (PARENT/.hotswap/NAME, 0711: the node's user may reach only what is
-        given to it), its packages/ and unpacked/ (0700); moves a pre-1.2.0 ROOT/.hotswap into it."""
-        self.check_parents()
-        self._mkdir_private(os.path.dirname(self.hs), 0o711)
-        self._mkdir_private(self.hs, 0o711)
-        for d in ("packages", "unpacked"):
-            self._mkdir_private(os.path.join(self.hs, d), 0o700)
-        self.migrate_legacy()
-
-    def _legacy_fd(self):
-        """An fd on ROOT/.hotswap when it is a real root-owned directory (what agents before 1.2.0 made),
-        else None.  Opened without following links: the node's user can rename things in ROOT."""
-        try:
-            fd = os.open(self.legacy_hs, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        except OSError:
-            return None
-        st = os.fstat(fd)
-        if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o022:
-            os.close(fd)
-            return None
-        return fd
+        """The agent's directory (PARENT/.hotswap/NAME, 0711), its packages/ and unpacked/ (0700); moves
+        the state of an agent before 1.2.0 (ROOT/.hotswap) into it."""
+        check_parents(self.root, self.app)
+        for d, mode in ((os.path.dirname(self.hs), 0o711), (self.hs, 0o711), (os.path.join(self.hs, "packages"), 0o700),
+                        (os.path.join(self.hs, "unpacked"), 0o700)):
+            mkdir_private(d, mode)
+        if migrate_legacy(self.legacy_hs, self.hs):
+            self.repaired.append(f"moved the agent's state from {self.legacy_hs} to {self.hs}")
 
     def state_file(self, *parts):
-        """A file of the agent's state; before the first write of a host set up by an agent before 1.2.0,
-        its copy in ROOT/.hotswap when that is still root's (reads only)."""
+        """A file of the agent's state; for a host set up by an agent before 1.2.0 and not yet written
+        by this one, its copy in ROOT/.hotswap while that is still root's (reads only)."""
         f = os.path.join(self.hs, *parts)
-        if os.path.lexists(f) or not os.path.isdir(self.legacy_hs) or os.path.isdir(self.hs + "/unpacked"):
+        if os.path.lexists(f) or os.path.isdir(os.path.join(self.hs, "unpacked")):
             return f
-        fd = self._legacy_fd()
-        if fd is None:
-            return f
-        try:
-            st = os.stat(os.path.join(*parts), dir_fd=fd, follow_symlinks=False)
-            if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid():
-                return os.path.join(self.legacy_hs, *parts)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-        return f
-
-    def migrate_legacy(self):
-        """Move the state of an agent before 1.2.0 (ROOT/.hotswap) here: root-owned regular files only,
-        copied through directory fds (never a link), then the old directory is removed.  The node keeps
-        running; a systemd unit is rewritten at the next start."""
-        fd = self._legacy_fd()
-        if fd is None:
-            return False
-        skip = {"agent.py", "node.exs", "__pycache__", "lock", "VERSION"}
-
-        def copy_dir(src_fd, dst):
-            for name in os.listdir(src_fd):
-                if name in skip or name.startswith(("staging", ".upload-", ".")):
-                    continue
-                st = os.stat(name, dir_fd=src_fd, follow_symlinks=False)
-                if st.st_uid != os.geteuid():
-                    continue
-                target = os.path.join(dst, name)
-                if stat.S_ISDIR(st.st_mode):
-                    sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=src_fd)
-                    try:
-                        self._mkdir_private(target, 0o700)
-                        copy_dir(sub, target)
-                    finally:
-                        os.close(sub)
-                elif stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
-                    src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=src_fd)
-                    with os.fdopen(src, "rb") as fin:
-                        data = fin.read()
-                    mode = 0o400 if name == "cookie" else 0o600
-                    if name == "journal.jsonl" and os.path.exists(target):
-                        with open(target, "rb") as fh:
-                            data += fh.read()
-                    elif os.path.lexists(target):
-                        continue
-                    tmp = target + ".migrating"
-                    out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-                    with os.fdopen(out, "wb") as fout:
-                        fout.write(data)
-                        os.fchmod(fout.fileno(), mode)
-                    os.replace(tmp, target)
-        try:
-            copy_dir(fd, self.hs)
-        finally:
-            os.close(fd)
-        shutil.rmtree(self.legacy_hs, ignore_errors=True)  # fd-based: never follows a link
-        self.repaired.append(f"moved the agent's state from {self.legacy_hs} to {self.hs}")
-        return True
+        return legacy_file(self.legacy_hs, parts) or f
 
     def run_pw(self):
         """The node's user (--user, else the owner of ROOT): everything run from the release tree or
@@ -1277,7 +1384,8 @@ class Host:
             try:
                 uid = os.lstat(self.root).st_uid
             except OSError:
-                raise OpFailed(f"release root {self.root} does not exist")
+                raise BadInput(f"release root {self.root} does not exist yet: give the node's user (--user, "
+                               f"hotswap_user), who will own it")
             try:
                 self._pw = pwd.getpwuid(uid)
             except KeyError:
@@ -1535,9 +1643,9 @@ class Host:
         """HS/.erlang.cookie holding ``cookie``, owned by the node's user, 0400 (erl_call's only way to get
         a cookie without a command line): rewritten only when it differs."""
         if not os.path.isdir(self.hs):  # a read of a host set up before 1.2.0: the directory only
-            self.check_parents()
-            self._mkdir_private(os.path.dirname(self.hs), 0o711)
-            self._mkdir_private(self.hs, 0o711)
+            check_parents(self.root, self.app)
+            mkdir_private(os.path.dirname(self.hs), 0o711)
+            mkdir_private(self.hs, 0o711)
         f = os.path.join(self.hs, ".erlang.cookie")
         want = cookie.encode("utf-8")
         try:
@@ -2220,10 +2328,16 @@ def open_verified(package, sha, check):
                        sha256_actual=got)
     try:
         tf = tarfile.open(package, "r:*")
-    except (tarfile.TarError, OSError) as e:
+    except READ_ERRORS as e:
+        raise package_damaged(package, e) from None
+    except OSError as e:
         raise OpFailed(f"package {package} is not a readable tar archive ({e}); nothing changed")
     try:
         members = [(m, rel) for m in tf.getmembers() for rel in [check(m)] if rel]
+        check_links(members)
+    except READ_ERRORS as e:
+        tf.close()
+        raise package_damaged(package, e) from None
     except BaseException:
         tf.close()
         raise
@@ -2312,10 +2426,14 @@ def prepare_unpack(h, package, sha, vsn, node_up, running=None):
 
 
 def _space_needed(members, block=4096):
-    """Bytes the members take on disk (each file rounded up to a block, a block per dir/link) + slack."""
+    """Bytes the members take on disk (each file, and each hard link -- extracted as a copy -- rounded up to a
+    block, a block per dir/symlink) + slack."""
     need = 64 * 1024
+    sizes = {_rel: m.size for m, _rel in members if m.isfile()}
     for m, _rel in members:
-        need += ((m.size + block - 1) // block) * block if m.isfile() else block
+        size = m.size if m.isfile() else sizes.get("/".join(x for x in m.linkname.split("/") if x not in ("", ".")), 0) \
+            if m.islnk() else 0  # a hard link is extracted as a copy of its file
+        need += ((size + block - 1) // block) * block if size else block
     return need
 
 

@@ -235,3 +235,97 @@ def test_lchown_tree_at_never_follows(tmp_path):
         assert (tmp_path / "t" / "d" / "f").stat().st_uid == 1234
         assert os.lstat(tmp_path / "t" / "l").st_uid == 1234
     assert decoy.stat().st_uid == os.geteuid()
+
+
+# ------------------------------------------------------------------ links through links (issue 15, item 6)
+
+
+def _tar(path, entries):
+    """entries: (name, kind, data_or_linkname, mode)"""
+    with tarfile.open(path, "w:gz") as tf:
+        for name, kind, x, mode in entries:
+            ti = tarfile.TarInfo(name)
+            ti.type, ti.mode = kind, mode
+            if kind == tarfile.REGTYPE:
+                ti.size = len(x)
+                tf.addfile(ti, io.BytesIO(x))
+            else:
+                ti.linkname = x
+                tf.addfile(ti)
+    import hashlib
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# the attack from the issue: each link is inside the root lexically, but s1 -> the root, so s2 = s1/.. is
+# the root's parent and s3 = s2/.. its parent; a hard link through s3 names a file outside the root
+ATTACK = [("lib/x-1/s1", tarfile.SYMTYPE, "../..", 0o777),
+          ("lib/x-1/s2", tarfile.SYMTYPE, "s1/..", 0o777),
+          ("lib/x-1/s3", tarfile.SYMTYPE, "s2/..", 0o777),
+          ("lib/x-1/h", tarfile.LNKTYPE, "lib/x-1/s3/SECRET", 0o644)]
+
+
+@pytest.mark.parametrize("entries,why", [
+    (ATTACK, "outside the root"),
+    (ATTACK[1:2] + [("lib/x-1/s1", tarfile.SYMTYPE, "../..", 0o777)], "outside the root"),
+    ([("lib/x-1/d", tarfile.SYMTYPE, "priv", 0o777), ("lib/x-1/d/f", tarfile.REGTYPE, b"x", 0o644)], "below the symbolic link"),
+    ([("lib/x-1/f", tarfile.REGTYPE, b"x", 0o644), ("lib/x-1/d", tarfile.SYMTYPE, ".", 0o777),
+      ("lib/x-1/h", tarfile.LNKTYPE, "lib/x-1/d/f", 0o644)], "earlier"),
+    ([("lib/x-1/h", tarfile.LNKTYPE, "lib/x-1/f", 0o644), ("lib/x-1/f", tarfile.REGTYPE, b"x", 0o644)], "earlier"),
+    ([("lib/x-1/s", tarfile.SYMTYPE, "f", 0o777), ("lib/x-1/h", tarfile.LNKTYPE, "lib/x-1/s", 0o644)], "earlier"),
+    ([("lib/x-1/f", tarfile.REGTYPE, b"x", 0o644), ("lib/x-1/f", tarfile.SYMTYPE, "/etc/shadow", 0o777)], "outside"),
+    ([("lib/x-1/f", tarfile.REGTYPE, b"x", 0o644), ("lib/x-1/f", tarfile.SYMTYPE, "g", 0o777)], "twice"),
+    ([("lib/x-1/a", tarfile.SYMTYPE, "b", 0o777), ("lib/x-1/b", tarfile.SYMTYPE, "a", 0o777)], "loops"),
+])
+def test_links_through_links_are_refused(tmp_path, entries, why):
+    secret = tmp_path / "SECRET"
+    secret.write_text("root only")
+    pkg = tmp_path / "a" / "b" / "pkg.tar.gz"
+    pkg.parent.mkdir(parents=True)
+    sha = _tar(pkg, entries)
+    with pytest.raises(ag.PackageRefused) as e:
+        ag.open_verified(str(pkg), sha, ag.member_rel)
+    assert why in e.value.msg and "nothing changed" in e.value.msg
+    # safe_extract checks the same on its own
+    dest = tmp_path / "a" / "b" / "dest"
+    dest.mkdir()
+    with tarfile.open(pkg) as tf, pytest.raises(ag.PackageRefused):
+        members = [(m, ag.member_rel(m)) for m in tf.getmembers()]
+        ag.safe_extract(tf, members, str(dest))
+    assert not any(p.name == "h" for p in dest.rglob("*"))
+
+
+def test_symlinks_through_own_links_inside_and_hard_links_copy(tmp_path):
+    pkg = tmp_path / "p.tar.gz"
+    sha = _tar(pkg, [("lib/x-1/priv/deep/f", tarfile.REGTYPE, b"data", 0o6755),
+                     ("lib/x-1/d", tarfile.SYMTYPE, "priv/deep", 0o777),
+                     ("lib/x-1/up", tarfile.SYMTYPE, "d/../..", 0o777),   # = lib/x-1 through d: inside
+                     ("lib/x-1/h", tarfile.LNKTYPE, "./lib/x-1/priv/deep/f", 0o644)])
+    tf, members = ag.open_verified(str(pkg), sha, ag.member_rel)
+    (tmp_path / "dest").mkdir()
+    with tf:
+        ag.safe_extract(tf, members, str(tmp_path / "dest"))
+    h = tmp_path / "dest/lib/x-1/h"
+    assert h.read_bytes() == b"data" and not h.is_symlink() and h.stat().st_nlink == 1
+    assert h.stat().st_mode & 0o7000 == 0 and (tmp_path / "dest/lib/x-1/priv/deep/f").stat().st_mode & 0o7000 == 0
+
+
+def test_truncated_package_is_refused_clearly(tmp_path):
+    pkg = tmp_path / "p.tar.gz"
+    _tar(pkg, [("lib/x-1/f%d" % i, tarfile.REGTYPE, os.urandom(20000), 0o644) for i in range(5)])
+    data = pkg.read_bytes()
+    pkg.write_bytes(data[:len(data) // 2])
+    import hashlib
+    sha = hashlib.sha256(pkg.read_bytes()).hexdigest()
+    (tmp_path / "dest").mkdir()
+    with pytest.raises(ag.PackageRefused) as e:
+        tf, members = ag.open_verified(str(pkg), sha, ag.member_rel)
+        with tf:
+            ag.safe_extract(tf, members, str(tmp_path / "dest"))
+    assert "truncated or damaged" in e.value.msg and "re-upload" in e.value.msg
+
+
+def test_space_needed_counts_a_hard_link_as_its_file():
+    big = tarfile.TarInfo("lib/x-1/big")
+    big.size = 10 * 1024 * 1024
+    link = _member("lib/x-1/h", tarfile.LNKTYPE, "lib/x-1/big")
+    assert ag._space_needed([(big, "lib/x-1/big"), (link, "lib/x-1/h")]) >= 20 * 1024 * 1024
