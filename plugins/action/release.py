@@ -24,6 +24,7 @@ from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible_collections.beam.hotswap.plugins.module_utils import _plan, _release
 from ansible_collections.beam.hotswap.plugins.module_utils._agent import fingerprint as _fingerprint
 from ansible_collections.beam.hotswap.plugins.module_utils._agent.files import sha256_file
+from ansible_collections.beam.hotswap.plugins.module_utils._agent.names import state_dir
 from ansible_collections.beam.hotswap.plugins.module_utils._agent_client import AgentError, check_root, state_key
 from ansible_collections.beam.hotswap.plugins.plugin_utils._agent_direct import run_agent
 
@@ -55,10 +56,10 @@ class ActionModule(ActionBase):
         return res.validated_parameters
 
     def _upload(self, local, root, art, direct):
-        """Put the package on the host: straight into ROOT/.hotswap/ (the agent verifies and keeps it) when
+        """Put the package on the host: straight into the agent's directory (it verifies and keeps it) when
         the connection user writes there itself, else into a temp dir for the become user."""
         if direct and not self._play_context.become:
-            remote = "%s/.hotswap/.upload-%s-%s.part" % (root, art["sha256"][:16], art["file"])
+            remote = "%s/.upload-%s-%s.part" % (state_dir(root), art["sha256"][:16], art["file"])
             self._transfer_file(local, remote)
             return remote
         tmpdir = self._make_tmp_path()
@@ -118,7 +119,7 @@ class ActionModule(ActionBase):
             if art:
                 root = check_root(params["root"])
                 if art["sha256"] in (status.get("packages") or {}):
-                    package = ("%s/.hotswap/packages/%s-%s" % (root, art["sha256"], art["file"]), art["sha256"], None)
+                    package = ("%s/packages/%s-%s" % (state_dir(root), art["sha256"], art["file"]), art["sha256"], None)
                 elif not params.get("artifact_url"):
                     remote = self._upload(self._local_artifact(params, manifest, art), root, art, direct)
                     package = (remote, art["sha256"], art["file"])

@@ -13,7 +13,8 @@ import os
 import sys
 
 # AGENT_VERSION: the agent this collection ships; an older agent on a host is refused.
-from ansible_collections.beam.hotswap.plugins.module_utils._agent.names import AGENT_VERSION, plan_state_key, valid_app, valid_root
+from ansible_collections.beam.hotswap.plugins.module_utils._agent.names import (
+    AGENT_VERSION, plan_state_key, state_dir, valid_app, valid_root)
 
 _LOADED = {}  # agent path -> its run() (or False), loaded once per module process
 
@@ -50,7 +51,8 @@ class AgentClient(object):
         self.root = check_root(root)
         self.app = app
         self.user = user
-        self.path = os.path.join(self.root, ".hotswap", "agent.py")
+        self.hs = state_dir(self.root)  # the agent's root-only directory beside the release root
+        self.path = os.path.join(self.hs, "agent.py")
         self._agent_run = None
 
     def installed(self):
@@ -67,7 +69,7 @@ class AgentClient(object):
             if sys.version_info >= (3, 9):
                 spec = importlib.util.spec_from_file_location("hotswap_agent_installed", self.path)
                 mod = importlib.util.module_from_spec(spec)
-                # the bytecode cache (.hotswap/__pycache__/, checked against the source's mtime and size)
+                # the bytecode cache (the agent directory's __pycache__/, checked against the source's mtime and size)
                 # spares the next run the compile; a check-mode run writes nothing
                 saved, sys.dont_write_bytecode = sys.dont_write_bytecode, bool(self.module.check_mode)
                 try:

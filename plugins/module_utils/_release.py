@@ -99,8 +99,12 @@ def plan_command(plan, p, package=None):
 
 
 def settings_of(p):
-    """What the agent writes before it runs a command: the node's environment and cookie."""
-    return {"env": p.get("env") or None, "cookie": p.get("cookie") or None}
+    """What the agent reads from its stdin: the node's environment and cookie (written under the lock,
+    before the command), and the health check (a URL may carry a token: never on a command line)."""
+    out = {"env": p.get("env") or None, "cookie": p.get("cookie") or None}
+    if p.get("health_check"):
+        out["check"] = p["health_check"]
+    return out
 
 
 def timing(out):

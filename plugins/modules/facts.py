@@ -101,7 +101,8 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.beam.hotswap.plugins.module_utils._agent import cli as _agent_cli
 from ansible_collections.beam.hotswap.plugins.module_utils._agent import fingerprint as _fingerprint
 from ansible_collections.beam.hotswap.plugins.module_utils._agent.files import sha256_file
-from ansible_collections.beam.hotswap.plugins.module_utils._agent.names import AGENT_VERSION
+from ansible_collections.beam.hotswap.plugins.module_utils._agent.layout import check_parents, mkdir_private
+from ansible_collections.beam.hotswap.plugins.module_utils._agent.names import AGENT_VERSION, state_dir
 from ansible_collections.beam.hotswap.plugins.module_utils._agent_client import (
     AgentClient, AgentError, _version_tuple, agent_argv, release_root_spec, status_facts)
 
@@ -109,20 +110,18 @@ from ansible_collections.beam.hotswap.plugins.module_utils._agent_client import 
 def install_agent(module, root, files):
     """Write the agent's files that differ (temp file + atomic_move, root-owned). Returns their names,
     or None when content is needed first."""
-    hs = os.path.join(root, ".hotswap")
+    hs = state_dir(root)
     stale = [name for name, spec in sorted(files.items())
              if not os.path.isfile(os.path.join(hs, name)) or sha256_file(os.path.join(hs, name)) != spec["sha256"]]
     if not stale or module.check_mode:
         return stale
     if any("content" not in files[name] for name in stale):
         return None
-    if not os.path.isdir(root):
-        # a new release root is 0750 (docs/operations.md); the agent gives it to hotswap_user on first install
-        os.makedirs(root)
-        os.chmod(root, 0o750)
-    if not os.path.isdir(hs):
-        os.makedirs(hs, 0o750)
-    os.chmod(hs, 0o750)
+    # the agent's directory beside the release root, root-only (0711: the node's user reaches only the
+    # cookie file erl_call reads); the release root itself is made by the first install
+    check_parents(root, os.path.basename(root))
+    for d in (os.path.dirname(hs), hs):
+        mkdir_private(d, 0o711)
     for name in stale:
         data = base64.b64decode(files[name]["content"])
         if hashlib.sha256(data).hexdigest() != files[name]["sha256"]:
@@ -139,8 +138,8 @@ def install_agent(module, root, files):
 
 
 def agent_current(root, files):
-    """Whether the agent files in ROOT/.hotswap/ have the checksums in ``files`` (reads only)."""
-    hs = os.path.join(root, ".hotswap")
+    """Whether the agent files in the agent's directory have the checksums in ``files`` (reads only)."""
+    hs = state_dir(root)
     return all(os.path.isfile(os.path.join(hs, name)) and sha256_file(os.path.join(hs, name)) == spec["sha256"]
                for name, spec in files.items())
 

@@ -236,7 +236,7 @@ def _package(module, client, p, plan, result):
     if not plan["package"]:
         return None
     art = p["manifest"]["artifacts"][plan["package"]]
-    path = os.path.join(client.root, ".hotswap", "packages", "%s-%s" % (art["sha256"], art["file"]))
+    path = os.path.join(client.hs, "packages", "%s-%s" % (art["sha256"], art["file"]))
     if p["artifact_url"] and not os.path.exists(path) and not p["package_src"]:
         _pull(module, p["artifact_url"], p["manifest"], art, path)
         result["pulled"] = art["file"]

@@ -15,9 +15,10 @@ __metaclass__ = type
 import json
 import shlex
 
+from ansible_collections.beam.hotswap.plugins.module_utils._agent.names import state_dir
 from ansible_collections.beam.hotswap.plugins.module_utils._agent_client import agent_argv, parse_answer
 
-# Loads .hotswap/agent.py as a module (so Python keeps its compiled bytecode next to it) and runs it.
+# Loads the agent directory's agent.py as a module (so Python keeps its compiled bytecode next to it) and runs it.
 # -I: only the standard library is importable, whatever the remote user's cwd or PYTHON* variables.
 _BOOT = "import sys; sys.path.insert(0, sys.argv.pop(1)); import agent; sys.exit(agent.main())"
 
@@ -41,8 +42,10 @@ def run_agent(action, task_vars, root, app, user, command, args, settings=None):
         argv.append("--settings-stdin")
     flags = "-I -B" if action._task.check_mode else "-I"  # check mode writes nothing, not even bytecode
     cmd = " ".join([shlex.quote(remote_python(action, task_vars)), flags, "-c", shlex.quote(_BOOT),
-                    shlex.quote(root.rstrip("/") + "/.hotswap")] + [shlex.quote(a) for a in argv])
+                    shlex.quote(state_dir(root))] + [shlex.quote(a) for a in argv])
     # always some stdin: the command then runs without a terminal (like a pipelined module), so its
     # stdout carries only the agent's answer
-    res = action._low_level_execute_command(cmd, in_data=json.dumps(settings) if settings else "\n", sudoable=True)
+    # bytes: the local connection writes in_data as is (a str fails there)
+    data = (json.dumps(settings) if settings else "\n").encode("utf-8")
+    res = action._low_level_execute_command(cmd, in_data=data, sudoable=True)
     return res.get("rc"), parse_answer(res.get("stdout")), (res.get("stderr") or "").strip()

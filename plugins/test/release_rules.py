@@ -9,9 +9,10 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-from ansible_collections.beam.hotswap.plugins.module_utils._agent.names import valid_app, valid_root, valid_version
+from ansible_collections.beam.hotswap.plugins.module_utils._agent.names import valid_app, valid_root, valid_user, valid_version
 
 
 class TestModule(object):
     def tests(self):
-        return {"release_name": valid_app, "release_version": valid_version, "release_root": valid_root}
+        return {"release_name": valid_app, "release_version": valid_version, "release_root": valid_root,
+                "release_user": valid_user}

@@ -6,8 +6,10 @@ Commands: status, facts, unpack, install, health, commit, revert, rollback, hot,
 prune, start, stop.
 Prints exactly one JSON object on stdout.  Exit 0 ok, 1 operation failed, 2 bad input.
 Python 3.9+ standard library only.  The node-side code lives in node.exs (installed next to
-this file; `hotswap_node.exs` in the repository); the agent runs its phases on the live node
-through `erl_call` (shipped with every ERTS), falling back to one `bin/APP rpc` call per phase.
+this file, in the agent's root-only directory PARENT/.hotswap/NAME beside the release root;
+`hotswap_node.exs` in the repository); the agent runs its phases on the live node through
+`erl_call` (shipped with every ERTS), run as the node's user: nothing from the release tree
+ever runs as root.
 
 Before a hot install the node rehearses every code_change of the relup edge on a copy of
 the live state in a scratch peer node; if one raises, the install is refused (nothing is
@@ -24,5 +26,5 @@ Source layout: this package's modules, each owning one concern, in the order the
 file a host receives, roles/agent/files/hotswap_agent.py (`make agent`).
 """
 
-MODULES = ("errors", "options", "names", "erlterms", "files", "fingerprint", "host", "state", "reads", "packages", "prune", "health",
+MODULES = ("errors", "options", "names", "erlterms", "files", "fingerprint", "layout", "host", "state", "reads", "packages", "prune", "health",
            "service", "hot", "full", "cli")

@@ -3,6 +3,7 @@ is the same entry point for callers in the same process.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -12,7 +13,7 @@ from .options import add_agent_options
 from .names import AGENT_VERSION, check_app, check_sha, check_vsn, USER_RE
 from .erlterms import permanent_version
 from .host import Host
-from .state import journal
+from .state import journal, Lock
 from .reads import cmd_facts, cmd_status, ensure_user, state_key
 from .packages import apply_settings, cmd_unpack, store_package
 from .health import cmd_health, parse_check
@@ -100,7 +101,9 @@ def run(argv, settings=None):
         out["op"] = a.command
         check_app(a.app)
         if a.user is not None and not USER_RE.fullmatch(a.user):
-            raise BadInput(f"invalid user {a.user!r}")
+            raise BadInput(f"invalid user {a.user!r}: give the node's own user (hotswap_user), a system user name")
+        if a.user == "root":
+            raise BadInput("the node may not run as root: give it a user of its own (hotswap_user)")
         if getattr(a, "version", None) is not None:
             check_vsn(a.version)
             out["version"] = a.version
@@ -112,36 +115,42 @@ def run(argv, settings=None):
             raise BadInput("--keep must be >= 1")
         if not (0 < a.timeout <= 3600):
             raise BadInput("--timeout must be in (0, 3600]")
-        if getattr(a, "check", None) is not None:
-            parse_check(a.check)
         if (not os.path.isabs(a.root) or os.path.normpath(a.root) in ("/", "//") or ".." in a.root.split("/")
                 or any(ord(c) < 0x20 or ord(c) == 0x7F for c in a.root)):
             raise BadInput(f"--root must be an absolute path below / without '..' (got {a.root!r})")
-        if a.command == "first-install" and a.user and a.user != "root" and ensure_user(a.user):
+        if a.settings_stdin and settings is None:
+            try:
+                settings = json.loads(sys.stdin.read() or "{}")
+            except ValueError as e:
+                raise BadInput(f"--settings-stdin: not JSON ({e})")
+        settings = dict(settings or {})
+        if settings.get("check"):
+            a.check = settings["check"]
+        settings.pop("check", None)
+        if getattr(a, "check", None) is not None:
+            parse_check(a.check)
+        if a.command == "first-install" and a.user and ensure_user(a.user):
             out["user_created"] = a.user
         h = Host(a.root, a.app, a.user)
+        h.check_parents()
         h.service_manager = resolve_service_manager(a.service_manager)
-        if a.command == "first-install" and not os.path.isdir(h.root):
-            os.makedirs(h.root, mode=0o755)
-        if a.command not in READ_OPS and not os.path.isdir(h.root):
+        if a.command not in READ_OPS and a.command != "first-install" and not os.path.isdir(h.root):
             raise OpFailed(f"release root {h.root} does not exist")
         if a.expect_state is not None:
             now = state_key(h)
             if now != a.expect_state:
                 raise OpFailed(f"the host changed since its facts were read ({a.expect_state} -> {now}); "
                                "nothing was done", stale_facts=True, changed=False)
-        if a.settings_stdin and settings is None:
-            try:
-                settings = json.loads(sys.stdin.read() or "{}")
-            except ValueError as e:
-                raise BadInput(f"--settings-stdin: not JSON ({e})")
-        if settings:
-            out["settings_changed"] = apply_settings(h, settings)
-        if a.store_package:
-            if not getattr(a, "package", None):
-                raise BadInput("--store-package needs --package")
-            a.package = store_package(h, a.package, a.sha256, a.store_package)
-        res = a.fn(h, a)
+        # the settings and the package are written under the root's lock, which the command then keeps
+        # (a second agent, refused by the lock, writes nothing)
+        with (Lock(h, a.command) if a.command not in READ_OPS else contextlib.nullcontext()):
+            if any(settings.values()) and a.command not in READ_OPS:
+                out["settings_changed"] = apply_settings(h, settings)
+            if a.store_package:
+                if not getattr(a, "package", None):
+                    raise BadInput("--store-package needs --package")
+                a.package = store_package(h, a.package, a.sha256, a.store_package)
+            res = a.fn(h, a)
         out.update(res)
         out.setdefault("changed", False)
         out["failed"] = False

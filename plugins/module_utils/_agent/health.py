@@ -28,9 +28,11 @@ def _http_check(url, timeout):
         return False, f"{type(e).__name__}: {getattr(e, 'reason', e)}"
 
 
-def _cmd_check(argv, timeout):
+def _cmd_check(h, argv, timeout):
+    """The command runs as the node's user (never root: a script in the release tree is the user's)."""
     try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
+                           stdin=subprocess.DEVNULL, **h.run_kwargs())
     except FileNotFoundError:
         return False, f"command not found: {argv[0]}"
     except subprocess.TimeoutExpired:
@@ -76,7 +78,7 @@ def run_health(h, vsn, check, timeout):
         left = deadline - time.monotonic()
         # a command may take as long as the budget allows; one HTTP request at most 10 s, then retry
         per = max(0.5, left if kind == "cmd" else min(10.0, left))
-        ok, why = _http_check(arg, per) if kind == "http" else _cmd_check(arg, per)
+        ok, why = _http_check(arg, per) if kind == "http" else _cmd_check(h, arg, per)
         if ok:
             return True, why
         if time.monotonic() + 0.5 >= deadline:

@@ -10,13 +10,14 @@ import os
 import pwd
 import re
 import shutil
+import stat
 import subprocess
-import tempfile
 
 from .errors import BadInput, now_ms, OpFailed
-from .names import vsn_key
+from .names import legacy_state_dir, state_dir, valid_version, vsn_key
 from .erlterms import format_releases, parse_releases, TermError
-from .files import epmd_names, parse_env
+from .files import epmd_names, parse_env, safe_write
+from .layout import check_parents, legacy_file, migrate_legacy, mkdir_private
 
 
 def ex_lit(v):
@@ -69,7 +70,8 @@ class Host:
         self.root = os.path.abspath(root)
         self.app = app
         self.user = user
-        self.hs = os.path.join(self.root, ".hotswap")
+        self.hs = state_dir(self.root)  # root-only, beside ROOT: never in the node user's tree
+        self.legacy_hs = legacy_state_dir(self.root)
         self.rel_dir = os.path.join(self.root, "releases")
         self.rpc_calls = 0
         self.rpc_ms = 0.0
@@ -86,13 +88,47 @@ class Host:
     def p(self, *parts):
         return os.path.join(self.root, *parts)
 
+    def check_parents(self):
+        check_parents(self.root, self.app)
+
     def ensure_hs(self):
-        os.makedirs(self.hs, mode=0o750, exist_ok=True)
-        for d in ("packages", "unpacked"):
-            os.makedirs(os.path.join(self.hs, d), mode=0o750, exist_ok=True)
+        """The agent's directory (PARENT/.hotswap/NAME, 0711), its packages/ and unpacked/ (0700); moves
+        the state of an agent before 1.2.0 (ROOT/.hotswap) into it."""
+        check_parents(self.root, self.app)
+        for d, mode in ((os.path.dirname(self.hs), 0o711), (self.hs, 0o711), (os.path.join(self.hs, "packages"), 0o700),
+                        (os.path.join(self.hs, "unpacked"), 0o700)):
+            mkdir_private(d, mode)
+        if migrate_legacy(self.legacy_hs, self.hs):
+            self.repaired.append(f"moved the agent's state from {self.legacy_hs} to {self.hs}")
+
+    def state_file(self, *parts):
+        """A file of the agent's state; for a host set up by an agent before 1.2.0 and not yet written
+        by this one, its copy in ROOT/.hotswap while that is still root's (reads only)."""
+        f = os.path.join(self.hs, *parts)
+        if os.path.lexists(f) or os.path.isdir(os.path.join(self.hs, "unpacked")):
+            return f
+        return legacy_file(self.legacy_hs, parts) or f
+
+    def run_pw(self):
+        """The node's user (--user, else the owner of ROOT): everything run from the release tree or
+        against the node runs as this user, never as root."""
+        if self._pw is None:
+            try:
+                uid = os.lstat(self.root).st_uid
+            except OSError:
+                raise BadInput(f"release root {self.root} does not exist yet: give the node's user (--user, "
+                               f"hotswap_user), who will own it")
+            try:
+                self._pw = pwd.getpwuid(uid)
+            except KeyError:
+                raise BadInput(f"{self.root} belongs to uid {uid}, which has no user: give hotswap_user")
+        if self._pw.pw_uid == 0 and os.geteuid() == 0:
+            raise BadInput(f"{self.root} belongs to root: the node must run as its own user (hotswap_user), "
+                           f"and the agent runs nothing from the release tree as root")
+        return self._pw
 
     def env_file(self):
-        f = os.path.join(self.hs, "env")
+        f = self.state_file("env")
         if not os.path.exists(f):
             return {}
         try:
@@ -142,16 +178,15 @@ class Host:
 
     def tree_owner(self):
         """(uid, gid) the release tree belongs to: --user's, else the releases dir's, else ours."""
-        if self._pw:
-            return self._pw.pw_uid, self._pw.pw_gid
-        if os.path.isdir(self.rel_dir):
+        if self._pw is None and os.path.isdir(self.rel_dir):
             return self.owner()
-        return os.geteuid(), os.getegid()
+        pw = self.run_pw()
+        return pw.pw_uid, pw.pw_gid
 
     def _read_record(self, vsn, suffix):
         """The package checksum recorded for ``vsn`` in ``.hotswap/unpacked/VSN<suffix>``, or None."""
         try:
-            with open(os.path.join(self.hs, "unpacked", vsn + suffix)) as fh:
+            with open(self.state_file("unpacked", vsn + suffix)) as fh:
                 return fh.read().strip()
         except OSError:
             return None
@@ -174,14 +209,12 @@ class Host:
         self._write_record(vsn, ".full.sha256", sha)
 
     def write_owned(self, path, text):
-        tmp = path + ".hotswap-tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if os.geteuid() == 0:
-            os.chown(tmp, *self.owner())
-        os.replace(tmp, path)
+        """Write a file below ROOT for the node's user: through no-follow directory fds, a fresh temp file
+        renamed over the name (a link planted there is replaced, never written through)."""
+        rel = os.path.relpath(os.path.abspath(path), self.root)
+        if rel.startswith("..") or os.path.isabs(rel):
+            raise OpFailed(f"{path} is outside {self.root}")
+        safe_write(self.root, rel, text, owner=self.tree_owner(), mode=0o644)
 
     def write_releases(self, rels):
         self.write_owned(os.path.join(self.rel_dir, "RELEASES"), format_releases(rels))
@@ -203,7 +236,7 @@ class Host:
 
     def installed_record(self):
         try:
-            with open(os.path.join(self.hs, "installed.json")) as fh:
+            with open(self.state_file("installed.json")) as fh:
                 return json.load(fh)
         except (OSError, ValueError):
             return None
@@ -224,9 +257,10 @@ class Host:
         env.update(self.env_file())
         env["RELEASE_ROOT"] = self.root
         kw = {"env": env, "cwd": self.root}
-        if as_user and self._pw and os.geteuid() == 0 and self._pw.pw_uid != 0:
-            kw.update(user=self._pw.pw_uid, group=self._pw.pw_gid, extra_groups=[])
-            env.update(HOME=self._pw.pw_dir, USER=self._pw.pw_name, LOGNAME=self._pw.pw_name)
+        if as_user and os.geteuid() == 0:
+            pw = self.run_pw()
+            kw.update(user=pw.pw_uid, group=pw.pw_gid, extra_groups=[])
+            env.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name)
         return kw
 
     def bin(self):
@@ -268,7 +302,7 @@ class Host:
 
     def os_pid(self):
         """(pid, boot_version) of the node's beam process, or (None, None)."""
-        pf = os.path.join(self.hs, "pid")
+        pf = self.state_file("pid")
         cands = []
         try:
             with open(pf) as fh:
@@ -288,7 +322,7 @@ class Host:
         for i, a in enumerate(args[:-1]):
             if a == "-boot":
                 m = re.search(r"/releases/([^/]+)/[^/]+$", args[i + 1])
-                boot = m.group(1) if m else None
+                boot = m.group(1) if m and valid_version(m.group(1)) else None
         return pid, boot
 
     def node_exs(self):
@@ -335,29 +369,53 @@ class Host:
                 return None
         return (erl_call, flag, node, cookie) if cookie else None
 
+    def _cookie_for(self, cookie, uid, gid):
+        """HS/.erlang.cookie holding ``cookie``, owned by the node's user, 0400 (erl_call's only way to get
+        a cookie without a command line): rewritten only when it differs."""
+        if not os.path.isdir(self.hs):  # a read of a host set up before 1.2.0: the directory only
+            check_parents(self.root, self.app)
+            mkdir_private(os.path.dirname(self.hs), 0o711)
+            mkdir_private(self.hs, 0o711)
+        f = os.path.join(self.hs, ".erlang.cookie")
+        want = cookie.encode("utf-8")
+        try:
+            st = os.lstat(f)
+            if stat.S_ISREG(st.st_mode) and (uid is None or st.st_uid == uid) and stat.S_IMODE(st.st_mode) == 0o400:
+                fd = os.open(f, os.O_RDONLY | os.O_NOFOLLOW)
+                with os.fdopen(fd, "rb") as fh:
+                    if fh.read() == want:
+                        return
+        except OSError:
+            pass
+        tmp = f"{f}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(want)
+            if uid is not None:
+                os.fchown(fh.fileno(), uid, gid)
+        os.replace(tmp, f)
+
     def _run_erl_call(self, target, code, timeout):
         """Evaluate Elixir `code` in the node through erl_call; None when it could not connect.
         The cookie goes in a private ~/.erlang.cookie, never on a command line."""
         erl_call, flag, node, cookie = target
-        home = tempfile.mkdtemp(prefix="hotswap-erlcall-")
-        try:
-            fd = os.open(os.path.join(home, ".erlang.cookie"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(cookie)
-            # the JSON comes back base64-encoded as a charlist: plain ASCII whatever erl_call's term printer does
-            expr = ("{R, _} = 'Elixir.Code':eval_string(base64:decode(<<\"%s\">>)), "
-                    "binary_to_list(base64:encode(R)).\n"
-                    % base64.b64encode((code + "\nhs_out\n").encode("utf-8")).decode("ascii"))
-            # a client node name of our own: two erl_calls on one host must not collide
-            p = subprocess.run([erl_call, flag, node, "-h", f"hotswap_{os.getpid()}_{os.urandom(3).hex()}",
-                                "-e", "-timeout", str(int(timeout))],
-                               input=expr, capture_output=True, text=True,
-                               timeout=timeout + 10, env={"HOME": home, "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-                               cwd=home, check=False)
-        finally:
-            shutil.rmtree(home, ignore_errors=True)
-        if p.returncode != 0 and "failed to connect" in p.stderr:
-            return None
+        kw = {"env": {"HOME": self.hs, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}, "cwd": "/"}
+        if os.geteuid() == 0:
+            # erl_call comes from the release tree: it runs as the node's user, who reads the cookie from
+            # HOME/.erlang.cookie (HOME = the agent's 0711 directory, the file the user's own, 0400)
+            pw = self.run_pw()
+            kw.update(user=pw.pw_uid, group=pw.pw_gid, extra_groups=[])
+            self._cookie_for(cookie, pw.pw_uid, pw.pw_gid)
+        else:
+            self._cookie_for(cookie, None, None)
+        # the JSON comes back base64-encoded as a charlist: plain ASCII whatever erl_call's term printer does
+        expr = ("{R, _} = 'Elixir.Code':eval_string(base64:decode(<<\"%s\">>)), "
+                "binary_to_list(base64:encode(R)).\n"
+                % base64.b64encode((code + "\nhs_out\n").encode("utf-8")).decode("ascii"))
+        # a client node name of our own: two erl_calls on one host must not collide
+        p = subprocess.run([erl_call, flag, node, "-h", f"hotswap_{os.getpid()}_{os.urandom(3).hex()}",
+                            "-e", "-timeout", str(int(timeout))],
+                           input=expr, capture_output=True, text=True, timeout=timeout + 10, check=False, **kw)
         m = re.fullmatch(r'\{ok, *(?:"([A-Za-z0-9+/=]*)"|\[([0-9,\s]*)\])\}\s*', p.stdout)
         if m and p.returncode == 0:
             try:
@@ -370,20 +428,23 @@ class Host:
     def rpc(self, op, timeout=120, **args):
         """Evaluate node.exs with hs = args inside the running node; returns the node's result map.
 
-        Transport: erl_call when it can reach the node (milliseconds), else one `bin/APP rpc`."""
+        Transport: erl_call, run as the node's user with the cookie in a file (never `bin/APP rpc`, which
+        puts the cookie on a command line every user of the host can read)."""
         args = dict(args, op=op, app=self.app)
         code = "hs = " + ex_lit(args) + "\n" + self.node_exs()
         t0 = now_ms()
         self.rpc_calls += 1
         try:
             target = self._erl_call_target()
-            p = self._run_erl_call(target, code, timeout) if target else None
-            if p is None:
-                code += '\nIO.puts("HOTSWAP_RESULT " <> hs_out)\n'
-                p = subprocess.run([self.bin(), "rpc", code], capture_output=True, text=True,
-                                   timeout=timeout, **self.run_kwargs(), check=False)
+            if target is None:
+                raise OpFailed(f"cannot reach node {self.node_name()} ({op}): no erl_call in {self.root}/erts-*/bin "
+                               f"or on PATH, no cookie, or RELEASE_DISTRIBUTION=none", rpc_transport=True)
+            p = self._run_erl_call(target, code, timeout)
+            if p.returncode != 0 and "failed to connect" in p.stderr:
+                raise OpFailed(f"erl_call could not connect to node {target[2]} ({op}): {p.stderr.strip()[-300:]}",
+                               rpc_transport=True)
         except subprocess.TimeoutExpired:
-            raise OpFailed(f"bin/{self.app} rpc ({op}) timed out after {timeout}s", rpc_transport=True)
+            raise OpFailed(f"erl_call ({op}) timed out after {timeout}s", rpc_transport=True)
         finally:
             self.rpc_ms += now_ms() - t0
         for line in reversed(p.stdout.splitlines()):
@@ -396,6 +457,5 @@ class Host:
         said = [re.sub(r"[A-Za-z0-9+/=]{40,}", "...", x) for x in (p.stdout + "\n" + p.stderr).splitlines()
                 if x.strip() and not re.fullmatch(r"[A-Za-z0-9+/=]{40,}", x.strip())]
         tail = "\n".join(said).strip()[-600:] or "no output"
-        via = "erl_call" if p.args[0] != self.p("bin", self.app) else f"bin/{self.app} rpc"
-        raise OpFailed(f"{via} ({op}) gave no result (exit {p.returncode}): {tail}",
+        raise OpFailed(f"erl_call ({op}) gave no result (exit {p.returncode}): {tail}",
                        rpc_transport=True)

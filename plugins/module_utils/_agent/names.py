@@ -9,7 +9,7 @@ import re
 from .errors import BadInput
 
 
-AGENT_VERSION = "1.1.0"
+AGENT_VERSION = "1.2.0"
 
 # a release version: letters, digits and . _ + - (never "..": versions become paths)
 VSN_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}\Z")
@@ -27,6 +27,11 @@ def valid_version(v):
     return isinstance(v, str) and VSN_RE.match(v) is not None and ".." not in v
 
 
+def valid_user(u):
+    """True for a user the node may run as: a system user name (see USER_RE), never root."""
+    return isinstance(u, str) and USER_RE.match(u) is not None and u != "root"
+
+
 def valid_app(a):
     """True for a release name (see APP_RE)."""
     return isinstance(a, str) and APP_RE.match(a) is not None
@@ -36,6 +41,18 @@ def valid_root(root):
     """True for a release root the controller accepts (see ROOT_RE)."""
     return isinstance(root, str) and ROOT_RE.match(root) is not None and os.path.normpath(root) not in ("/", "//") \
         and ".." not in root.split("/")
+
+
+def state_dir(root):
+    """The agent's own directory for a release root: ``PARENT/.hotswap/NAME`` beside ROOT, never inside it
+    (ROOT belongs to the node's user, who could rename anything in it); root-owned, like PARENT."""
+    root = os.path.normpath(root)
+    return os.path.join(os.path.dirname(root), ".hotswap", os.path.basename(root))
+
+
+def legacy_state_dir(root):
+    """Where agents before 1.2.0 kept their state: ROOT/.hotswap, inside the node user's tree."""
+    return os.path.join(os.path.normpath(root), ".hotswap")
 
 
 def check_vsn(v, what="version"):

@@ -10,7 +10,8 @@ TASK_OPTIONS = (
     ("health_timeout", {"type": "int", "default": 30}, "--timeout", "timeout", float, 30.0),
     ("service_manager", {"type": "str", "default": "auto", "choices": ["auto", "systemd", "daemon"]},
      "--service-manager", "service_manager", str, "auto"),
-    ("health_check", {"type": "str"}, "--check", "check", str, None),
+    # no_log: a URL may carry a token; the controller hands it to the agent on stdin, never on a command line
+    ("health_check", {"type": "str", "no_log": True}, "--check", "check", str, None),
     # after a hot commit (and prune) the node must stay up and healthy this long; 0 = no watch
     ("settle_seconds", {"type": "float", "default": 3.0}, "--settle", "settle", float, 0.0),
     # processes executing code a hot upgrade replaces (a purge would kill them): refuse, or let them die
@@ -19,6 +20,10 @@ TASK_OPTIONS = (
     # how long such processes get to leave before that decision
     ("old_code_wait", {"type": "float", "default": 5.0}, "--old-code-wait", "old_code_wait", float, 5.0),
 )
+
+
+# options that travel with the settings on the agent's stdin (``_release.settings_of``), not on its command line
+SETTINGS_OPTIONS = ("health_check",)
 
 
 def task_option_specs():
@@ -30,6 +35,8 @@ def agent_option_args(params):
     """The agent's command-line arguments for a task's validated parameters (unset options left out)."""
     out = []
     for name, _spec, flag, _dest, _type, _default in TASK_OPTIONS:
+        if name in SETTINGS_OPTIONS:
+            continue
         if params.get(name) not in (None, ""):
             out += [flag, str(params[name])]
     return out

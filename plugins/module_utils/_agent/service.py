@@ -8,6 +8,7 @@ import subprocess
 import time
 
 from .errors import BadInput, now_ms, OpFailed
+from .names import state_dir
 from .erlterms import permanent_version
 from .state import Lock, repair_boot_files
 from .health import parse_check, run_health
@@ -42,9 +43,8 @@ def systemd_unit(root, app, user=None):
         "Type=exec",
         f"WorkingDirectory={root}",
         f"Environment=RELEASE_ROOT={root}",
-        f"EnvironmentFile=-{root}/.hotswap/env",
+        f"EnvironmentFile=-{state_dir(root)}/env",
         f"ExecStart={root}/bin/{app} start",
-        f"ExecStop={root}/bin/{app} stop",
     ]
     if user:
         lines.append(f"User={user}")
@@ -52,7 +52,8 @@ def systemd_unit(root, app, user=None):
         "Restart=on-failure",
         "RestartSec=2",
         "TimeoutStopSec=60",
-        # the VM starts epmd, which the host's other nodes use too: stop only the VM (ExecStop)
+        # no ExecStop (`bin/APP stop` shows the cookie on its command line): SIGTERM to the VM is an orderly
+        # init:stop; the VM starts epmd, which the host's other nodes use too: stop only the VM
         "KillMode=process",
         "LimitNOFILE=65536",
         f"SyslogIdentifier={app}",
@@ -76,7 +77,7 @@ def _systemctl(*args, run=None, check=True, timeout=120):
 def ensure_unit(h, unit_dir=SYSTEMD_UNIT_DIR, run=None):
     """Write the unit only when its text changed; then daemon-reload + enable.  Returns changed."""
     path = os.path.join(unit_dir, unit_name(h.app))
-    text = systemd_unit(h.root, h.app, h.user)
+    text = systemd_unit(h.root, h.app, h.run_pw().pw_name)
     try:
         with open(path, encoding="utf-8") as fh:
             if fh.read() == text:
@@ -180,11 +181,10 @@ def stop_node(h, timeout=60):
             _systemctl("stop", unit_name(h.app), check=False, timeout=timeout + 30)
             stopped = True
     if not stopped and h.node_up():  # NEVER `bin/APP restart` (init:restart keeps the old env)
-        try:
-            subprocess.run([h.bin(), "stop"], capture_output=True, text=True, timeout=30,
-                           stdin=subprocess.DEVNULL, **h.run_kwargs(), check=False)
-        except subprocess.TimeoutExpired:
-            pass
+        try:  # not `bin/APP stop`: its VM carries the cookie on its command line
+            h.rpc("stop", timeout=30)
+        except OpFailed:
+            pass  # then SIGTERM below
     deadline = time.monotonic() + timeout
     while (pid and _pid_alive(pid)) or (not pid and h.node_up()):
         if time.monotonic() > deadline:

@@ -22,6 +22,9 @@ class Lock:
         self.fh = None
 
     def __enter__(self):
+        if getattr(self.host, "lock_depth", 0):  # already held by this agent (cli.run takes it first)
+            self.host.lock_depth += 1
+            return self
         self.host.ensure_hs()
         path = os.path.join(self.host.hs, "lock")
         fh = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600), "a+")
@@ -47,9 +50,14 @@ class Lock:
                              "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}))
         fh.flush()
         self.fh = fh
+        self.host.lock_depth = 1
         return self
 
     def __exit__(self, *exc):
+        if self.fh is None and getattr(self.host, "lock_depth", 0):
+            self.host.lock_depth -= 1
+            return False
+        self.host.lock_depth = 0
         if self.fh:
             try:
                 self.fh.seek(0)

@@ -238,6 +238,10 @@ def vsn_key(v):
 #
 # Atoms are :class:`Atom` (a ``str`` subclass); Erlang strings are ``str``; binaries are ``bytes``; tuples
 # are ``tuple``; lists are ``list``; maps are ``dict``.
+#
+# Versions and lib dir names read from RELEASES and .rel files become paths on the host: ``parse_releases`` and
+# ``parse_rel`` refuse (ValueError naming the entry) a release or ERTS version that is not a valid version and a
+# lib dir that is not a plain NAME-VSN name, so nothing like ``1.0.0/../../x`` ever reaches a path.
 # ==================================================================================================
 
 class Atom(str):
@@ -528,8 +532,31 @@ def _s(v):
     raise TermError(f"expected a string, got {v!r}")
 
 
+_LIB_APP_RE = re.compile(r"[^/\x00-\x1f\x7f.][^/\x00-\x1f\x7f]*\Z")
+
+
+def valid_lib(app, vsn):
+    """True when ``app``-``vsn`` is a safe lib dir name (one path component, no '..', a valid version)."""
+    return isinstance(app, str) and _LIB_APP_RE.match(app) is not None and ".." not in app and valid_version(vsn)
+
+
+def _checked(what, vsn, erts, libs):
+    for label, v in (("version", vsn), ("ERTS version", erts)):
+        if not valid_version(v):
+            raise TermError(f"{what}: {label} {v!r} is not a valid version (letters, digits and . _ + -, no '..')")
+    for lib in libs:
+        if not valid_lib(lib[0], lib[1]):
+            raise TermError(f"{what}: lib {lib[0]!r} {lib[1]!r} is not a plain NAME-VSN directory name")
+        if len(lib) > 2:
+            d = lib[2]
+            parts = d.rstrip("/").split("/")
+            if ".." in parts or any(ord(c) < 0x20 for c in d) or not valid_lib(*parts[-1].rpartition("-")[::2]):
+                raise TermError(f"{what}: lib dir {d!r} of {lib[0]} is not a plain .../NAME-VSN path")
+
+
 def parse_releases(text):
-    """releases/RELEASES -> [{"name","version","erts","libs":[(app,vsn,dir)],"status"}]"""
+    """releases/RELEASES -> [{"name","version","erts","libs":[(app,vsn,dir)],"status"}]; an entry whose
+    version, ERTS version or lib dirs are not safe names is refused (TermError)."""
     terms = parse_terms(text)
     if len(terms) != 1 or not isinstance(terms[0], list):
         raise TermError("RELEASES must hold one list")
@@ -538,10 +565,12 @@ def parse_releases(text):
         if not (isinstance(r, tuple) and len(r) == 6 and r[0] == "release"):
             raise TermError(f"bad release entry {r!r}")
         _ign, name, vsn, erts, libs, status = r
-        rels.append({
-            "name": _s(name), "version": _s(vsn), "erts": _s(erts), "status": str(status),
-            "libs": [(str(l[0]), _s(l[1]), _s(l[2])) for l in libs],
-        })
+        if not isinstance(libs, list) or not all(isinstance(x, tuple) and len(x) == 3 for x in libs):
+            raise TermError(f"bad lib list in release entry {_s(vsn)!r}")
+        rel = {"name": _s(name), "version": _s(vsn), "erts": _s(erts), "status": str(status),
+               "libs": [(str(x[0]), _s(x[1]), _s(x[2])) for x in libs]}
+        _checked(f"RELEASES entry {rel['version']!r}", rel["version"], rel["erts"], rel["libs"])
+        rels.append(rel)
     return rels
 
 
@@ -565,8 +594,9 @@ def parse_rel(text):
     if not (isinstance(t, tuple) and len(t) == 4 and t[0] == "release"):
         raise TermError("not a release resource term")
     _ign, (name, vsn), (_erts_tag, erts), apps = t
-    return {"name": _s(name), "version": _s(vsn), "erts": _s(erts),
-            "apps": [(str(a[0]), _s(a[1])) for a in apps]}
+    rel = {"name": _s(name), "version": _s(vsn), "erts": _s(erts), "apps": [(str(a[0]), _s(a[1])) for a in apps]}
+    _checked(f"release {rel['name']} {rel['version']!r}", rel["version"], rel["erts"], rel["apps"])
+    return rel
 
 
 # ==================================================================================================
@@ -1477,14 +1507,12 @@ class Host:
         self._write_record(vsn, ".full.sha256", sha)
 
     def write_owned(self, path, text):
-        tmp = path + ".hotswap-tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if os.geteuid() == 0:
-            os.chown(tmp, *self.owner())
-        os.replace(tmp, path)
+        """Write a file below ROOT for the node's user: through no-follow directory fds, a fresh temp file
+        renamed over the name (a link planted there is replaced, never written through)."""
+        rel = os.path.relpath(os.path.abspath(path), self.root)
+        if rel.startswith("..") or os.path.isabs(rel):
+            raise OpFailed(f"{path} is outside {self.root}")
+        safe_write(self.root, rel, text, owner=self.tree_owner(), mode=0o644)
 
     def write_releases(self, rels):
         self.write_owned(os.path.join(self.rel_dir, "RELEASES"), format_releases(rels))
@@ -3160,11 +3188,18 @@ def _verify_committed(h, vsn):
 
 
 def cmd_commit(h, a):
-    """commit --version V: make the running release permanent (make_permanent) and check that the
-    boot files say so."""
+    """commit --version V: health-check the running release, make it permanent (make_permanent) and check
+    that the boot files say so.  A release whose check fails is never made permanent: a commit may follow
+    a run that was interrupted before its check passed."""
     vsn = a.version
     with Lock(h, "commit"):
         _need_up(h, "commit")
+        check = parse_check(a.check)
+        ok, why = run_health(h, vsn, check, a.timeout)
+        if not ok:
+            raise OpFailed(f"{vsn} runs but its health check ({check[0]}) fails: {why}; not made permanent "
+                           f"(a rollback returns to {permanent_version(h.releases() or []) or 'the permanent release'})",
+                           stage="health", healthy=False)
         r = h.rpc("commit", vsn=vsn, timeout=60)
         if not r.get("ok"):
             raise OpFailed(f"make_permanent({vsn}) failed: {r.get('error')}", host_version=r.get("running"))

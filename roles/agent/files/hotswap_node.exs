@@ -17,6 +17,7 @@
 #   "remove"   -> remove_release for each of hs["remove"]
 #   "info"     -> which_releases, app vsn, os pid
 #   "ready"    -> wait until hs["app"] is started (used after a cold start)
+#   "stop"     -> init:stop shortly after answering (the agent's stop without `bin/APP stop`)
 
 hs_json = fn
   enc, v when is_map(v) and not is_struct(v) ->
@@ -1002,6 +1003,12 @@ hs_result =
     case hs["op"] do
       "info" ->
         state.(%{})
+
+      "stop" ->
+        # what `bin/APP stop` does, without a VM whose command line shows the cookie: an orderly
+        # init:stop once this answer is on its way
+        spawn(fn -> Process.sleep(100) && :init.stop() end)
+        %{"ok" => true}
 
       "ready" ->
         deadline = System.monotonic_time(:millisecond) + (hs["timeout_ms"] || 30_000)

@@ -8,6 +8,14 @@ import pytest
 from ansible_collections.beam.hotswap.plugins.action import facts as action_mod
 from hotswap_testlib.action_harness import make_action, run_action
 
+from ansible_collections.beam.hotswap.plugins.module_utils._agent.names import state_dir
+
+
+def hs_dir(root):
+    """The agent's directory for a release root (beside it, root-owned)."""
+    return type(root)(state_dir(str(root)))
+
+
 STATUS = {"installed": True, "node_up": True, "running": "1.0.0", "permanent": "1.0.0", "releases": [],
           "agent_version": "9.9.9"}
 ARGS = {"app": "demo", "root": "/opt/demo", "install_agent": True}
@@ -89,7 +97,7 @@ def test_the_module_reads_a_host_without_the_agent_and_writes_nothing(tmp_path):
 def test_the_module_names_an_older_installed_agent(tmp_path):
     from ansible_collections.beam.hotswap.plugins.modules import facts as module_mod
     from ansible_collections.beam.hotswap.plugins.module_utils._agent_client import AgentClient
-    hs = tmp_path / "demo" / ".hotswap"
+    hs = hs_dir(tmp_path / "demo")
     hs.mkdir(parents=True)
     (hs / "agent.py").write_text('"""old"""\nAGENT_VERSION = "0.9.0"\n')
     st = module_mod.read_status(AgentClient(mock.MagicMock(check_mode=False), str(tmp_path / "demo"), "demo"))

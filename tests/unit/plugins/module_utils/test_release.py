@@ -73,7 +73,9 @@ def test_plan_command(plan, package, command, must):
     assert all(isinstance(a, str) for a in args)
     joined = " ".join(args)
     assert " ".join(must) in joined
-    assert "--keep 5 --timeout 30 --service-manager auto --check rpc:true" in joined
+    assert "--keep 5 --timeout 30 --service-manager auto" in joined
+    assert "rpc:true" not in joined  # the health check travels on stdin (a URL may carry a token)
+    assert _release.settings_of(params(health_check="rpc:true"))["check"] == "rpc:true"
 
 
 def test_noop_plan_only_reads_the_status():
@@ -148,6 +150,9 @@ def test_every_task_option_the_agent_takes_round_trips_through_the_agents_parser
     argv = ["--root", "/opt/demo", "--app", "demo", "hot", "--version", "2.0.0", "--package", "/p", "--sha256", "b" * 64]
     ns = cli.build_parser().parse_args(argv + options.agent_option_args(p))
     for name, _spec, _flag, dest, kind, _default in options.TASK_OPTIONS:
+        if name in options.SETTINGS_OPTIONS:  # on stdin, with the settings
+            assert getattr(ns, dest) is None and _release.settings_of(p)["check"] == p[name], name
+            continue
         assert getattr(ns, dest) == kind(p[name]), name
     assert set(options.task_option_specs()) <= set(_release.argument_spec())
 

@@ -8,6 +8,14 @@ import pytest
 
 from hotswap_testlib.agent_artifact import AGENT_PATH, RELEASES, _cli, _host, ag
 
+from ansible_collections.beam.hotswap.plugins.module_utils._agent.names import state_dir
+
+
+def hs_dir(root):
+    """The agent's directory for a release root (beside it, root-owned)."""
+    return type(root)(state_dir(str(root)))
+
+
 
 def test_agent_is_stdlib_only():
     src = AGENT_PATH.read_text()
@@ -21,7 +29,7 @@ def test_agent_is_stdlib_only():
 def test_lock_second_holder_fails_fast(tmp_path):
     h = _host(tmp_path)
     with ag.Lock(h, "hot"):
-        holder = json.loads((tmp_path / ".hotswap" / "lock").read_text())
+        holder = json.loads((hs_dir(tmp_path) / "lock").read_text())
         assert holder["pid"] == os.getpid() and holder["cmd"] == "hot"
         # flock is per open file description: a second open in another process conflicts
         code = ("import importlib.util,sys\n"
@@ -39,7 +47,7 @@ def test_journal_appends_known_keys_only(tmp_path):
     h.ensure_hs()
     ag.journal(h, {"op": "hot", "version": "2.0.0", "result": "ok", "total_ms": 1.5, "env": {"SECRET": "x"}})
     ag.journal(h, {"op": "status", "result": "noop"})
-    lines = [json.loads(x) for x in (tmp_path / ".hotswap" / "journal.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (hs_dir(tmp_path) / "journal.jsonl").read_text().splitlines()]
     assert [x["op"] for x in lines] == ["hot", "status"]
     assert "env" not in lines[0] and "ts" in lines[0]
 
@@ -61,7 +69,7 @@ def test_cli_status_without_node(tmp_path):
     assert rc == 0
     assert out["permanent"] == "1.0.0" and out["unpacked"] == ["2.0.0"]
     assert out["start_erl"] == {"erts": "13.1.5", "version": "1.0.0"}
-    assert out["agent_version"] == "1.1.0"
+    assert out["agent_version"] == ag.AGENT_VERSION
     assert isinstance(out["node_up"], bool)
 
 

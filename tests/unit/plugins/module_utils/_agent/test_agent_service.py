@@ -4,6 +4,14 @@ import subprocess
 from hotswap_testlib.agent_artifact import ag
 from hotswap_testlib.requirements import require
 
+from ansible_collections.beam.hotswap.plugins.module_utils._agent.names import state_dir
+
+
+def hs_dir(root):
+    """The agent's directory for a release root (beside it, root-owned)."""
+    return type(root)(state_dir(str(root)))
+
+
 # ------------------------------------------------------------------ service managers
 
 
@@ -19,11 +27,12 @@ def test_resolve_service_manager(monkeypatch):
 def test_systemd_unit_text():
     u = ag.systemd_unit("/opt/demo", "demo", "demo")
     lines = u.splitlines()
-    for want in ("Type=exec", "ExecStart=/opt/demo/bin/demo start", "ExecStop=/opt/demo/bin/demo stop",
-                 "User=demo", "EnvironmentFile=-/opt/demo/.hotswap/env", "Restart=on-failure",
+    for want in ("Type=exec", "ExecStart=/opt/demo/bin/demo start",
+                 "User=demo", "EnvironmentFile=-/opt/.hotswap/demo/env", "Restart=on-failure",
                  "WantedBy=multi-user.target"):
         assert want in lines, want
     assert "restart" not in " ".join(x for x in lines if x.startswith("Exec"))  # never bin/APP restart
+    assert not [x for x in lines if x.startswith("ExecStop")]  # bin/APP stop shows the cookie in its argv
     assert "User=" not in ag.systemd_unit("/opt/demo", "demo", None)
     assert ag.unit_name("demo") == "hotswap-demo.service"
 
@@ -32,8 +41,8 @@ def test_systemd_unit_verifies(tmp_path):
     require("systemd-analyze")
     root = tmp_path / "root"
     (root / "bin").mkdir(parents=True)
-    (root / ".hotswap").mkdir()
-    (root / ".hotswap" / "env").write_text("RELEASE_NODE=demo\n")
+    hs_dir(root).mkdir(parents=True)
+    (hs_dir(root) / "env").write_text("RELEASE_NODE=demo\n")
     exe = root / "bin" / "demo"
     exe.write_text("#!/bin/sh\nexit 0\n")
     exe.chmod(0o755)
@@ -49,7 +58,7 @@ def test_systemd_unit_verifies(tmp_path):
 
 
 def test_ensure_unit_writes_only_when_changed(tmp_path):
-    h = ag.Host(str(tmp_path / "root"), "demo")
+    h = ag.Host(str(tmp_path / "root"), "demo", "nobody")
     calls = []
 
     def run(argv, **kw):
@@ -59,7 +68,7 @@ def test_ensure_unit_writes_only_when_changed(tmp_path):
     assert ag.ensure_unit(h, unit_dir=str(tmp_path / "units"), run=run) is True
     assert calls == [["daemon-reload"], ["enable", "hotswap-demo.service"]]
     text = (tmp_path / "units" / "hotswap-demo.service").read_text()
-    assert text == ag.systemd_unit(h.root, "demo", None)
+    assert text == ag.systemd_unit(h.root, "demo", "nobody")
     calls.clear()
     assert ag.ensure_unit(h, unit_dir=str(tmp_path / "units"), run=run) is False
     assert calls == []
