@@ -208,11 +208,18 @@ def _verify_committed(h, vsn):
 
 
 def cmd_commit(h, a):
-    """commit --version V: make the running release permanent (make_permanent) and check that the
-    boot files say so."""
+    """commit --version V: health-check the running release, make it permanent (make_permanent) and check
+    that the boot files say so.  A release whose check fails is never made permanent: a commit may follow
+    a run that was interrupted before its check passed."""
     vsn = a.version
     with Lock(h, "commit"):
         _need_up(h, "commit")
+        check = parse_check(a.check)
+        ok, why = run_health(h, vsn, check, a.timeout)
+        if not ok:
+            raise OpFailed(f"{vsn} runs but its health check ({check[0]}) fails: {why}; not made permanent "
+                           f"(a rollback returns to {permanent_version(h.releases() or []) or 'the permanent release'})",
+                           stage="health", healthy=False)
         r = h.rpc("commit", vsn=vsn, timeout=60)
         if not r.get("ok"):
             raise OpFailed(f"make_permanent({vsn}) failed: {r.get('error')}", host_version=r.get("running"))
