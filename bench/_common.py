@@ -38,7 +38,7 @@ STORE = "/opt/hotswap-store"      # /opt is private to each fleet host: a fresh 
 PREFIX = os.environ.get("HOTSWAP_BENCH_PREFIX", "hsb")
 WORKDIR = Path(os.environ.get("HOTSWAP_BENCH_DIR", REPO / "tests" / "output" / "bench"))
 FLEET_DIR = Path(os.environ.get("HOTSWAP_BENCH_FLEET_DIR", f"/tmp/{PREFIX}-fleet"))
-AGENT = ["/usr/bin/python3", "/opt/sample/.hotswap/agent.py", "--root", "/opt/sample", "--app", "sample"]
+AGENT = ["/usr/bin/python3", "/opt/.hotswap/sample/agent.py", "--root", "/opt/sample", "--app", "sample"]
 
 
 # a SIGTERM (kill PID) unwinds like an exception, so every fleet is torn down by its ``with`` block
@@ -147,7 +147,7 @@ class BenchFleet:
         return self.agent(host, "status")
 
     def journal(self, host, n=5) -> list:
-        r = self.fleet.run(host, f"tail -n {n} /opt/sample/.hotswap/journal.jsonl", check=False)
+        r = self.fleet.run(host, f"tail -n {n} /opt/.hotswap/sample/journal.jsonl", check=False)
         return [json.loads(x) for x in r.stdout.splitlines() if x.strip()]
 
 

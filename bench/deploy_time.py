@@ -46,7 +46,7 @@ GOAL_6_VS_1 = 1.3
 PLAY_HOSTS = [f"target{i}" for i in range(1, 7)]
 BASE_HOST = "target7"
 BASE_CM = Path("/run/hotswap-fleet") / f"{C.PREFIX}-base-cm"   # short: unix socket paths are limited
-ENV = "set -a; . /opt/sample/.hotswap/env; set +a; cd /opt/sample; "
+ENV = "set -a; . /opt/.hotswap/sample/env; set +a; cd /opt/sample; "
 # Seven hosts' nodes share this machine's cores with the controller: without this, each idle node's
 # schedulers spin between its 1 ms ticks (BEAM's busy-wait) and the idle fleet alone keeps about two
 # thirds of 2 cores busy. On real hosts that spinning uses each host's own CPU; here it is switched off

@@ -101,7 +101,7 @@ def run(rest_seconds: float = 5.0) -> dict:
             if not pkg:
                 raise RuntimeError(f"no 2.0.0 upgrade package on {host}: {st['packages']}")
             sha = pkg.split("-", 1)[0]
-            out = bf.agent(host, "--user", "sample", "hot", "--package", f"/opt/sample/.hotswap/packages/{pkg}",
+            out = bf.agent(host, "--user", "sample", "hot", "--package", f"/opt/.hotswap/sample/packages/{pkg}",
                            "--sha256", sha, "--version", "2.0.0")
             if out.get("failed") or out.get("host_version") != "2.0.0":
                 raise RuntimeError(f"agent hot failed: {out}")

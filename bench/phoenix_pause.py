@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 from hotswap_testlib import hexrepo, phoenix  # noqa: E402
 from hotswap_testlib.ansible_run import parse_recap, task_results  # noqa: E402
+from hotswap_testlib.layout import agent_dir
 
 PORT = 4120
 ROOT = "/opt/shop"
@@ -102,7 +103,7 @@ class ShopBench:
         return e
 
     def journal_last(self) -> dict:
-        r = self.bf.fleet.run(HOST, f"tail -n 1 {ROOT}/.hotswap/journal.jsonl", check=False)
+        r = self.bf.fleet.run(HOST, f"tail -n 1 {agent_dir(ROOT)}/journal.jsonl", check=False)
         try:
             return json.loads(r.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):

@@ -45,7 +45,7 @@ PREFIX = "hsd"
 PORT = 4040
 STORE = "/opt/hotswap-store"
 TARGETS = ["target1", "target2", "target3"]
-AGENT = ["/usr/bin/python3", "/opt/sample/.hotswap/agent.py", "--root", "/opt/sample", "--app", "sample"]
+AGENT = ["/usr/bin/python3", "/opt/.hotswap/sample/agent.py", "--root", "/opt/sample", "--app", "sample"]
 VERSIONS = {"1.0.0": (), "2.0.0": (), "3.0.0": ("vmargs",)}
 
 
@@ -139,7 +139,7 @@ class Demo:
         return json.loads(r.stdout)
 
     def journal_last(self, host):
-        r = self.fleet.run(host, "tail -n 1 /opt/sample/.hotswap/journal.jsonl", check=False)
+        r = self.fleet.run(host, "tail -n 1 /opt/.hotswap/sample/journal.jsonl", check=False)
         try:
             return json.loads(r.stdout)
         except ValueError:

@@ -24,6 +24,8 @@ import pytest
 
 from hotswap_testlib import sample
 from hotswap_testlib.requirements import require
+from hotswap_testlib import local_user
+from hotswap_testlib.layout import agent_dir
 
 REPO = Path(__file__).resolve().parents[2]
 AGENT = REPO / "roles" / "agent" / "files" / "hotswap_agent.py"
@@ -198,15 +200,17 @@ def make_bad_packages(info: dict, outdir: Path) -> dict:
 
 
 def deploy_v1(info: dict, root: Path, node: str):
-    """Lay out v1 as a first install would: tree, RELEASES, .hotswap/env."""
+    """Lay out v1 as a first install would: tree, RELEASES (the node user's), the agent's env."""
+    local_user.open_parents(root.parent)
     shutil.copytree(info["rel1"], root, symlinks=True)
     erl = (
         'ok = release_handler:create_RELEASES("", "%s/releases", "%s/releases/1.0.0/%s.rel", []), halt().'
         % (root, root, APP)
     )
     _run(["erl", "-noshell", "-eval", erl])
-    hs = root / ".hotswap"
-    hs.mkdir(mode=0o750)
+    local_user.chown_tree(root)
+    hs = agent_dir(root)
+    hs.mkdir(mode=0o711, parents=True)
     (hs / "env").write_text(f"RELEASE_NODE={node}\nDEMO_GREETING=hello-from-env\n")
     os.chmod(hs / "env", 0o600)
 
@@ -214,7 +218,7 @@ def deploy_v1(info: dict, root: Path, node: str):
 # --------------------------------------------------------------------------- helpers
 
 def agent(root, *args, timeout=120):
-    cmd = [sys.executable, str(AGENT), "--root", str(root), "--app", APP, *args]
+    cmd = [sys.executable, str(AGENT), "--root", str(root), "--app", APP, "--user", local_user.ensure_user(), *args]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     try:
         out = json.loads(p.stdout)
@@ -251,7 +255,7 @@ def node(built, tmp_path):
     yield {"root": root, "name": name, **built}
     rc, out = agent(root, "stop")
     if rc != 0:  # last resort: kill only the pid the agent recorded for this root
-        pidf = root / ".hotswap" / "pid"
+        pidf = agent_dir(root) / "pid"
         if pidf.exists():
             try:
                 os.kill(int(pidf.read_text().strip()), 9)
@@ -294,7 +298,7 @@ def test_hot_keeps_state_then_revert(node):
     assert st["os_pid"] == st0["os_pid"]
     assert st["running"] == "2.0.0" and st["permanent"] == "2.0.0"
     assert (root / "releases" / "start_erl.data").read_text().split()[1] == "2.0.0"
-    assert (root / ".hotswap" / "unpacked" / "2.0.0.sha256").read_text().strip() == node["sha256"]
+    assert (agent_dir(root) / "unpacked" / "2.0.0.sha256").read_text().strip() == node["sha256"]
     # idempotent: same package again is a no-op
     rc, again = agent(root, "hot", "--package", node["package"], "--sha256", node["sha256"],
                       "--version", "2.0.0")
@@ -318,7 +322,7 @@ def test_hot_keeps_state_then_revert(node):
     assert rc == 0, out
     assert counter(node) == "{42, 2, %{count: 42, upgraded: true}}"
     # journal: one line per op, no env values
-    journal = (root / ".hotswap" / "journal.jsonl").read_text()
+    journal = (agent_dir(root) / "journal.jsonl").read_text()
     lines = [json.loads(x) for x in journal.splitlines()]
     assert [x["op"] for x in lines if x["op"] in ("hot", "revert")] == ["hot", "hot", "revert", "hot"]
     assert "hello-from-env" not in journal
@@ -389,7 +393,7 @@ def test_lock_fails_fast(node):
          "f=open(sys.argv[1],'a+'); fcntl.flock(f, fcntl.LOCK_EX|fcntl.LOCK_NB)\n"
          "f.truncate(0); f.write('{\"pid\": %d, \"cmd\": \"hot\", \"since\": 0}' % os.getpid()); f.flush()\n"
          "print('locked', flush=True); time.sleep(30)",
-         str(root / ".hotswap" / "lock")],
+         str(agent_dir(root) / "lock")],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -489,7 +493,7 @@ def test_stale_unpack_is_cleaned_and_prune_with_node_up(node):
     rc, u = agent(root, "unpack", "--package", pkg, "--sha256", sha, "--version", "2.0.0")
     assert rc == 0 and u["changed"] and u["registered"] == "rpc", u
     # pretend an earlier unpack came from another package: it must be removed and redone
-    (root / ".hotswap" / "unpacked" / "2.0.0.sha256").write_text("0" * 64 + "\n")
+    (agent_dir(root) / "unpacked" / "2.0.0.sha256").write_text("0" * 64 + "\n")
     rc, u = agent(root, "unpack", "--package", pkg, "--sha256", sha, "--version", "2.0.0")
     assert rc == 0 and u["changed"], u
     assert any("remove_release" in c for c in u["cleaned"]), u
@@ -569,7 +573,7 @@ def full_tarball(sample_builds, version, flags=()):
 
 
 def sagent(root, *args, timeout=180):
-    cmd = [sys.executable, str(AGENT), "--root", str(root), "--app", "sample", *args]
+    cmd = [sys.executable, str(AGENT), "--root", str(root), "--app", "sample", "--user", local_user.ensure_user(), *args]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     try:
         out = json.loads(p.stdout)
@@ -589,17 +593,18 @@ def _vsn_over_tcp(port):
 def sample_root(tmp_path):
     root = tmp_path / "sroot"
     port = sample.free_port()
-    (root / ".hotswap").mkdir(parents=True, mode=0o750)
-    (root / ".hotswap" / "env").write_text(
+    local_user.open_parents(tmp_path)
+    agent_dir(root).mkdir(parents=True, mode=0o711)
+    (agent_dir(root) / "env").write_text(
         f"SAMPLE_PORT={port}\nRELEASE_DISTRIBUTION=name\nRELEASE_NODE=sample_{port}@127.0.0.1\n")
-    (root / ".hotswap" / "env").chmod(0o600)
+    (agent_dir(root) / "env").chmod(0o600)
     cookie = "hs_" + uuid.uuid4().hex
-    (root / ".hotswap" / "cookie").write_text(cookie)
-    (root / ".hotswap" / "cookie").chmod(0o400)
+    (agent_dir(root) / "cookie").write_text(cookie)
+    (agent_dir(root) / "cookie").chmod(0o400)
     yield {"root": root, "port": port, "cookie": cookie}
     rc, out = sagent(root, "stop", "--service-manager", "daemon")
     if rc != 0:  # last resort: only the pid the agent recorded for this root
-        pidf = root / ".hotswap" / "pid"
+        pidf = agent_dir(root) / "pid"
         if pidf.exists():
             try:
                 os.kill(int(pidf.read_text().strip()), 9)
@@ -662,7 +667,7 @@ def test_first_install_cold_and_cold_rollback_of_sample(sample_builds, sample_ro
     assert (st["node_up"], st["running"], st["permanent"], st["previous"]) == (True, "1.0.0", "1.0.0", "1.1.0"), st
     assert (root / "releases" / "start_erl.data").read_text().split()[1] == "1.0.0"
     assert b"-sbwt" not in (Path("/proc") / str(st["os_pid"]) / "cmdline").read_bytes().split(b"\0")
-    journal = (root / ".hotswap" / "journal.jsonl").read_text()
+    journal = (agent_dir(root) / "journal.jsonl").read_text()
     assert sample_root["cookie"] not in journal
     ops = [json.loads(x)["op"] for x in journal.splitlines()]
     assert [o for o in ops if o != "status"] == ["first-install", "first-install", "cold", "cold", "cold", "stop",

@@ -73,7 +73,7 @@ def _deploy(fleet, env, version, check=False, diff=False, **kw):
 
 
 def _agent_status(fleet, host):
-    r = fleet.run(host, ["/usr/bin/python3", "/opt/sample/.hotswap/agent.py", "--root", "/opt/sample",
+    r = fleet.run(host, ["/usr/bin/python3", "/opt/.hotswap/sample/agent.py", "--root", "/opt/sample",
                          "--app", "sample", "status"])
     return json.loads(r.stdout)
 
@@ -158,7 +158,7 @@ def test_failing_health_check_on_the_canary_reverts_it_and_stops_the_rollout(fle
 
 def test_cold_stop_and_start_boots_the_committed_release(fleet, env):
     t = "target3"
-    agent = ["/usr/bin/python3", "/opt/sample/.hotswap/agent.py", "--root", "/opt/sample", "--app", "sample",
+    agent = ["/usr/bin/python3", "/opt/.hotswap/sample/agent.py", "--root", "/opt/sample", "--app", "sample",
              "--user", "sample"]
     fleet.run(t, agent + ["stop"], timeout=60)
     fleet.run(t, agent + ["start"], timeout=60)

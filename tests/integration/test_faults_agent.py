@@ -30,6 +30,8 @@ for p in (REPO / ".venv" / "collections", REPO / "tests"):
 
 from hotswap_testlib import sample  # noqa: E402
 from hotswap_testlib.requirements import require, require_root  # noqa: E402
+from hotswap_testlib import local_user
+from hotswap_testlib.layout import agent_dir
 
 pytestmark = pytest.mark.integration
 
@@ -94,7 +96,7 @@ def build_packages(base: Path) -> dict:
 # --------------------------------------------------------------------------- fixtures + helpers
 
 def sagent(root, *args, env=None, timeout=240):
-    cmd = [sys.executable, str(AGENT), "--root", str(root), "--app", APP, *args]
+    cmd = [sys.executable, str(AGENT), "--root", str(root), "--app", APP, "--user", local_user.ensure_user(), *args]
     e = dict(os.environ, **(env or {}))
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=e, check=False)
     try:
@@ -113,7 +115,7 @@ def tcp(port, *cmds):
 
 def node_rpc(h, expr):
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELEASE_")}
-    env.update(l.split("=", 1) for l in (h["root"] / ".hotswap" / "env").read_text().split())
+    env.update(l.split("=", 1) for l in (agent_dir(h["root"]) / "env").read_text().split())
     p = subprocess.run([str(h["root"] / "bin" / APP), "rpc", expr], env=env, capture_output=True, text=True,
                        timeout=60, check=False)
     assert p.returncode == 0, p.stdout + p.stderr
@@ -135,18 +137,19 @@ def pkgs(tmp_path_factory):
 
 def _new_root(root: Path):
     port = sample.free_port()
-    (root / ".hotswap").mkdir(parents=True, mode=0o750)
-    (root / ".hotswap" / "env").write_text(
+    local_user.open_parents(root.parent)
+    agent_dir(root).mkdir(parents=True, mode=0o711)
+    (agent_dir(root) / "env").write_text(
         f"SAMPLE_PORT={port}\nRELEASE_DISTRIBUTION=name\nRELEASE_NODE=sample_{port}@127.0.0.1\n")
-    (root / ".hotswap" / "env").chmod(0o600)
-    (root / ".hotswap" / "cookie").write_text("hs_" + uuid.uuid4().hex)
-    (root / ".hotswap" / "cookie").chmod(0o400)
+    (agent_dir(root) / "env").chmod(0o600)
+    (agent_dir(root) / "cookie").write_text("hs_" + uuid.uuid4().hex)
+    (agent_dir(root) / "cookie").chmod(0o400)
     return port
 
 
 def _teardown_root(root: Path):
     rc, _out = sagent(root, "stop", *SM)
-    pidf = root / ".hotswap" / "pid"
+    pidf = agent_dir(root) / "pid"
     if rc != 0 and pidf.exists():  # last resort: only the pid the agent recorded for this root
         try:
             os.kill(int(pidf.read_text().strip()), 9)
@@ -338,6 +341,7 @@ def tmpfs_host(pkgs, tmp_path):
     require("mount")
     root = tmp_path / "tmpfs_root"
     root.mkdir()
+    local_user.open_parents(root)
     size = sum(os.lstat(os.path.join(dp, f)).st_blocks * 512 for dp, _d, fs in os.walk(pkgs["full1_release_dir"])
                for f in fs)
     size_mb = size // (1 << 20) + 4  # the release + the agent's state, logs, a little room
@@ -364,7 +368,7 @@ def test_disk_full_during_unpack(tmpfs_host):
     tcp(port, "ADD 4")
     st = os.statvfs(root)
     free = st.f_bavail * st.f_frsize
-    filler = root / ".hotswap" / "filler"
+    filler = root / "filler"  # the tmpfs is the release root; the agent's directory is beside it
     with open(filler, "wb") as f:
         f.truncate(0)
         left = free - 20 * 1024
@@ -380,7 +384,7 @@ def test_disk_full_during_unpack(tmpfs_host):
     assert rc == 1 and out["failed"] is True, out
     assert "no space left on device while unpacking" in out["msg"] and "nothing changed" in out["msg"], out
     assert sample.tree_listing(root) == before
-    assert not [n for n in os.listdir(root / ".hotswap") if n.startswith("staging")]
+    assert not [n for n in os.listdir(agent_dir(root)) if n.startswith("staging")]
     assert not (root / "releases" / "2.0.0").exists() and not (root / "lib" / "sample-2.0.0").exists()
     st = _status(root)
     assert (st["running"], st["permanent"]) == ("1.0.0", "1.0.0") and start_erl_vsn(root) == "1.0.0"

@@ -26,6 +26,7 @@ import pytest
 
 from hotswap_testlib import hexrepo
 from hotswap_testlib.ansible_run import parse_recap, run_playbook, task_result
+from hotswap_testlib.layout import agent_cmd
 
 pytestmark = [pytest.mark.integration, pytest.mark.fleet]
 
@@ -39,7 +40,7 @@ PORT = 4110
 # really fetches from the mirror, and no other test module's store is touched
 STORE = "/opt/hexapp-store"
 TARGETS = ["target1", "target2", "target3"]
-AGENT = ["/usr/bin/python3", ROOT + "/.hotswap/agent.py", "--root", ROOT, "--app", APP]
+AGENT = agent_cmd(ROOT, APP)
 ENV = {"HEXAPP_PORT": str(PORT), "RELEASE_NODE": APP}
 BUILD_TASK = "Build the release"
 

@@ -24,6 +24,7 @@ import pytest
 
 from hotswap_testlib import sample
 from hotswap_testlib.ansible_run import parse_recap
+from hotswap_testlib.layout import agent_cmd
 
 pytestmark = [pytest.mark.integration, pytest.mark.fleet]
 
@@ -33,7 +34,7 @@ PORT = 4070
 NODE = "ways"              # RELEASE_NODE: beside the other modules' nodes on the same hosts
 STORE = "/opt/hotswap-store-ways"
 HOST = "target1"
-AGENT = ["/usr/bin/python3", ROOT + "/.hotswap/agent.py", "--root", ROOT, "--app", "sample"]
+AGENT = agent_cmd(ROOT, "sample")
 
 
 def _ansible_core_pin() -> str:

@@ -14,6 +14,7 @@ import pytest
 
 from hotswap_testlib import ledger
 from hotswap_testlib.ansible_run import parse_recap, run_playbook
+from hotswap_testlib.layout import agent_cmd
 
 pytestmark = [pytest.mark.integration, pytest.mark.fleet]
 
@@ -23,7 +24,7 @@ ROOT = "/opt/ledger"
 PORT = 5050
 STORE = "/opt/ledger-store"
 TARGETS = ["target1", "target2", "target3"]
-AGENT = ["/usr/bin/python3", ROOT + "/.hotswap/agent.py", "--root", ROOT, "--app", "ledger"]
+AGENT = agent_cmd(ROOT, "ledger")
 ENV = {"LEDGER_PORT": str(PORT), "LEDGER_GREETING": "hello-ledger", "RELEASE_NODE": "ledger"}
 
 

@@ -41,6 +41,7 @@ import pytest
 
 from hotswap_testlib import phoenix
 from hotswap_testlib.ansible_run import parse_recap, run_playbook, task_results
+from hotswap_testlib.layout import agent_dir
 
 pytestmark = [pytest.mark.integration, pytest.mark.fleet]
 
@@ -64,7 +65,7 @@ class Site:
     def __init__(self, fleet, hex_mirror, tmp, name, root, port, store, server):
         self.fleet, self.hex_mirror, self.tmp = fleet, hex_mirror, tmp
         self.name, self.root, self.port, self.store, self.server = name, root, port, store, server
-        self.agent = ["/usr/bin/python3", root + "/.hotswap/agent.py", "--root", root, "--app", phoenix.APP]
+        self.agent = ["/usr/bin/python3", agent_dir(root) + "/agent.py", "--root", root, "--app", phoenix.APP]
         # run_erl keeps 5 logs of 100 kB by default: seconds of this app's request log under load; keep more
         self.env = {"SHOP_PORT": str(port), "SHOP_GREETING": GREETING, "SHOP_IP": "0.0.0.0", "RELEASE_NODE": name,
                     "RUN_ERL_LOG_MAXSIZE": "20000000", "RUN_ERL_LOG_GENERATIONS": "10"}

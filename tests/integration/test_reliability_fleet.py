@@ -22,6 +22,7 @@ import pytest
 
 from hotswap_testlib import sample
 from hotswap_testlib.ansible_run import ANSIBLE_PLAYBOOK, ansible_env, parse_recap, run_playbook
+from hotswap_testlib.layout import agent_dir, agent_cmd
 
 pytestmark = [pytest.mark.integration, pytest.mark.fleet]
 
@@ -35,7 +36,7 @@ STORE = "/opt/rel-store"
 PORT = 4060
 COOKIE = "SECRETCOOKIE123"
 TARGETS = ["target1", "target2", "target3"]
-AGENT = ["/usr/bin/python3", ROOT + "/.hotswap/agent.py", "--root", ROOT, "--app", APP]
+AGENT = agent_cmd(ROOT, APP)
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +153,7 @@ def test_first_install_with_a_cookie_never_prints_or_journals_it(fleet, env):
     assert COOKIE not in out and COOKIE not in err
     places = []
     for t in TARGETS:
-        places.append(_host_path(fleet, t, ROOT + "/.hotswap/journal.jsonl"))
+        places.append(_host_path(fleet, t, agent_dir(ROOT) + "/journal.jsonl"))
     for sub in ("reports", "artifacts"):
         for dirpath, _d, files in os.walk(env["tmp"] / sub):
             places += [os.path.join(dirpath, f) for f in files]
@@ -185,23 +186,28 @@ def test_files_on_hosts_have_the_owner_and_mode_of_operations_md(fleet, env):
         _check(p("/releases/RELEASES"), APP, 0o644, mismatches, t + " releases/RELEASES")
         _check(p("/releases/start_erl.data"), APP, 0o644, mismatches, t + " releases/start_erl.data")
         _check(p("/releases/COOKIE"), APP, 0o400, mismatches, t + " releases/COOKIE")
-        _check(p("/.hotswap"), "root", 0o750, mismatches, t + " .hotswap/")
-        _check(p("/.hotswap/agent.py"), "root", 0o750, mismatches, t + " .hotswap/agent.py")
-        _check(p("/.hotswap/node.exs"), "root", 0o640, mismatches, t + " .hotswap/node.exs")
-        _check(p("/.hotswap/env"), "root", 0o600, mismatches, t + " .hotswap/env")
-        _check(p("/.hotswap/cookie"), "root", 0o400, mismatches, t + " .hotswap/cookie")
-        pk = p("/.hotswap/packages")
-        for f in sorted(os.listdir(pk)):
-            _check(os.path.join(pk, f), "root", 0o644, mismatches, t + " .hotswap/packages/" + f)
+        def a(rel, t=t):
+            return _host_path(fleet, t, agent_dir(ROOT) + rel)
+        _check(a("/.."), "root", 0o711, mismatches, t + " PARENT/.hotswap/")
+        _check(a(""), "root", 0o711, mismatches, t + " PARENT/.hotswap/NAME/")
+        _check(a("/agent.py"), "root", 0o700, mismatches, t + " agent.py")
+        _check(a("/node.exs"), "root", 0o600, mismatches, t + " node.exs")
+        _check(a("/env"), "root", 0o600, mismatches, t + " env")
+        _check(a("/cookie"), "root", 0o400, mismatches, t + " cookie")
+        _check(a("/.erlang.cookie"), APP, 0o400, mismatches, t + " .erlang.cookie")
+        _check(a("/packages"), "root", 0o700, mismatches, t + " packages/")
+        for f in sorted(os.listdir(a("/packages"))):
+            _check(os.path.join(a("/packages"), f), "root", 0o600, mismatches, t + " packages/" + f)
+        assert not os.path.lexists(p("/.hotswap")), t + ": the agent's state is inside the node user's tree"
     assert not mismatches, "\n".join(mismatches)
 
 
 def test_agent_written_journal_and_lock_are_0600_as_operations_md_says(fleet, env):
     mismatches = []
     for t in TARGETS:
-        _check(_host_path(fleet, t, ROOT + "/.hotswap/journal.jsonl"), "root", 0o600, mismatches,
+        _check(_host_path(fleet, t, agent_dir(ROOT) + "/journal.jsonl"), "root", 0o600, mismatches,
                t + " .hotswap/journal.jsonl")
-        _check(_host_path(fleet, t, ROOT + "/.hotswap/lock"), "root", 0o600, mismatches, t + " .hotswap/lock")
+        _check(_host_path(fleet, t, agent_dir(ROOT) + "/lock"), "root", 0o600, mismatches, t + " .hotswap/lock")
     assert not mismatches, "\n".join(mismatches)
 
 
@@ -337,7 +343,7 @@ def test_build_failing_halfway_touches_no_target(fleet, env):
 
 @pytest.mark.fault
 def test_old_agent_is_refused_by_status_and_reinstalled_by_deploy(fleet, env):
-    path = _host_path(fleet, "target1", ROOT + "/.hotswap/agent.py")
+    path = _host_path(fleet, "target1", agent_dir(ROOT) + "/agent.py")
     with open(path) as f:
         src = f.read()
     old = re.sub(r'^AGENT_VERSION = "[^"]*"', 'AGENT_VERSION = "0.9.0"', src, count=1, flags=re.M)
@@ -432,7 +438,7 @@ def test_link_cut_mid_rollout_stops_it_and_the_rerun_converges(fleet, env):
 def _lock_holder(fleet, host):
     """The pid written in the lock file when that process is alive (pids are global: no pid namespaces)."""
     try:
-        with open(_host_path(fleet, host, ROOT + "/.hotswap/lock")) as f:
+        with open(_host_path(fleet, host, agent_dir(ROOT) + "/lock")) as f:
             pid = json.loads(f.read() or "{}").get("pid")
     except (OSError, ValueError):
         return None

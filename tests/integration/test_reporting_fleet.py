@@ -17,6 +17,7 @@ import pytest
 
 from hotswap_testlib import sample
 from hotswap_testlib.ansible_run import parse_recap, run_playbook
+from hotswap_testlib.layout import agent_cmd
 
 pytestmark = [pytest.mark.integration, pytest.mark.fleet]
 
@@ -28,7 +29,7 @@ PORT = 4090
 NODE = "reporting"
 STORE = "/opt/reporting-store"
 TARGETS = ["target1", "target2", "target3"]
-AGENT = ["/usr/bin/python3", ROOT + "/.hotswap/agent.py", "--root", ROOT, "--app", "sample"]
+AGENT = agent_cmd(ROOT, "sample")
 TIMINGS = []
 
 

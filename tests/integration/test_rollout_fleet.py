@@ -22,6 +22,7 @@ import pytest
 
 from hotswap_testlib import sample
 from hotswap_testlib.ansible_run import parse_recap, run_playbook, task_result, task_results
+from hotswap_testlib.layout import agent_dir, agent_cmd
 
 pytestmark = [pytest.mark.integration, pytest.mark.fleet]
 
@@ -36,7 +37,7 @@ STORE = "/opt/rollout-store"  # /opt is private to each fleet host
 HTTP_PORT = 8450
 TARGETS = ["target1", "target2", "target3"]
 VERSIONS = {"1.0.0": (), "1.1.0": ("vmargs",), "2.0.0": (), "3.0.0": (), "4.0.0": (), "5.0.0": ()}
-AGENT = ["/usr/bin/python3", ROOT + "/.hotswap/agent.py", "--root", ROOT, "--app", "sample"]
+AGENT = agent_cmd(ROOT, "sample")
 TIMINGS = []
 
 
@@ -430,7 +431,7 @@ def test_pull_mode_refuses_a_missing_or_tampered_file_and_changes_nothing(fleet,
     assert re.search(r"/bad/sample/5\.0\.0/\S+ does not match its sha256 in the manifest [^\n]*refused, nothing "
                      r"changed", out), _tail(out, err)
     assert _diff(before, _snapshot(fleet)) == {}
-    assert not glob.glob(str(fleet.opt_dir("target1")) + "/rollout/.hotswap/packages/*.part")
+    assert not glob.glob(str(fleet.opt_dir("target1")) + "/.hotswap/rollout/*.part")
 
 
 def test_pull_mode_hosts_fetch_only_what_they_need(fleet, env, http_server):
@@ -467,7 +468,7 @@ def test_a_plan_made_from_stale_facts_is_refused_by_the_agent_and_made_again_by_
     (--expect-state), nothing happens on that plan, and the module plans again from the host itself."""
     _assert_on(fleet, "target1", "5.0.0")
     manifest = json.loads((env["tmp"] / "artifacts" / "sample" / "5.0.0" / "manifest.json").read_text())
-    journal_before = fleet.run("target1", ["wc", "-l", ROOT + "/.hotswap/journal.jsonl"]).stdout.split()[0]
+    journal_before = fleet.run("target1", ["wc", "-l", agent_dir(ROOT) + "/journal.jsonl"]).stdout.split()[0]
     play = env["tmp"] / "stale.yml"
     play.write_text(json.dumps([{
         "hosts": "target1", "gather_facts": False,
@@ -498,5 +499,5 @@ def test_a_plan_made_from_stale_facts_is_refused_by_the_agent_and_made_again_by_
     _assert_on(fleet, "target1", "5.0.0")
     # the refused plans left no trace in the journal: only the operator's rollback and the upgrade
     lines = fleet.run("target1", ["tail", "-n", "+%d" % (int(journal_before) + 1),
-                                  ROOT + "/.hotswap/journal.jsonl"]).stdout.splitlines()
+                                  agent_dir(ROOT) + "/journal.jsonl"]).stdout.splitlines()
     assert [json.loads(x)["op"] for x in lines] == ["rollback", "hot"], lines

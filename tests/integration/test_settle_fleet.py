@@ -17,6 +17,7 @@ import pytest
 
 from hotswap_testlib import sample
 from hotswap_testlib.ansible_run import parse_recap, run_playbook
+from hotswap_testlib.layout import agent_cmd
 
 pytestmark = [pytest.mark.integration, pytest.mark.fleet]
 
@@ -27,7 +28,7 @@ PORT = 4080
 NODE = "settle"
 STORE = "/opt/settle-store"
 TARGETS = ["target1", "target2", "target3"]
-AGENT = ["/usr/bin/python3", ROOT + "/.hotswap/agent.py", "--root", ROOT, "--app", "sample"]
+AGENT = agent_cmd(ROOT, "sample")
 
 
 @pytest.fixture(scope="module")
