@@ -134,7 +134,12 @@ def run(argv, settings=None):
         h = Host(a.root, a.app, a.user)
         h.check_parents()
         h.service_manager = resolve_service_manager(a.service_manager)
-        if a.command not in READ_OPS and a.command != "first-install" and not os.path.isdir(h.root):
+        if a.command == "first-install" and not os.path.lexists(h.root):
+            # a new release root: the node user's, 0750 (its parents are root's: check_parents)
+            pw = h.run_pw()
+            os.mkdir(h.root, 0o750)
+            os.lchown(h.root, pw.pw_uid, pw.pw_gid)
+        if a.command not in READ_OPS and not os.path.isdir(h.root):
             raise OpFailed(f"release root {h.root} does not exist")
         if a.expect_state is not None:
             now = state_key(h)
