@@ -17,7 +17,7 @@ from .state import journal, Lock
 from .reads import cmd_facts, cmd_status, ensure_user, state_key
 from .packages import apply_settings, cmd_unpack, store_package
 from .health import cmd_health, parse_check
-from .service import cmd_start, cmd_stop, resolve_service_manager
+from .service import cmd_start, cmd_stop, ensure_unit, resolve_service_manager, SYSTEMD_UNIT_DIR, unit_name
 from .prune import cmd_prune
 from .hot import cmd_commit, cmd_hot, cmd_install, cmd_revert
 from .full import cmd_cold, cmd_first_install, cmd_rollback
@@ -151,6 +151,11 @@ def run(argv, settings=None):
         with (Lock(h, a.command) if a.command not in READ_OPS else contextlib.nullcontext()):
             if any(settings.values()) and a.command not in READ_OPS:
                 out["settings_changed"] = apply_settings(h, settings)
+            if a.command not in READ_OPS and h.service_manager == "systemd" and \
+                    os.path.exists(os.path.join(SYSTEMD_UNIT_DIR, unit_name(h.app))) and ensure_unit(h):
+                # a unit written by an earlier agent (its EnvironmentFile in ROOT/.hotswap, ExecStop): the node
+                # keeps running; its next start uses this one
+                h.repaired.append(f"rewrote {unit_name(h.app)} (daemon-reload, no restart)")
             if a.store_package:
                 if not getattr(a, "package", None):
                     raise BadInput("--store-package needs --package")
