@@ -18,7 +18,7 @@ description:
     even a directory; the module runs the collection's own agent code in its process, so a host without the
     agent (or with another version of it) is read the same way and nothing is left behind when the run stops
     later (a failed build, a wrong C(hotswap_app)).
-  - C(hotswap_host.agent_current) says whether the agent installed in C(ROOT/.hotswap/) is the one this
+  - C(hotswap_host.agent_current) says whether the agent installed in C(PARENT/.hotswap/NAME/) is the one this
     collection ships; role C(beam.hotswap.upgrade) installs it with O(install_agent=true) only when it is not,
     right before the release task (the action plugin sends checksums first and the files only when needed).
   - When the installed agent is the expected one, the action plugin reads the same facts by running it
@@ -83,7 +83,7 @@ ansible_facts:
         - The agent's status (C(installed), C(node_up), C(os_pid), C(running), C(permanent), C(current),
           C(previous), C(unpacked), C(old), C(releases), C(relup_down), C(packages), C(agent_version)) plus
           C(fingerprint) (the OS fingerprint), C(versions) (every version the host runs or holds),
-          C(agent_installed) (an agent is in C(ROOT/.hotswap/)), C(agent_current) (it is the one this
+          C(agent_installed) (an agent is in C(PARENT/.hotswap/NAME/)), C(agent_current) (it is the one this
           collection ships; absent when the action plugin gave no checksums), and when the module read a host
           whose agent is not current, C(installed_agent_version) and C(agent_outdated) (older than this
           collection's).
