@@ -4,9 +4,15 @@ writer whose output `file:consult` reads back.
 
 Atoms are :class:`Atom` (a ``str`` subclass); Erlang strings are ``str``; binaries are ``bytes``; tuples
 are ``tuple``; lists are ``list``; maps are ``dict``.
+
+Versions and lib dir names read from RELEASES and .rel files become paths on the host: ``parse_releases`` and
+``parse_rel`` refuse (ValueError naming the entry) a release or ERTS version that is not a valid version and a
+lib dir that is not a plain NAME-VSN name, so nothing like ``1.0.0/../../x`` ever reaches a path.
 """
 
 import re
+
+from .names import valid_version
 
 
 class Atom(str):
@@ -297,8 +303,32 @@ def _s(v):
     raise TermError(f"expected a string, got {v!r}")
 
 
+_LIB_APP_RE = re.compile(r"[^/\x00-\x1f\x7f.][^/\x00-\x1f\x7f]*\Z")
+
+
+def valid_lib(app, vsn):
+    """True when ``app``-``vsn`` is a safe lib dir name (one path component, no '..', a valid version)."""
+    return isinstance(app, str) and _LIB_APP_RE.match(app) is not None and ".." not in app and valid_version(vsn)
+
+
+def check_release_names(what, vsn, erts, libs):
+    """Raise TermError unless vsn and erts are valid versions and each (app, vsn[, dir]) names a plain lib dir."""
+    for label, v in (("version", vsn), ("ERTS version", erts)):
+        if not valid_version(v):
+            raise TermError(f"{what}: {label} {v!r} is not a valid version (letters, digits and . _ + -, no '..')")
+    for lib in libs:
+        if not valid_lib(lib[0], lib[1]):
+            raise TermError(f"{what}: lib {lib[0]!r} {lib[1]!r} is not a plain NAME-VSN directory name")
+        if len(lib) > 2:
+            d = lib[2]
+            parts = d.rstrip("/").split("/")
+            if ".." in parts or any(ord(c) < 0x20 for c in d) or not valid_lib(*parts[-1].rpartition("-")[::2]):
+                raise TermError(f"{what}: lib dir {d!r} of {lib[0]} is not a plain .../NAME-VSN path")
+
+
 def parse_releases(text):
-    """releases/RELEASES -> [{"name","version","erts","libs":[(app,vsn,dir)],"status"}]"""
+    """releases/RELEASES -> [{"name","version","erts","libs":[(app,vsn,dir)],"status"}]; an entry whose
+    version, ERTS version or lib dirs are not safe names is refused (TermError)."""
     terms = parse_terms(text)
     if len(terms) != 1 or not isinstance(terms[0], list):
         raise TermError("RELEASES must hold one list")
@@ -307,10 +337,12 @@ def parse_releases(text):
         if not (isinstance(r, tuple) and len(r) == 6 and r[0] == "release"):
             raise TermError(f"bad release entry {r!r}")
         _ign, name, vsn, erts, libs, status = r
-        rels.append({
-            "name": _s(name), "version": _s(vsn), "erts": _s(erts), "status": str(status),
-            "libs": [(str(l[0]), _s(l[1]), _s(l[2])) for l in libs],
-        })
+        if not isinstance(libs, list) or not all(isinstance(x, tuple) and len(x) == 3 for x in libs):
+            raise TermError(f"bad lib list in release entry {_s(vsn)!r}")
+        rel = {"name": _s(name), "version": _s(vsn), "erts": _s(erts), "status": str(status),
+               "libs": [(str(x[0]), _s(x[1]), _s(x[2])) for x in libs]}
+        check_release_names(f"RELEASES entry {rel['version']!r}", rel["version"], rel["erts"], rel["libs"])
+        rels.append(rel)
     return rels
 
 
@@ -334,5 +366,6 @@ def parse_rel(text):
     if not (isinstance(t, tuple) and len(t) == 4 and t[0] == "release"):
         raise TermError("not a release resource term")
     _ign, (name, vsn), (_erts_tag, erts), apps = t
-    return {"name": _s(name), "version": _s(vsn), "erts": _s(erts),
-            "apps": [(str(a[0]), _s(a[1])) for a in apps]}
+    rel = {"name": _s(name), "version": _s(vsn), "erts": _s(erts), "apps": [(str(a[0]), _s(a[1])) for a in apps]}
+    check_release_names(f"release {rel['name']} {rel['version']!r}", rel["version"], rel["erts"], rel["apps"])
+    return rel

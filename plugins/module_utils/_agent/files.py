@@ -25,21 +25,18 @@ from .names import ENV_KEY_RE
 
 
 def parse_env(text):
-    """KEY=VALUE lines; '#' comments, blank lines, optional 'export ', optional quotes."""
+    """KEY=VALUE lines ('#' comments and blank lines skipped, an optional 'export ' prefix): the key must
+    match exactly (no surrounding blanks), the value is kept byte-exact (everything after the first '=',
+    quotes and blanks included), as the agent writes it."""
     env = {}
-    for i, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
+    for i, line in enumerate(text.split("\n"), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
             continue
         if line.startswith("export "):
-            line = line[7:].lstrip()
+            line = line[7:]
         key, sep, val = line.partition("=")
-        key = key.strip()
-        if not sep or not ENV_KEY_RE.fullmatch(key):
-            raise ValueError(f"env line {i}: expected KEY=VALUE")
-        val = val.strip()
-        if len(val) >= 2 and val[0] == val[-1] and val[0] in "\"'":
-            val = val[1:-1]
+        if not sep or not ENV_KEY_RE.fullmatch(key) or "\0" in val:
+            raise ValueError(f"env line {i}: expected KEY=VALUE (KEY letters, digits and _, nothing around it)")
         env[key] = val
     return env
 
@@ -260,16 +257,17 @@ def safe_rename(src_root, src_rel, dst_root, dst_rel):
         os.close(sfd)
 
 
-def lchown_tree_at(root, rel, uid, gid):
+def lchown_tree_at(root, rel, uid, gid, top=True):
     """Chown ROOT/rel and everything below it to uid:gid (when we are root) without following any link:
-    lchown on each entry, walking through no-follow dir fds."""
+    lchown on each entry, walking through no-follow dir fds (``top=False``: not ROOT/rel itself)."""
     if os.geteuid() != 0:
         return
     parts = _rel_parts(root, rel)
     fd = safe_open_dir(root, "/".join(parts))
 
-    def walk(dfd):
-        os.fchown(dfd, uid, gid)
+    def walk(dfd, me=True):
+        if me:
+            os.fchown(dfd, uid, gid)
         for name in os.listdir(dfd):
             st = os.lstat(name, dir_fd=dfd)
             if stat.S_ISDIR(st.st_mode):
@@ -281,7 +279,7 @@ def lchown_tree_at(root, rel, uid, gid):
             else:
                 os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
     try:
-        walk(fd)
+        walk(fd, top)
     finally:
         os.close(fd)
 
@@ -465,15 +463,6 @@ def safe_extract(tf, members, dest):
                 os.fchmod(fo.fileno(), (mode & 0o755) | 0o600)
         finally:
             os.close(dfd)
-
-
-def chown_tree(path, uid, gid):
-    if os.geteuid() != 0:
-        return
-    for dp, dns, fns in os.walk(path):
-        os.lchown(dp, uid, gid)
-        for x in dns + fns:
-            os.lchown(os.path.join(dp, x), uid, gid)
 
 
 def rmtree(path):

@@ -4,14 +4,18 @@ holds (hot over the relup's down edge when it exists, cold otherwise).
 
 import json
 import os
-import shutil
+import pwd
+import re
+import stat
 
 from .errors import now_ms, OpFailed, PackageRefused
 from .erlterms import parse_rel, permanent_version, TermError
-from .files import check_full_member, chown_tree, rmtree, safe_extract, sha256_file
-from .state import Lock, _make_permanent_offline, _rel_libs, _releases_entry, running_and_permanent
+from .files import (check_full_member, lchown_tree_at, rmtree, safe_extract, safe_open_dir, safe_read, safe_rename,
+                    safe_rmtree, safe_write, sha256_file)
+from .state import drop_stale_staging, Lock, _make_permanent_offline, _rel_libs, _releases_entry, running_and_permanent
 from .reads import relup_edges
-from .packages import open_verified, _referenced_libs, _write_private
+from .packages import (copy_tree_nofollow, _lstat_at, open_verified, _referenced_libs, _space_free, _space_needed,
+                       _write_private)
 from .health import parse_check
 from .service import _gate, start_node, start_timeout, stop_node
 from .prune import do_prune
@@ -39,12 +43,19 @@ def stage_full(h, package, sha, vsn, owner):
                                  f"expected {h.app} {vsn}; nothing changed")
         pkg_libs = {r.split("/")[1] for r in names if r.startswith("lib/")}
         h.ensure_hs()
+        drop_stale_staging(h)
+        need, free = _space_needed(members), _space_free(h)
+        if free is not None and need > free:
+            raise OpFailed(f"no space left on device for {h.app} {vsn} in {h.hs} / {h.root}: the full release needs "
+                           f"about {need // 1024} KB, {free // 1024} KB are free; nothing changed",
+                           space_needed_kb=need // 1024, space_free_kb=free // 1024, changed=False)
         staging = os.path.join(h.hs, f"staging-{os.getpid()}")
         rmtree(staging)
         os.makedirs(staging, mode=0o700)
         try:
             safe_extract(tf, members, staging)
-            chown_tree(staging, *owner)
+            # the staged entries become the node user's (lchown, no link followed); staging itself stays root's 0700
+            lchown_tree_at(h.hs, os.path.basename(staging), *owner, top=False)
         except BaseException:
             rmtree(staging)
             raise
@@ -62,24 +73,24 @@ def install_cookie(h, owner):
         data = fh.read().strip()
     if not data:
         return False
-    return _write_private(h.p("releases", "COOKIE"), data, 0o400, owner, strip=True)
-
-
-def _copy_tree(src, dst):
-    rmtree(dst)
-    shutil.copytree(src, dst, symlinks=True)
+    return _write_private(h.root, "releases/COOKIE", data, 0o400, owner, strip=True)
 
 
 def save_bin(h, vsn, force=False):
-    """Keep a copy of the bin/ that boots vsn under .hotswap/bin/VSN (restored on a cold switch back)."""
-    if not vsn or not os.path.isdir(h.p("bin")):
+    """Keep a copy of the bin/ that boots vsn under the agent's bin/VSN (restored on a cold switch back).
+    ROOT/bin is the node user's: it is read through no-follow fds, links copied as links, and only files
+    owned by the node's user (never a hard link to someone else's file)."""
+    if not vsn or not os.path.isdir(h.p("bin")) or os.path.islink(h.p("bin")):
         return None
     dst = os.path.join(h.hs, "bin", vsn)
     if force and os.path.isdir(dst) and not _tree_same(dst, h.p("bin")):
         rmtree(dst)
     if not os.path.isdir(dst):
-        os.makedirs(os.path.dirname(dst), mode=0o750, exist_ok=True)
-        _copy_tree(h.p("bin"), dst + ".tmp")
+        h.ensure_hs()
+        os.close(safe_open_dir(h.hs, "bin", create=True, mode=0o700))
+        rmtree(dst + ".tmp")
+        copy_tree_nofollow(h.root, "bin", h.hs, f"bin/{vsn}.tmp",
+                           uid_only=h.tree_owner()[0] if os.geteuid() == 0 else None)
         os.rename(dst + ".tmp", dst)
     return dst
 
@@ -88,27 +99,27 @@ def _tree_same(a, b):
     def listing(d):
         out = {}
         for dp, dns, fns in os.walk(d):
-            for f in fns:
+            for f in fns + [x for x in dns if os.path.islink(os.path.join(dp, x))]:
                 p = os.path.join(dp, f)
-                out[os.path.relpath(p, d)] = os.readlink(p) if os.path.islink(p) else sha256_file(p)
+                st = os.lstat(p)
+                out[os.path.relpath(p, d)] = os.readlink(p) if stat.S_ISLNK(st.st_mode) else \
+                    sha256_file(p) if stat.S_ISREG(st.st_mode) else f"special {st.st_mode:o}"
         return out
-    return os.path.isdir(a) and os.path.isdir(b) and listing(a) == listing(b)
+    return os.path.isdir(a) and os.path.isdir(b) and not os.path.islink(b) and listing(a) == listing(b)
 
 
 def swap_bin(h, src, owner):
-    """Replace ROOT/bin with a copy of src (atomic rename of the directory). Returns True if changed."""
+    """Replace ROOT/bin with a copy of src, a root-owned tree (atomic rename of the directory, through
+    no-follow dir fds; new entries chowned to owner). Returns True if changed."""
     if not src or not os.path.isdir(src) or _tree_same(src, h.p("bin")):
         return False
-    new = h.p("bin.hotswap-new")
-    old = h.p("bin.hotswap-old")
-    _copy_tree(src, new)
-    chown_tree(new, *owner)
-    os.chmod(new, 0o755)
-    rmtree(old)
+    safe_rmtree(h.root, "bin.hotswap-new")
+    copy_tree_nofollow(os.path.dirname(src), os.path.basename(src), h.root, "bin.hotswap-new", owner=owner)
+    safe_rmtree(h.root, "bin.hotswap-old")
     if os.path.lexists(h.p("bin")):
-        os.rename(h.p("bin"), old)
-    os.rename(new, h.p("bin"))
-    rmtree(old)
+        safe_rename(h.root, "bin", h.root, "bin.hotswap-old")
+    safe_rename(h.root, "bin.hotswap-new", h.root, "bin")
+    safe_rmtree(h.root, "bin.hotswap-old")
     return True
 
 
@@ -116,40 +127,33 @@ def place_release(h, stage, vsn, rels, owner):
     """Move what the root lacks from the staged full release: new erts-*, new lib dirs,
     releases/VSN/ (bin/ is swapped later, when the node is down).  A lib dir that a release
     in RELEASES uses is never touched.  Returns the list of paths placed."""
-    st = stage["staging"]
+    st = os.path.basename(stage["staging"])
     referenced = _referenced_libs(rels)
     placed = []
     for e in stage["erts_dirs"]:
-        if not os.path.isdir(h.p(e)):
-            os.rename(os.path.join(st, e), h.p(e))
+        if _lstat_at(h.root, e) is None:
+            safe_rename(h.hs, f"{st}/{e}", h.root, e)
             placed.append(e)
-    os.makedirs(h.p("lib"), exist_ok=True)
+    for d in ("lib", "releases"):
+        os.close(safe_open_dir(h.root, d, create=True, mode=0o755, owner=owner))
     for ln in stage["pkg_libs"]:
-        dst = h.p("lib", ln)
-        if os.path.lexists(dst):
+        dst = f"lib/{ln}"
+        if _lstat_at(h.root, dst) is not None:
             if ln in referenced:
                 continue
-            rmtree(dst)  # left over from an unregistered attempt
-        os.rename(os.path.join(st, "lib", ln), dst)
-        placed.append("lib/" + ln)
-    rdir = h.p("releases", vsn)
+            safe_rmtree(h.root, dst)  # left over from an unregistered attempt
+        safe_rename(h.hs, f"{st}/{dst}", h.root, dst)
+        placed.append(dst)
+    rdir = f"releases/{vsn}"
     registered = any(r["version"] == vsn for r in rels or [])
-    if os.path.isdir(rdir) and registered:
+    have = _lstat_at(h.root, rdir)
+    if have is not None and stat.S_ISDIR(have.st_mode) and registered:
         # keep what release_handler unpacked (relup...), add what the full release has on top
-        src = os.path.join(st, "releases", vsn)
-        for dp, dns, fns in os.walk(src):
-            rel_dp = os.path.relpath(dp, src)
-            os.makedirs(os.path.join(rdir, rel_dp), exist_ok=True)
-            for f in fns:
-                d = os.path.join(rdir, rel_dp, f)
-                if not os.path.lexists(d):
-                    shutil.copy2(os.path.join(dp, f), d, follow_symlinks=False)
-                    placed.append(os.path.relpath(d, h.root))
-        chown_tree(rdir, *owner)
+        placed += copy_tree_nofollow(h.hs, f"{st}/{rdir}", h.root, rdir, owner=owner, only_missing=True)
     else:
-        rmtree(rdir)
-        os.rename(os.path.join(st, "releases", vsn), rdir)
-        placed.append(f"releases/{vsn}")
+        safe_rmtree(h.root, rdir)
+        safe_rename(h.hs, f"{st}/{rdir}", h.root, rdir)
+        placed.append(rdir)
     missing = [ln for ln in _rel_libs(stage["rel"]) if not os.path.isdir(h.p("lib", ln))]
     if missing:
         raise OpFailed(f"the release needs lib dirs that are neither on the host nor in the package: "
@@ -159,33 +163,96 @@ def place_release(h, stage, vsn, rels, owner):
     return placed
 
 
+SYSTEM_DIRS = {"/", "/opt", "/usr", "/usr/local", "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/share", "/etc", "/var",
+               "/var/lib", "/var/tmp", "/var/log", "/srv", "/home", "/root", "/tmp", "/bin", "/sbin", "/boot", "/dev",
+               "/proc", "/sys", "/run", "/mnt", "/media", "/snap"}
+
+
+def installed_by_agent(h):
+    """The agent's own (root-owned) records say this root holds an installation: a package checksum recorded
+    under unpacked/, or installed.json.  Unlike RELEASES or bin/APP, the node's user cannot delete these."""
+    try:
+        recs = os.listdir(os.path.join(h.hs, "unpacked"))
+    except OSError:
+        recs = []
+    return bool(recs) or os.path.exists(os.path.join(h.hs, "installed.json"))
+
+
+def check_first_install_root(h, owner, retry, create=False):
+    """A first install goes only into a directory that does not exist (made here, 0750), an empty one, or
+    one an interrupted first install of this agent made (``retry``); never a system directory or a user's
+    home.  ``create``: make it when missing, and give the directory itself (only it) to the node's user."""
+    norm, real = os.path.normpath(h.root), os.path.realpath(h.root)
+    homes = {}
+    for pw in pwd.getpwall():
+        if pw.pw_dir and pw.pw_dir != "/":
+            homes.setdefault(os.path.normpath(pw.pw_dir), pw)
+    why = None
+    for r in (norm, real):
+        if r in SYSTEM_DIRS or re.fullmatch(r"/(usr/)?lib[^/]*", r):
+            why = "is a system directory"
+        elif r in homes and (homes[r].pw_uid != owner[0] or (os.path.isdir(r) and os.listdir(r))):
+            why = f"is the home directory of user {homes[r].pw_name}"
+    if why:
+        raise OpFailed(f"hotswap_root {h.root} {why}: a first install only goes into a directory of its own "
+                       f"(for example /opt/{h.app}); nothing changed", changed=False)
+    try:
+        st = os.lstat(h.root)
+    except FileNotFoundError:
+        if not create:
+            return
+        os.makedirs(os.path.dirname(h.root), mode=0o755, exist_ok=True)
+        os.mkdir(h.root, 0o750)
+        st = os.lstat(h.root)
+    if not stat.S_ISDIR(st.st_mode):
+        raise OpFailed(f"hotswap_root {h.root} is a symbolic link or not a directory: a first install needs a new "
+                       f"or empty directory; nothing changed", changed=False)
+    left = sorted(os.listdir(h.root))
+    if left and not retry:
+        raise OpFailed(f"hotswap_root {h.root} is not empty ({len(left)} entries: {', '.join(left[:5])}) and no "
+                       f"earlier first install of this agent made it: a first install only goes into a new or "
+                       f"empty directory; empty it or choose another hotswap_root; nothing changed", changed=False)
+    if create:
+        fd = safe_open_dir(h.root)  # O_NOFOLLOW: the directory itself, never what a link names
+        try:
+            if os.geteuid() == 0:
+                os.fchown(fd, *owner)
+            if not left:
+                os.fchmod(fd, 0o750)
+        finally:
+            os.close(fd)
+
+
 def cmd_first_install(h, a):
-    """first-install --package P --sha256 S --version V: place a full release into an empty root, write
+    """first-install --package P --sha256 S --version V: place a full release into a new or empty root, write
     its boot files and the service, start it and health-check it; a failed first install leaves nothing
     running and can be retried."""
     vsn = a.version
     check = parse_check(a.check)
     with Lock(h, "first-install"):
+        h.ensure_hs()
         pending = os.path.join(h.hs, "first-install.json")
-        rels = h.releases()
+        retry = os.path.exists(pending)
+        rels = h.releases() if os.path.isdir(h.root) and not os.path.islink(h.root) else None
         perm = permanent_version(rels)
-        installed = rels is not None or os.path.exists(h.p("bin", h.app))
-        retry = installed and os.path.exists(pending)
+        installed = installed_by_agent(h) or rels is not None or os.path.lexists(h.p("bin", h.app))
         if installed and not retry:
-            raise OpFailed(f"{h.app} is already installed in {h.root} ({perm or 'bin/' + h.app + ' exists'}): "
+            raise OpFailed(f"{h.app} is already installed in {h.root} ({perm or 'recorded by the agent in ' + h.hs}): "
                            f"use hot/cold", host_version=perm)
         if h.node_up():
             raise OpFailed(f"a node named {h.node_name()} is already running: stop it before a first install",
                            host_version=perm)
         owner = h.tree_owner()
+        check_first_install_root(h, owner, retry)
         t0 = now_ms()
         stage = stage_full(h, a.package, a.sha256, vsn, owner)
         try:
-            with open(pending, "w") as fh:
-                json.dump({"version": vsn, "sha256": a.sha256}, fh)
-            st = stage["staging"]
-            for name in sorted(os.listdir(st)):  # bin, erts-*, lib, releases
-                _merge_move(os.path.join(st, name), h.p(name))
+            check_first_install_root(h, owner, retry, create=True)
+            safe_write(h.hs, "first-install.json", json.dumps({"version": vsn, "sha256": a.sha256, "root": h.root}),
+                       mode=0o600)
+            st = os.path.basename(stage["staging"])
+            for name in sorted(os.listdir(stage["staging"])):  # bin, erts-*, lib, releases
+                _merge_move(h, st, name)
         finally:
             rmtree(stage["staging"])
         rel = stage["rel"]
@@ -193,12 +260,7 @@ def cmd_first_install(h, a):
         h.write_releases([_releases_entry(h, rel, "permanent")])
         h.write_owned(os.path.join(h.rel_dir, "start_erl.data"), f"{rel['erts']} {vsn}\n")
         install_cookie(h, owner)
-        os.makedirs(h.p("tmp"), exist_ok=True)
-        if os.geteuid() == 0:
-            os.lchown(h.root, *owner)
-            for name in os.listdir(h.root):
-                if name != ".hotswap":
-                    chown_tree(h.p(name), *owner)
+        os.close(safe_open_dir(h.root, "tmp", create=True, mode=0o750, owner=owner))
         save_bin(h, vsn)
         h.set_full_sha(vsn, a.sha256)
         place_ms = round(now_ms() - t0, 1)
@@ -226,15 +288,19 @@ def cmd_first_install(h, a):
                 "retried": retry}
 
 
-def _merge_move(src, dst):
-    """Move src to dst; directories that exist on both sides are merged, files replaced."""
-    if os.path.isdir(src) and not os.path.islink(src) and os.path.isdir(dst) and not os.path.islink(dst):
-        for name in os.listdir(src):
-            _merge_move(os.path.join(src, name), os.path.join(dst, name))
+def _merge_move(h, st, rel):
+    """Move the staged STAGING/rel (st: the staging dir's name in the agent's directory) to ROOT/rel through
+    no-follow dir fds; directories on both sides are merged, anything else at ROOT/rel is replaced (a planted
+    link is removed, never followed)."""
+    src = os.lstat(os.path.join(h.hs, st, rel))
+    dst = _lstat_at(h.root, rel)
+    if stat.S_ISDIR(src.st_mode) and dst is not None and stat.S_ISDIR(dst.st_mode):
+        for name in os.listdir(os.path.join(h.hs, st, rel)):
+            _merge_move(h, st, f"{rel}/{name}")
         return
-    if os.path.lexists(dst):
-        rmtree(dst)
-    os.rename(src, dst)
+    if dst is not None:
+        safe_rmtree(h.root, rel)
+    safe_rename(h.hs, f"{st}/{rel}", h.root, rel)
 
 
 def _restore_files(h, backup):
@@ -259,8 +325,9 @@ def cold_switch(h, target, prev, check, timeout, owner, new_bin=None, was_up=Non
     rmtree(backup)
     os.makedirs(backup, mode=0o700)
     for name in ("RELEASES", "start_erl.data"):
-        if os.path.exists(os.path.join(h.rel_dir, name)):
-            shutil.copy2(os.path.join(h.rel_dir, name), os.path.join(backup, name))
+        data = safe_read(h.root, f"releases/{name}", limit=16 << 20)  # never through a planted link
+        if data is not None:
+            safe_write(backup, name, data, mode=0o600)
     prev_bin = save_bin(h, prev)
     bin_src = new_bin or os.path.join(h.hs, "bin", target)
     t_down = now_ms()
@@ -361,11 +428,13 @@ def cmd_cold(h, a):
 def _register_from_disk(h, vsn, rels):
     """A release whose files are on disk (releases/VSN/APP.rel + its lib dirs) but that RELEASES
     no longer lists: add it back as `old` so it can be booted."""
-    f = h.p("releases", vsn, f"{h.app}.rel")
-    if not os.path.isfile(f):
+    raw = safe_read(h.root, f"releases/{vsn}/{h.app}.rel", limit=1 << 20)
+    try:
+        rel = parse_rel(raw.decode("utf-8")) if raw is not None else None
+    except (TermError, ValueError, UnicodeDecodeError):
+        rel = None
+    if rel is None:
         return None
-    with open(f, encoding="utf-8") as fh:
-        rel = parse_rel(fh.read())
     if rel["version"] != vsn or rel["name"] != h.app:
         return None
     if any(not os.path.isdir(h.p("lib", ln)) for ln in _rel_libs(rel)) or not os.path.isdir(h.p(f"erts-{rel['erts']}")):

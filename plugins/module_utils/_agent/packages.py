@@ -10,39 +10,79 @@ import stat
 import tarfile
 
 from .errors import BadInput, OpFailed, PackageRefused
-from .names import ENV_KEY_RE
-from .erlterms import parse_rel, TermError
-from .files import check_links, check_member, chown_tree, package_damaged, READ_ERRORS, rmtree, safe_extract, sha256_file
-from .state import Lock
+from .names import check_vsn, ENV_KEY_RE
+from .erlterms import parse_rel, TermError, valid_lib
+from .files import (check_links, check_member, lchown_tree_at, package_damaged, READ_ERRORS, rmtree, safe_extract,
+                    safe_open_dir, safe_read, safe_rename, safe_rmtree, safe_write, sha256_file)
+from .state import drop_stale_staging, Lock
 
 
-def _write_private(path, data, mode, owner=(0, 0), strip=False):
-    """Write bytes `data` to `path` (temp file + rename) with `mode` and, when we are root, `owner`
-    (uid, gid); True when it changed.  A regular file with the same content (with `strip`: ignoring
-    surrounding whitespace), mode and owner is left alone."""
+def _lstat_at(root, rel):
+    """lstat of ROOT/rel through a no-follow opened parent, or None."""
+    parts = rel.split("/")
     try:
-        st = os.lstat(path)
-        if stat.S_ISREG(st.st_mode):
-            with open(path, "rb") as fh:
-                old = fh.read()
-            if (old.strip() == data.strip() if strip else old == data) and stat.S_IMODE(st.st_mode) == mode \
-                    and (os.geteuid() != 0 or (st.st_uid, st.st_gid) == tuple(owner)):
-                return False
+        fd = safe_open_dir(root, "/".join(parts[:-1]))
+    except OpFailed:
+        return None
+    try:
+        return os.lstat(parts[-1], dir_fd=fd)
     except OSError:
-        pass
-    tmp = path + ".hotswap-tmp"
-    if os.path.lexists(tmp):
-        os.unlink(tmp)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.write(fd, data)
-        os.fchmod(fd, mode)
-        if os.geteuid() == 0:
-            os.fchown(fd, *owner)
+        return None
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+
+
+def _write_private(root, rel, data, mode, owner=None, strip=False):
+    """Write bytes `data` to ROOT/rel (no-follow temp file + rename, ``files.safe_write``) with `mode` and,
+    when we are root, `owner` (uid, gid; None: root's); True when it changed.  A regular file with the same
+    content (with `strip`: ignoring surrounding whitespace), mode and owner is left alone."""
+    owner = tuple(owner) if owner is not None else (0, 0)
+    st = _lstat_at(root, rel)
+    if st is not None and stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == mode \
+            and (os.geteuid() != 0 or (st.st_uid, st.st_gid) == owner):
+        old = safe_read(root, rel)
+        if old is not None and (old.strip() == data.strip() if strip else old == data):
+            return False
+    safe_write(root, rel, data, owner=owner, mode=mode)
     return True
+
+
+def copy_tree_nofollow(src_root, src_rel, dst_root, dst_rel, owner=None, only_missing=False, uid_only=None):
+    """Copy the tree SRC_ROOT/src_rel to DST_ROOT/dst_rel through no-follow dir fds on both sides: symlinks
+    are copied as links, regular files by content (O_NOFOLLOW), nothing else; no setuid/setgid bits; new
+    entries chowned to ``owner`` (fchown/lchown on what was created).  ``only_missing``: entries already
+    at the destination are kept.  ``uid_only``: source files not owned by that uid are skipped (a hard link
+    the node's user planted to someone else's file is never copied).  Returns the paths created."""
+    made = []
+    sfd = safe_open_dir(src_root, src_rel)
+    try:
+        dfd = safe_open_dir(dst_root, dst_rel, create=True, mode=0o755, owner=owner)
+    except BaseException:
+        os.close(sfd)
+        raise
+    try:
+        for name in sorted(os.listdir(sfd)):
+            st = os.lstat(name, dir_fd=sfd)
+            if only_missing and _lstat_at(dst_root, f"{dst_rel}/{name}") is not None and not stat.S_ISDIR(st.st_mode):
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                made += copy_tree_nofollow(src_root, f"{src_rel}/{name}", dst_root, f"{dst_rel}/{name}", owner,
+                                           only_missing, uid_only)
+            elif stat.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(name, dir_fd=sfd), name, dir_fd=dfd)
+                if owner is not None and os.geteuid() == 0:
+                    os.chown(name, *owner, dir_fd=dfd, follow_symlinks=False)
+                made.append(f"{dst_rel}/{name}")
+            elif stat.S_ISREG(st.st_mode) and (uid_only is None or st.st_uid == uid_only):
+                fin = os.open(name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0), dir_fd=sfd)
+                with os.fdopen(fin, "rb") as fi:
+                    safe_write(dst_root, f"{dst_rel}/{name}", fi.read(), owner=owner,
+                               mode=stat.S_IMODE(os.fstat(fin).st_mode) & 0o755 | 0o600)
+                made.append(f"{dst_rel}/{name}")
+    finally:
+        os.close(sfd)
+        os.close(dfd)
+    return made
 
 
 def apply_settings(h, settings):
@@ -56,17 +96,22 @@ def apply_settings(h, settings):
         if not isinstance(env, dict):
             raise BadInput("settings env must be an object of NAME: value")
         for k, v in env.items():
-            if not ENV_KEY_RE.match(str(k)) or any(c in str(v) for c in "\n\r\0"):
-                raise BadInput(f"hotswap_env {k!r}: names are letters, digits and _; values are one line")
+            if not isinstance(k, str) or not ENV_KEY_RE.fullmatch(k):
+                raise BadInput(f"hotswap_env {k!r}: a name is letters, digits and _ (not starting with a digit), "
+                               f"nothing else around it; nothing changed")
+            if isinstance(v, bool) or not isinstance(v, (str, int)) or any(c in str(v) for c in "\n\r\0"):
+                raise BadInput(f"hotswap_env {k}: the value must be one line of text (no newline, carriage return "
+                               f"or NUL; a number is fine), and is passed exactly as given; nothing changed")
+        env = {k: str(v) for k, v in env.items()}
         h.ensure_hs()
         text = "".join(f"{k}={v}\n" for k, v in sorted(env.items()))
-        if _write_private(os.path.join(h.hs, "env"), text.encode("utf-8"), 0o600):
+        if _write_private(h.hs, "env", text.encode("utf-8"), 0o600):
             changed.append("env")
     if cookie:
         if not isinstance(cookie, str) or any(c in cookie for c in "\n\r\0"):
             raise BadInput("the cookie must be one line of text")
         h.ensure_hs()
-        if _write_private(os.path.join(h.hs, "cookie"), cookie.encode("utf-8"), 0o400):
+        if _write_private(h.hs, "cookie", cookie.encode("utf-8"), 0o400):
             changed.append("cookie")
     return changed
 
@@ -109,13 +154,13 @@ def _remove_files_of(h, vsn, rels, lib_names):
     keep = _referenced_libs(rels, skip_vsn=vsn)
     removed = []
     for ln in lib_names:
-        if ln not in keep and os.path.isdir(h.p("lib", ln)):
-            rmtree(h.p("lib", ln))
+        if ln not in keep and valid_lib(*ln.rpartition("-")[::2]) and os.path.isdir(h.p("lib", ln)):
+            safe_rmtree(h.root, "lib/" + ln)
             removed.append("lib/" + ln)
-    for x in (h.p("releases", vsn), h.p("releases", f"{h.app}-{vsn}.rel")):
-        if os.path.lexists(x):
-            rmtree(x)
-            removed.append(os.path.relpath(x, h.root))
+    for x in (f"releases/{check_vsn(vsn)}", f"releases/{h.app}-{vsn}.rel"):
+        if os.path.lexists(h.p(x)):
+            safe_rmtree(h.root, x)
+            removed.append(x)
     return removed
 
 
@@ -151,6 +196,7 @@ def prepare_unpack(h, package, sha, vsn, node_up, running=None):
     """Verify + stage + move the package into the root.  Returns a dict:
     {"changed", "noop", "rel_file" (to register, or None), "moved": [...], "cleaned": [...]}.
     Registration with release_handler is the caller's job (rpc or write_releases)."""
+    drop_stale_staging(h)
     tf, members = open_verified(package, sha, lambda m: check_member(m, h.app, vsn))
     with tf:
         names = {rel for _ign, rel in members}
@@ -221,7 +267,7 @@ def prepare_unpack(h, package, sha, vsn, node_up, running=None):
         missing = [ln for ln in lib_names if not os.path.isdir(h.p("lib", ln))]
         if missing:
             for x in moved:
-                rmtree(x)
+                safe_rmtree(h.root, x)
             raise OpFailed(f"package refused: the release needs lib dirs that are neither on the host nor in "
                            f"the package: {', '.join(missing)}; nothing changed")
         return {"changed": True, "noop": False, "rel_file": h.p(top_rel), "moved": moved, "cleaned": cleaned,
@@ -251,30 +297,31 @@ def _space_free(h):
 
 
 def _unpack_into_root(h, tf, members, staging, pkg_libs, referenced, vsn, top_rel, moved, cleaned):
-    """Extract into a private staging dir, then rename into the root; on any error, what was
-    moved is taken out again and the staging dir removed."""
+    """Extract into a private staging dir, then rename into the root through no-follow dir fds (a planted
+    link in lib/ or releases/ is refused, never followed); on any error, what was moved is taken out again
+    and the staging dir removed."""
     rmtree(staging)
+    st = os.path.basename(staging)
     try:
         os.makedirs(staging, mode=0o700)
         safe_extract(tf, members, staging)
-        uid, gid = h.owner()
-        chown_tree(staging, uid, gid)
+        uid, gid = h.tree_owner()
+        lchown_tree_at(h.hs, st, uid, gid, top=False)
         for ln in pkg_libs:
-            dst = h.p("lib", ln)
-            if os.path.lexists(dst):
+            dst = f"lib/{ln}"
+            if os.path.lexists(h.p(dst)):
                 if ln in referenced:
                     continue  # never overwrite a lib dir another release uses
-                rmtree(dst)
-                cleaned.append("lib/" + ln)
-            os.rename(os.path.join(staging, "lib", ln), dst)
-            moved.append(dst)
-        os.rename(os.path.join(staging, "releases", vsn), h.p("releases", vsn))
-        moved.append(h.p("releases", vsn))
-        os.rename(os.path.join(staging, top_rel), h.p(top_rel))
-        moved.append(h.p(top_rel))
+                safe_rmtree(h.root, dst)
+                cleaned.append(dst)
+            safe_rename(h.hs, f"{st}/{dst}", h.root, dst)
+            moved.append(h.p(dst))
+        for x in (f"releases/{vsn}", top_rel):
+            safe_rename(h.hs, f"{st}/{x}", h.root, x)
+            moved.append(h.p(x))
     except BaseException:
         for x in moved:
-            rmtree(x)
+            safe_rmtree(h.root, x)
         del moved[:]
         raise
     finally:
@@ -295,7 +342,7 @@ def register_offline(h, vsn, rel):
 def undo_unpack(h, prep):
     """Take the files an unpack placed back out of the root (the version can then be unpacked again)."""
     for x in prep.get("moved", []):
-        rmtree(x)
+        safe_rmtree(h.root, x)
 
 
 def cmd_unpack(h, a):

@@ -6,10 +6,10 @@ import os
 import time
 
 from .errors import BadInput, OpFailed
-from .names import vsn_key
+from .names import valid_version, vsn_key
 from .erlterms import permanent_version
-from .files import rmtree
-from .state import Lock
+from .files import rmtree, safe_rmtree
+from .state import drop_stale_staging, Lock
 from .packages import _remove_files_of
 
 
@@ -32,6 +32,7 @@ def do_prune(h, keep):
     """Remove releases beyond the newest ``keep`` (never the permanent, running, booted or previous one);
     returns the versions removed."""
     _drop_stale_uploads(h)
+    drop_stale_staging(h)
     rels = h.releases()
     if not rels:
         return []
@@ -60,11 +61,11 @@ def do_prune(h, keep):
         return []
     if up:
         r = h.rpc("remove", remove=remove, timeout=60)
-        removed = r.get("removed") or []
+        # the node's reply becomes paths: only versions we asked to remove, each a valid version
+        removed = [v for v in r.get("removed") or [] if v in remove and valid_version(v)]
         for v in removed:
-            for x in (h.p("releases", f"{h.app}-{v}.rel"), os.path.join(h.hs, "bin", v)):
-                if os.path.lexists(x):
-                    rmtree(x)
+            safe_rmtree(h.root, f"releases/{h.app}-{v}.rel")
+            rmtree(os.path.join(h.hs, "bin", v))
             h.set_sha_record(v, None)
             h.set_full_sha(v, None)
         if not r.get("ok"):

@@ -7,11 +7,11 @@ import errno
 import fcntl
 import json
 import os
-import shutil
 
 from .errors import OpFailed
 from .names import valid_version, vsn_key
-from .erlterms import parse_rel, permanent_version, TermError
+from .erlterms import check_release_names, parse_rel, permanent_version, TermError
+from .files import rmtree, safe_read, safe_rmtree, safe_write
 
 
 class Lock:
@@ -88,9 +88,51 @@ def journal(host, entry):
         pass
 
 
+def drop_stale_staging(h):
+    """Staging dirs (``staging-PID``) that an agent killed mid-operation left in the agent's directory: removed
+    when their agent is gone (its pid dead, or the dir older than this agent's process).  Call it holding the
+    lock, before a write operation."""
+    try:
+        names = os.listdir(h.hs)
+    except OSError:
+        return []
+    try:
+        me = os.stat(f"/proc/{os.getpid()}").st_mtime
+    except OSError:
+        me = None
+    dropped = []
+    for n in names:
+        pid = n.rpartition("-")[2]
+        if not n.startswith("staging") or pid == str(os.getpid()):
+            continue
+        try:
+            alive = pid.isdigit() and (os.kill(int(pid), 0) or True)
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:
+            alive = True
+        try:
+            old = me is not None and os.lstat(os.path.join(h.hs, n)).st_mtime < me
+        except OSError:
+            continue
+        if not alive or old:
+            rmtree(os.path.join(h.hs, n))
+            dropped.append(n)
+    return dropped
+
+
+def start_erl_checked(h):
+    """releases/start_erl.data as {"erts", "version"}, or None when missing or when either is not a valid
+    version (the file belongs to the node's user: what it names becomes a path)."""
+    se = h.start_erl()
+    if se and valid_version(se.get("erts")) and valid_version(se.get("version")):
+        return se
+    return None
+
+
 def releases_from_disk(h):
     """Every complete release on disk, newest first: releases/V/APP.rel naming APP V, its boot
-    script, its lib dirs and its ERTS present.  Returns parsed .rel dicts."""
+    script, its lib dirs and its ERTS present.  Returns parsed .rel dicts (names validated, read no-follow)."""
     out = []
     try:
         names = os.listdir(h.rel_dir)
@@ -98,13 +140,14 @@ def releases_from_disk(h):
         return out
     for v in names:
         d = h.p("releases", v)
-        f = os.path.join(d, f"{h.app}.rel")
-        if not valid_version(v) or not os.path.isfile(f):
+        if not valid_version(v):
+            continue
+        raw = safe_read(h.root, f"releases/{v}/{h.app}.rel", limit=1 << 20)
+        if raw is None:
             continue
         try:
-            with open(f, encoding="utf-8") as fh:
-                rel = parse_rel(fh.read())
-        except (OSError, TermError, ValueError, UnicodeDecodeError):
+            rel = parse_rel(raw.decode("utf-8"))
+        except (TermError, ValueError, UnicodeDecodeError):
             continue
         if rel["version"] != v or rel["name"] != h.app or not os.path.isfile(os.path.join(d, "start.boot")):
             continue
@@ -115,14 +158,14 @@ def releases_from_disk(h):
 
 
 def _set_aside(h, name):
-    """Keep a copy of a damaged releases/NAME under .hotswap/ for a human; returns its path."""
+    """Keep a copy of a damaged releases/NAME (read without following links) under the agent's directory for
+    a human (root-only, 0600); returns its path."""
     h.ensure_hs()
-    dst = os.path.join(h.hs, f"{name}.damaged-{datetime.datetime.now().strftime('%Y%m%dT%H%M%S')}")
-    try:
-        shutil.copy2(os.path.join(h.rel_dir, name), dst)
-    except OSError:
+    data = safe_read(h.root, f"releases/{name}", limit=16 << 20)
+    if data is None:
         return None
-    return dst
+    dst = f"{name}.damaged-{datetime.datetime.now().strftime('%Y%m%dT%H%M%S')}"
+    return safe_write(h.hs, dst, data, mode=0o600)
 
 
 def repair_releases(h, up):
@@ -147,23 +190,29 @@ def repair_releases(h, up):
             r = {"ok": False, "error": e2.msg}
         rels = []
         for x in r.get("releases") or []:
-            if not (isinstance(x.get("erts"), str) and x.get("libs")):
+            try:  # the node's reply becomes paths: the same name rules as for RELEASES
+                check_release_names(f"release_handler's entry {x.get('version')!r}", x.get("version"), x.get("erts"),
+                                    [tuple(lib) for lib in x.get("libs") or []])
+                ok = isinstance(x["name"], str) and bool(x["libs"]) and x["status"] in ("permanent", "current", "old", "unpacked")
+            except (TermError, TypeError, KeyError, AttributeError, IndexError):
+                ok = False
+            if not ok:
                 rels = []
                 break
             rels.append({"name": x["name"], "version": x["version"], "erts": x["erts"],
                          "status": "unpacked" if x["status"] == "current" else x["status"],
-                         "libs": [tuple(l) for l in x["libs"]]})
+                         "libs": [tuple(lib) for lib in x["libs"]]})
         if r.get("ok") and rels and sum(1 for x in rels if x["status"] == "permanent") == 1:
             h.write_releases(rels)
             return [f"releases/RELEASES was unreadable ({err}): rewritten from release_handler's list "
                     f"({', '.join(x['version'] + ' ' + x['status'] for x in rels)}); damaged copy: {aside}"]
-        os.unlink(f)
+        safe_rmtree(h.root, "releases/RELEASES")
         return [f"releases/RELEASES was unreadable ({err}) and release_handler's list is unusable: removed, the "
                 f"node recreates it from its boot release; damaged copy: {aside}"]
     disk = releases_from_disk(h)
     if not disk:
         raise OpFailed(f"{f} is unreadable ({err}) and no complete release is on disk to rebuild it from")
-    se = (h.start_erl() or {}).get("version")
+    se = (start_erl_checked(h) or {}).get("version")
     perm = se if any(r["version"] == se for r in disk) else disk[0]["version"]
     h.write_releases([_releases_entry(h, r, "permanent" if r["version"] == perm else "old") for r in disk])
     return [f"releases/RELEASES was unreadable ({err}): rebuilt from the releases on disk "
@@ -180,7 +229,7 @@ def repair_boot_files(h):
     if rels is None:
         if not disk:
             return repaired
-        se = (h.start_erl() or {}).get("version")
+        se = (start_erl_checked(h) or {}).get("version")
         newest = sorted(disk, key=vsn_key)[-1]
         perm = se if se in disk else newest
         rels = [_releases_entry(h, disk[v], "permanent" if v == perm else "old")
@@ -188,7 +237,7 @@ def repair_boot_files(h):
         h.write_releases(rels)
         repaired.append(f"releases/RELEASES was missing: rebuilt from the releases on disk ({perm} permanent)")
     perm = permanent_version(rels)
-    se = h.start_erl()
+    se = start_erl_checked(h)
     sev = (se or {}).get("version")
     if sev in disk and (se or {}).get("erts") == disk[sev]["erts"]:
         return repaired
@@ -205,7 +254,7 @@ def repair_boot_files(h):
         rels.append(_releases_entry(h, disk[target], "old",
                                     all(not d.startswith("/") for r in rels for _ign, _ign, d in r["libs"])))
         h.write_releases(rels)
-    why = "is missing" if se is None else f"names {sev}, but releases/{sev} is missing or incomplete"
+    why = "is missing or invalid" if se is None else f"names {sev}, but releases/{sev} is missing or incomplete"
     _make_permanent_offline(h, target)
     repaired.append(f"start_erl.data {why}: now {disk[target]['erts']} {target}"
                     + (f" ({target} made permanent, was {perm})" if target != perm else ""))

@@ -540,7 +540,8 @@ def valid_lib(app, vsn):
     return isinstance(app, str) and _LIB_APP_RE.match(app) is not None and ".." not in app and valid_version(vsn)
 
 
-def _checked(what, vsn, erts, libs):
+def check_release_names(what, vsn, erts, libs):
+    """Raise TermError unless vsn and erts are valid versions and each (app, vsn[, dir]) names a plain lib dir."""
     for label, v in (("version", vsn), ("ERTS version", erts)):
         if not valid_version(v):
             raise TermError(f"{what}: {label} {v!r} is not a valid version (letters, digits and . _ + -, no '..')")
@@ -569,7 +570,7 @@ def parse_releases(text):
             raise TermError(f"bad lib list in release entry {_s(vsn)!r}")
         rel = {"name": _s(name), "version": _s(vsn), "erts": _s(erts), "status": str(status),
                "libs": [(str(x[0]), _s(x[1]), _s(x[2])) for x in libs]}
-        _checked(f"RELEASES entry {rel['version']!r}", rel["version"], rel["erts"], rel["libs"])
+        check_release_names(f"RELEASES entry {rel['version']!r}", rel["version"], rel["erts"], rel["libs"])
         rels.append(rel)
     return rels
 
@@ -595,7 +596,7 @@ def parse_rel(text):
         raise TermError("not a release resource term")
     _ign, (name, vsn), (_erts_tag, erts), apps = t
     rel = {"name": _s(name), "version": _s(vsn), "erts": _s(erts), "apps": [(str(a[0]), _s(a[1])) for a in apps]}
-    _checked(f"release {rel['name']} {rel['version']!r}", rel["version"], rel["erts"], rel["apps"])
+    check_release_names(f"release {rel['name']} {rel['version']!r}", rel["version"], rel["erts"], rel["apps"])
     return rel
 
 
@@ -612,21 +613,18 @@ def parse_rel(text):
 # ==================================================================================================
 
 def parse_env(text):
-    """KEY=VALUE lines; '#' comments, blank lines, optional 'export ', optional quotes."""
+    """KEY=VALUE lines ('#' comments and blank lines skipped, an optional 'export ' prefix): the key must
+    match exactly (no surrounding blanks), the value is kept byte-exact (everything after the first '=',
+    quotes and blanks included), as the agent writes it."""
     env = {}
-    for i, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
+    for i, line in enumerate(text.split("\n"), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
             continue
         if line.startswith("export "):
-            line = line[7:].lstrip()
+            line = line[7:]
         key, sep, val = line.partition("=")
-        key = key.strip()
-        if not sep or not ENV_KEY_RE.fullmatch(key):
-            raise ValueError(f"env line {i}: expected KEY=VALUE")
-        val = val.strip()
-        if len(val) >= 2 and val[0] == val[-1] and val[0] in "\"'":
-            val = val[1:-1]
+        if not sep or not ENV_KEY_RE.fullmatch(key) or "\0" in val:
+            raise ValueError(f"env line {i}: expected KEY=VALUE (KEY letters, digits and _, nothing around it)")
         env[key] = val
     return env
 
@@ -847,16 +845,17 @@ def safe_rename(src_root, src_rel, dst_root, dst_rel):
         os.close(sfd)
 
 
-def lchown_tree_at(root, rel, uid, gid):
+def lchown_tree_at(root, rel, uid, gid, top=True):
     """Chown ROOT/rel and everything below it to uid:gid (when we are root) without following any link:
-    lchown on each entry, walking through no-follow dir fds."""
+    lchown on each entry, walking through no-follow dir fds (``top=False``: not ROOT/rel itself)."""
     if os.geteuid() != 0:
         return
     parts = _rel_parts(root, rel)
     fd = safe_open_dir(root, "/".join(parts))
 
-    def walk(dfd):
-        os.fchown(dfd, uid, gid)
+    def walk(dfd, me=True):
+        if me:
+            os.fchown(dfd, uid, gid)
         for name in os.listdir(dfd):
             st = os.lstat(name, dir_fd=dfd)
             if stat.S_ISDIR(st.st_mode):
@@ -868,7 +867,7 @@ def lchown_tree_at(root, rel, uid, gid):
             else:
                 os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
     try:
-        walk(fd)
+        walk(fd, top)
     finally:
         os.close(fd)
 
@@ -1052,15 +1051,6 @@ def safe_extract(tf, members, dest):
                 os.fchmod(fo.fileno(), (mode & 0o755) | 0o600)
         finally:
             os.close(dfd)
-
-
-def chown_tree(path, uid, gid):
-    if os.geteuid() != 0:
-        return
-    for dp, dns, fns in os.walk(path):
-        os.lchown(dp, uid, gid)
-        for x in dns + fns:
-            os.lchown(os.path.join(dp, x), uid, gid)
 
 
 def rmtree(path):
@@ -1839,9 +1829,51 @@ def journal(host, entry):
         pass
 
 
+def drop_stale_staging(h):
+    """Staging dirs (``staging-PID``) that an agent killed mid-operation left in the agent's directory: removed
+    when their agent is gone (its pid dead, or the dir older than this agent's process).  Call it holding the
+    lock, before a write operation."""
+    try:
+        names = os.listdir(h.hs)
+    except OSError:
+        return []
+    try:
+        me = os.stat(f"/proc/{os.getpid()}").st_mtime
+    except OSError:
+        me = None
+    dropped = []
+    for n in names:
+        pid = n.rpartition("-")[2]
+        if not n.startswith("staging") or pid == str(os.getpid()):
+            continue
+        try:
+            alive = pid.isdigit() and (os.kill(int(pid), 0) or True)
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:
+            alive = True
+        try:
+            old = me is not None and os.lstat(os.path.join(h.hs, n)).st_mtime < me
+        except OSError:
+            continue
+        if not alive or old:
+            rmtree(os.path.join(h.hs, n))
+            dropped.append(n)
+    return dropped
+
+
+def start_erl_checked(h):
+    """releases/start_erl.data as {"erts", "version"}, or None when missing or when either is not a valid
+    version (the file belongs to the node's user: what it names becomes a path)."""
+    se = h.start_erl()
+    if se and valid_version(se.get("erts")) and valid_version(se.get("version")):
+        return se
+    return None
+
+
 def releases_from_disk(h):
     """Every complete release on disk, newest first: releases/V/APP.rel naming APP V, its boot
-    script, its lib dirs and its ERTS present.  Returns parsed .rel dicts."""
+    script, its lib dirs and its ERTS present.  Returns parsed .rel dicts (names validated, read no-follow)."""
     out = []
     try:
         names = os.listdir(h.rel_dir)
@@ -1849,13 +1881,14 @@ def releases_from_disk(h):
         return out
     for v in names:
         d = h.p("releases", v)
-        f = os.path.join(d, f"{h.app}.rel")
-        if not valid_version(v) or not os.path.isfile(f):
+        if not valid_version(v):
+            continue
+        raw = safe_read(h.root, f"releases/{v}/{h.app}.rel", limit=1 << 20)
+        if raw is None:
             continue
         try:
-            with open(f, encoding="utf-8") as fh:
-                rel = parse_rel(fh.read())
-        except (OSError, TermError, ValueError, UnicodeDecodeError):
+            rel = parse_rel(raw.decode("utf-8"))
+        except (TermError, ValueError, UnicodeDecodeError):
             continue
         if rel["version"] != v or rel["name"] != h.app or not os.path.isfile(os.path.join(d, "start.boot")):
             continue
@@ -1866,14 +1899,14 @@ def releases_from_disk(h):
 
 
 def _set_aside(h, name):
-    """Keep a copy of a damaged releases/NAME under .hotswap/ for a human; returns its path."""
+    """Keep a copy of a damaged releases/NAME (read without following links) under the agent's directory for
+    a human (root-only, 0600); returns its path."""
     h.ensure_hs()
-    dst = os.path.join(h.hs, f"{name}.damaged-{datetime.datetime.now().strftime('%Y%m%dT%H%M%S')}")
-    try:
-        shutil.copy2(os.path.join(h.rel_dir, name), dst)
-    except OSError:
+    data = safe_read(h.root, f"releases/{name}", limit=16 << 20)
+    if data is None:
         return None
-    return dst
+    dst = f"{name}.damaged-{datetime.datetime.now().strftime('%Y%m%dT%H%M%S')}"
+    return safe_write(h.hs, dst, data, mode=0o600)
 
 
 def repair_releases(h, up):
@@ -1898,23 +1931,29 @@ def repair_releases(h, up):
             r = {"ok": False, "error": e2.msg}
         rels = []
         for x in r.get("releases") or []:
-            if not (isinstance(x.get("erts"), str) and x.get("libs")):
+            try:  # the node's reply becomes paths: the same name rules as for RELEASES
+                check_release_names(f"release_handler's entry {x.get('version')!r}", x.get("version"), x.get("erts"),
+                                    [tuple(lib) for lib in x.get("libs") or []])
+                ok = isinstance(x["name"], str) and bool(x["libs"]) and x["status"] in ("permanent", "current", "old", "unpacked")
+            except (TermError, TypeError, KeyError, AttributeError, IndexError):
+                ok = False
+            if not ok:
                 rels = []
                 break
             rels.append({"name": x["name"], "version": x["version"], "erts": x["erts"],
                          "status": "unpacked" if x["status"] == "current" else x["status"],
-                         "libs": [tuple(l) for l in x["libs"]]})
+                         "libs": [tuple(lib) for lib in x["libs"]]})
         if r.get("ok") and rels and sum(1 for x in rels if x["status"] == "permanent") == 1:
             h.write_releases(rels)
             return [f"releases/RELEASES was unreadable ({err}): rewritten from release_handler's list "
                     f"({', '.join(x['version'] + ' ' + x['status'] for x in rels)}); damaged copy: {aside}"]
-        os.unlink(f)
+        safe_rmtree(h.root, "releases/RELEASES")
         return [f"releases/RELEASES was unreadable ({err}) and release_handler's list is unusable: removed, the "
                 f"node recreates it from its boot release; damaged copy: {aside}"]
     disk = releases_from_disk(h)
     if not disk:
         raise OpFailed(f"{f} is unreadable ({err}) and no complete release is on disk to rebuild it from")
-    se = (h.start_erl() or {}).get("version")
+    se = (start_erl_checked(h) or {}).get("version")
     perm = se if any(r["version"] == se for r in disk) else disk[0]["version"]
     h.write_releases([_releases_entry(h, r, "permanent" if r["version"] == perm else "old") for r in disk])
     return [f"releases/RELEASES was unreadable ({err}): rebuilt from the releases on disk "
@@ -1931,7 +1970,7 @@ def repair_boot_files(h):
     if rels is None:
         if not disk:
             return repaired
-        se = (h.start_erl() or {}).get("version")
+        se = (start_erl_checked(h) or {}).get("version")
         newest = sorted(disk, key=vsn_key)[-1]
         perm = se if se in disk else newest
         rels = [_releases_entry(h, disk[v], "permanent" if v == perm else "old")
@@ -1939,7 +1978,7 @@ def repair_boot_files(h):
         h.write_releases(rels)
         repaired.append(f"releases/RELEASES was missing: rebuilt from the releases on disk ({perm} permanent)")
     perm = permanent_version(rels)
-    se = h.start_erl()
+    se = start_erl_checked(h)
     sev = (se or {}).get("version")
     if sev in disk and (se or {}).get("erts") == disk[sev]["erts"]:
         return repaired
@@ -1956,7 +1995,7 @@ def repair_boot_files(h):
         rels.append(_releases_entry(h, disk[target], "old",
                                     all(not d.startswith("/") for r in rels for _ign, _ign, d in r["libs"])))
         h.write_releases(rels)
-    why = "is missing" if se is None else f"names {sev}, but releases/{sev} is missing or incomplete"
+    why = "is missing or invalid" if se is None else f"names {sev}, but releases/{sev} is missing or incomplete"
     _make_permanent_offline(h, target)
     repaired.append(f"start_erl.data {why}: now {disk[target]['erts']} {target}"
                     + (f" ({target} made permanent, was {perm})" if target != perm else ""))
@@ -2241,33 +2280,72 @@ def previous_release(h, perm, rels):
 # and opening it, unpacking an upgrade package into the root (space check, undo), and `unpack`.
 # ==================================================================================================
 
-def _write_private(path, data, mode, owner=(0, 0), strip=False):
-    """Write bytes `data` to `path` (temp file + rename) with `mode` and, when we are root, `owner`
-    (uid, gid); True when it changed.  A regular file with the same content (with `strip`: ignoring
-    surrounding whitespace), mode and owner is left alone."""
+def _lstat_at(root, rel):
+    """lstat of ROOT/rel through a no-follow opened parent, or None."""
+    parts = rel.split("/")
     try:
-        st = os.lstat(path)
-        if stat.S_ISREG(st.st_mode):
-            with open(path, "rb") as fh:
-                old = fh.read()
-            if (old.strip() == data.strip() if strip else old == data) and stat.S_IMODE(st.st_mode) == mode \
-                    and (os.geteuid() != 0 or (st.st_uid, st.st_gid) == tuple(owner)):
-                return False
+        fd = safe_open_dir(root, "/".join(parts[:-1]))
+    except OpFailed:
+        return None
+    try:
+        return os.lstat(parts[-1], dir_fd=fd)
     except OSError:
-        pass
-    tmp = path + ".hotswap-tmp"
-    if os.path.lexists(tmp):
-        os.unlink(tmp)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.write(fd, data)
-        os.fchmod(fd, mode)
-        if os.geteuid() == 0:
-            os.fchown(fd, *owner)
+        return None
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+
+
+def _write_private(root, rel, data, mode, owner=None, strip=False):
+    """Write bytes `data` to ROOT/rel (no-follow temp file + rename, ``files.safe_write``) with `mode` and,
+    when we are root, `owner` (uid, gid; None: root's); True when it changed.  A regular file with the same
+    content (with `strip`: ignoring surrounding whitespace), mode and owner is left alone."""
+    owner = tuple(owner) if owner is not None else (0, 0)
+    st = _lstat_at(root, rel)
+    if st is not None and stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == mode \
+            and (os.geteuid() != 0 or (st.st_uid, st.st_gid) == owner):
+        old = safe_read(root, rel)
+        if old is not None and (old.strip() == data.strip() if strip else old == data):
+            return False
+    safe_write(root, rel, data, owner=owner, mode=mode)
     return True
+
+
+def copy_tree_nofollow(src_root, src_rel, dst_root, dst_rel, owner=None, only_missing=False, uid_only=None):
+    """Copy the tree SRC_ROOT/src_rel to DST_ROOT/dst_rel through no-follow dir fds on both sides: symlinks
+    are copied as links, regular files by content (O_NOFOLLOW), nothing else; no setuid/setgid bits; new
+    entries chowned to ``owner`` (fchown/lchown on what was created).  ``only_missing``: entries already
+    at the destination are kept.  ``uid_only``: source files not owned by that uid are skipped (a hard link
+    the node's user planted to someone else's file is never copied).  Returns the paths created."""
+    made = []
+    sfd = safe_open_dir(src_root, src_rel)
+    try:
+        dfd = safe_open_dir(dst_root, dst_rel, create=True, mode=0o755, owner=owner)
+    except BaseException:
+        os.close(sfd)
+        raise
+    try:
+        for name in sorted(os.listdir(sfd)):
+            st = os.lstat(name, dir_fd=sfd)
+            if only_missing and _lstat_at(dst_root, f"{dst_rel}/{name}") is not None and not stat.S_ISDIR(st.st_mode):
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                made += copy_tree_nofollow(src_root, f"{src_rel}/{name}", dst_root, f"{dst_rel}/{name}", owner,
+                                           only_missing, uid_only)
+            elif stat.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(name, dir_fd=sfd), name, dir_fd=dfd)
+                if owner is not None and os.geteuid() == 0:
+                    os.chown(name, *owner, dir_fd=dfd, follow_symlinks=False)
+                made.append(f"{dst_rel}/{name}")
+            elif stat.S_ISREG(st.st_mode) and (uid_only is None or st.st_uid == uid_only):
+                fin = os.open(name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0), dir_fd=sfd)
+                with os.fdopen(fin, "rb") as fi:
+                    safe_write(dst_root, f"{dst_rel}/{name}", fi.read(), owner=owner,
+                               mode=stat.S_IMODE(os.fstat(fin).st_mode) & 0o755 | 0o600)
+                made.append(f"{dst_rel}/{name}")
+    finally:
+        os.close(sfd)
+        os.close(dfd)
+    return made
 
 
 def apply_settings(h, settings):
@@ -2281,17 +2359,22 @@ def apply_settings(h, settings):
         if not isinstance(env, dict):
             raise BadInput("settings env must be an object of NAME: value")
         for k, v in env.items():
-            if not ENV_KEY_RE.match(str(k)) or any(c in str(v) for c in "\n\r\0"):
-                raise BadInput(f"hotswap_env {k!r}: names are letters, digits and _; values are one line")
+            if not isinstance(k, str) or not ENV_KEY_RE.fullmatch(k):
+                raise BadInput(f"hotswap_env {k!r}: a name is letters, digits and _ (not starting with a digit), "
+                               f"nothing else around it; nothing changed")
+            if isinstance(v, bool) or not isinstance(v, (str, int)) or any(c in str(v) for c in "\n\r\0"):
+                raise BadInput(f"hotswap_env {k}: the value must be one line of text (no newline, carriage return "
+                               f"or NUL; a number is fine), and is passed exactly as given; nothing changed")
+        env = {k: str(v) for k, v in env.items()}
         h.ensure_hs()
         text = "".join(f"{k}={v}\n" for k, v in sorted(env.items()))
-        if _write_private(os.path.join(h.hs, "env"), text.encode("utf-8"), 0o600):
+        if _write_private(h.hs, "env", text.encode("utf-8"), 0o600):
             changed.append("env")
     if cookie:
         if not isinstance(cookie, str) or any(c in cookie for c in "\n\r\0"):
             raise BadInput("the cookie must be one line of text")
         h.ensure_hs()
-        if _write_private(os.path.join(h.hs, "cookie"), cookie.encode("utf-8"), 0o400):
+        if _write_private(h.hs, "cookie", cookie.encode("utf-8"), 0o400):
             changed.append("cookie")
     return changed
 
@@ -2334,13 +2417,13 @@ def _remove_files_of(h, vsn, rels, lib_names):
     keep = _referenced_libs(rels, skip_vsn=vsn)
     removed = []
     for ln in lib_names:
-        if ln not in keep and os.path.isdir(h.p("lib", ln)):
-            rmtree(h.p("lib", ln))
+        if ln not in keep and valid_lib(*ln.rpartition("-")[::2]) and os.path.isdir(h.p("lib", ln)):
+            safe_rmtree(h.root, "lib/" + ln)
             removed.append("lib/" + ln)
-    for x in (h.p("releases", vsn), h.p("releases", f"{h.app}-{vsn}.rel")):
-        if os.path.lexists(x):
-            rmtree(x)
-            removed.append(os.path.relpath(x, h.root))
+    for x in (f"releases/{check_vsn(vsn)}", f"releases/{h.app}-{vsn}.rel"):
+        if os.path.lexists(h.p(x)):
+            safe_rmtree(h.root, x)
+            removed.append(x)
     return removed
 
 
@@ -2376,6 +2459,7 @@ def prepare_unpack(h, package, sha, vsn, node_up, running=None):
     """Verify + stage + move the package into the root.  Returns a dict:
     {"changed", "noop", "rel_file" (to register, or None), "moved": [...], "cleaned": [...]}.
     Registration with release_handler is the caller's job (rpc or write_releases)."""
+    drop_stale_staging(h)
     tf, members = open_verified(package, sha, lambda m: check_member(m, h.app, vsn))
     with tf:
         names = {rel for _ign, rel in members}
@@ -2446,7 +2530,7 @@ def prepare_unpack(h, package, sha, vsn, node_up, running=None):
         missing = [ln for ln in lib_names if not os.path.isdir(h.p("lib", ln))]
         if missing:
             for x in moved:
-                rmtree(x)
+                safe_rmtree(h.root, x)
             raise OpFailed(f"package refused: the release needs lib dirs that are neither on the host nor in "
                            f"the package: {', '.join(missing)}; nothing changed")
         return {"changed": True, "noop": False, "rel_file": h.p(top_rel), "moved": moved, "cleaned": cleaned,
@@ -2476,30 +2560,31 @@ def _space_free(h):
 
 
 def _unpack_into_root(h, tf, members, staging, pkg_libs, referenced, vsn, top_rel, moved, cleaned):
-    """Extract into a private staging dir, then rename into the root; on any error, what was
-    moved is taken out again and the staging dir removed."""
+    """Extract into a private staging dir, then rename into the root through no-follow dir fds (a planted
+    link in lib/ or releases/ is refused, never followed); on any error, what was moved is taken out again
+    and the staging dir removed."""
     rmtree(staging)
+    st = os.path.basename(staging)
     try:
         os.makedirs(staging, mode=0o700)
         safe_extract(tf, members, staging)
-        uid, gid = h.owner()
-        chown_tree(staging, uid, gid)
+        uid, gid = h.tree_owner()
+        lchown_tree_at(h.hs, st, uid, gid, top=False)
         for ln in pkg_libs:
-            dst = h.p("lib", ln)
-            if os.path.lexists(dst):
+            dst = f"lib/{ln}"
+            if os.path.lexists(h.p(dst)):
                 if ln in referenced:
                     continue  # never overwrite a lib dir another release uses
-                rmtree(dst)
-                cleaned.append("lib/" + ln)
-            os.rename(os.path.join(staging, "lib", ln), dst)
-            moved.append(dst)
-        os.rename(os.path.join(staging, "releases", vsn), h.p("releases", vsn))
-        moved.append(h.p("releases", vsn))
-        os.rename(os.path.join(staging, top_rel), h.p(top_rel))
-        moved.append(h.p(top_rel))
+                safe_rmtree(h.root, dst)
+                cleaned.append(dst)
+            safe_rename(h.hs, f"{st}/{dst}", h.root, dst)
+            moved.append(h.p(dst))
+        for x in (f"releases/{vsn}", top_rel):
+            safe_rename(h.hs, f"{st}/{x}", h.root, x)
+            moved.append(h.p(x))
     except BaseException:
         for x in moved:
-            rmtree(x)
+            safe_rmtree(h.root, x)
         del moved[:]
         raise
     finally:
@@ -2520,7 +2605,7 @@ def register_offline(h, vsn, rel):
 def undo_unpack(h, prep):
     """Take the files an unpack placed back out of the root (the version can then be unpacked again)."""
     for x in prep.get("moved", []):
-        rmtree(x)
+        safe_rmtree(h.root, x)
 
 
 def cmd_unpack(h, a):
@@ -2573,6 +2658,7 @@ def do_prune(h, keep):
     """Remove releases beyond the newest ``keep`` (never the permanent, running, booted or previous one);
     returns the versions removed."""
     _drop_stale_uploads(h)
+    drop_stale_staging(h)
     rels = h.releases()
     if not rels:
         return []
@@ -2601,11 +2687,11 @@ def do_prune(h, keep):
         return []
     if up:
         r = h.rpc("remove", remove=remove, timeout=60)
-        removed = r.get("removed") or []
+        # the node's reply becomes paths: only versions we asked to remove, each a valid version
+        removed = [v for v in r.get("removed") or [] if v in remove and valid_version(v)]
         for v in removed:
-            for x in (h.p("releases", f"{h.app}-{v}.rel"), os.path.join(h.hs, "bin", v)):
-                if os.path.lexists(x):
-                    rmtree(x)
+            safe_rmtree(h.root, f"releases/{h.app}-{v}.rel")
+            rmtree(os.path.join(h.hs, "bin", v))
             h.set_sha_record(v, None)
             h.set_full_sha(v, None)
         if not r.get("ok"):
@@ -3474,12 +3560,19 @@ def stage_full(h, package, sha, vsn, owner):
                                  f"expected {h.app} {vsn}; nothing changed")
         pkg_libs = {r.split("/")[1] for r in names if r.startswith("lib/")}
         h.ensure_hs()
+        drop_stale_staging(h)
+        need, free = _space_needed(members), _space_free(h)
+        if free is not None and need > free:
+            raise OpFailed(f"no space left on device for {h.app} {vsn} in {h.hs} / {h.root}: the full release needs "
+                           f"about {need // 1024} KB, {free // 1024} KB are free; nothing changed",
+                           space_needed_kb=need // 1024, space_free_kb=free // 1024, changed=False)
         staging = os.path.join(h.hs, f"staging-{os.getpid()}")
         rmtree(staging)
         os.makedirs(staging, mode=0o700)
         try:
             safe_extract(tf, members, staging)
-            chown_tree(staging, *owner)
+            # the staged entries become the node user's (lchown, no link followed); staging itself stays root's 0700
+            lchown_tree_at(h.hs, os.path.basename(staging), *owner, top=False)
         except BaseException:
             rmtree(staging)
             raise
@@ -3497,24 +3590,24 @@ def install_cookie(h, owner):
         data = fh.read().strip()
     if not data:
         return False
-    return _write_private(h.p("releases", "COOKIE"), data, 0o400, owner, strip=True)
-
-
-def _copy_tree(src, dst):
-    rmtree(dst)
-    shutil.copytree(src, dst, symlinks=True)
+    return _write_private(h.root, "releases/COOKIE", data, 0o400, owner, strip=True)
 
 
 def save_bin(h, vsn, force=False):
-    """Keep a copy of the bin/ that boots vsn under .hotswap/bin/VSN (restored on a cold switch back)."""
-    if not vsn or not os.path.isdir(h.p("bin")):
+    """Keep a copy of the bin/ that boots vsn under the agent's bin/VSN (restored on a cold switch back).
+    ROOT/bin is the node user's: it is read through no-follow fds, links copied as links, and only files
+    owned by the node's user (never a hard link to someone else's file)."""
+    if not vsn or not os.path.isdir(h.p("bin")) or os.path.islink(h.p("bin")):
         return None
     dst = os.path.join(h.hs, "bin", vsn)
     if force and os.path.isdir(dst) and not _tree_same(dst, h.p("bin")):
         rmtree(dst)
     if not os.path.isdir(dst):
-        os.makedirs(os.path.dirname(dst), mode=0o750, exist_ok=True)
-        _copy_tree(h.p("bin"), dst + ".tmp")
+        h.ensure_hs()
+        os.close(safe_open_dir(h.hs, "bin", create=True, mode=0o700))
+        rmtree(dst + ".tmp")
+        copy_tree_nofollow(h.root, "bin", h.hs, f"bin/{vsn}.tmp",
+                           uid_only=h.tree_owner()[0] if os.geteuid() == 0 else None)
         os.rename(dst + ".tmp", dst)
     return dst
 
@@ -3523,27 +3616,27 @@ def _tree_same(a, b):
     def listing(d):
         out = {}
         for dp, dns, fns in os.walk(d):
-            for f in fns:
+            for f in fns + [x for x in dns if os.path.islink(os.path.join(dp, x))]:
                 p = os.path.join(dp, f)
-                out[os.path.relpath(p, d)] = os.readlink(p) if os.path.islink(p) else sha256_file(p)
+                st = os.lstat(p)
+                out[os.path.relpath(p, d)] = os.readlink(p) if stat.S_ISLNK(st.st_mode) else \
+                    sha256_file(p) if stat.S_ISREG(st.st_mode) else f"special {st.st_mode:o}"
         return out
-    return os.path.isdir(a) and os.path.isdir(b) and listing(a) == listing(b)
+    return os.path.isdir(a) and os.path.isdir(b) and not os.path.islink(b) and listing(a) == listing(b)
 
 
 def swap_bin(h, src, owner):
-    """Replace ROOT/bin with a copy of src (atomic rename of the directory). Returns True if changed."""
+    """Replace ROOT/bin with a copy of src, a root-owned tree (atomic rename of the directory, through
+    no-follow dir fds; new entries chowned to owner). Returns True if changed."""
     if not src or not os.path.isdir(src) or _tree_same(src, h.p("bin")):
         return False
-    new = h.p("bin.hotswap-new")
-    old = h.p("bin.hotswap-old")
-    _copy_tree(src, new)
-    chown_tree(new, *owner)
-    os.chmod(new, 0o755)
-    rmtree(old)
+    safe_rmtree(h.root, "bin.hotswap-new")
+    copy_tree_nofollow(os.path.dirname(src), os.path.basename(src), h.root, "bin.hotswap-new", owner=owner)
+    safe_rmtree(h.root, "bin.hotswap-old")
     if os.path.lexists(h.p("bin")):
-        os.rename(h.p("bin"), old)
-    os.rename(new, h.p("bin"))
-    rmtree(old)
+        safe_rename(h.root, "bin", h.root, "bin.hotswap-old")
+    safe_rename(h.root, "bin.hotswap-new", h.root, "bin")
+    safe_rmtree(h.root, "bin.hotswap-old")
     return True
 
 
@@ -3551,40 +3644,33 @@ def place_release(h, stage, vsn, rels, owner):
     """Move what the root lacks from the staged full release: new erts-*, new lib dirs,
     releases/VSN/ (bin/ is swapped later, when the node is down).  A lib dir that a release
     in RELEASES uses is never touched.  Returns the list of paths placed."""
-    st = stage["staging"]
+    st = os.path.basename(stage["staging"])
     referenced = _referenced_libs(rels)
     placed = []
     for e in stage["erts_dirs"]:
-        if not os.path.isdir(h.p(e)):
-            os.rename(os.path.join(st, e), h.p(e))
+        if _lstat_at(h.root, e) is None:
+            safe_rename(h.hs, f"{st}/{e}", h.root, e)
             placed.append(e)
-    os.makedirs(h.p("lib"), exist_ok=True)
+    for d in ("lib", "releases"):
+        os.close(safe_open_dir(h.root, d, create=True, mode=0o755, owner=owner))
     for ln in stage["pkg_libs"]:
-        dst = h.p("lib", ln)
-        if os.path.lexists(dst):
+        dst = f"lib/{ln}"
+        if _lstat_at(h.root, dst) is not None:
             if ln in referenced:
                 continue
-            rmtree(dst)  # left over from an unregistered attempt
-        os.rename(os.path.join(st, "lib", ln), dst)
-        placed.append("lib/" + ln)
-    rdir = h.p("releases", vsn)
+            safe_rmtree(h.root, dst)  # left over from an unregistered attempt
+        safe_rename(h.hs, f"{st}/{dst}", h.root, dst)
+        placed.append(dst)
+    rdir = f"releases/{vsn}"
     registered = any(r["version"] == vsn for r in rels or [])
-    if os.path.isdir(rdir) and registered:
+    have = _lstat_at(h.root, rdir)
+    if have is not None and stat.S_ISDIR(have.st_mode) and registered:
         # keep what release_handler unpacked (relup...), add what the full release has on top
-        src = os.path.join(st, "releases", vsn)
-        for dp, dns, fns in os.walk(src):
-            rel_dp = os.path.relpath(dp, src)
-            os.makedirs(os.path.join(rdir, rel_dp), exist_ok=True)
-            for f in fns:
-                d = os.path.join(rdir, rel_dp, f)
-                if not os.path.lexists(d):
-                    shutil.copy2(os.path.join(dp, f), d, follow_symlinks=False)
-                    placed.append(os.path.relpath(d, h.root))
-        chown_tree(rdir, *owner)
+        placed += copy_tree_nofollow(h.hs, f"{st}/{rdir}", h.root, rdir, owner=owner, only_missing=True)
     else:
-        rmtree(rdir)
-        os.rename(os.path.join(st, "releases", vsn), rdir)
-        placed.append(f"releases/{vsn}")
+        safe_rmtree(h.root, rdir)
+        safe_rename(h.hs, f"{st}/{rdir}", h.root, rdir)
+        placed.append(rdir)
     missing = [ln for ln in _rel_libs(stage["rel"]) if not os.path.isdir(h.p("lib", ln))]
     if missing:
         raise OpFailed(f"the release needs lib dirs that are neither on the host nor in the package: "
@@ -3594,33 +3680,96 @@ def place_release(h, stage, vsn, rels, owner):
     return placed
 
 
+SYSTEM_DIRS = {"/", "/opt", "/usr", "/usr/local", "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/share", "/etc", "/var",
+               "/var/lib", "/var/tmp", "/var/log", "/srv", "/home", "/root", "/tmp", "/bin", "/sbin", "/boot", "/dev",
+               "/proc", "/sys", "/run", "/mnt", "/media", "/snap"}
+
+
+def installed_by_agent(h):
+    """The agent's own (root-owned) records say this root holds an installation: a package checksum recorded
+    under unpacked/, or installed.json.  Unlike RELEASES or bin/APP, the node's user cannot delete these."""
+    try:
+        recs = os.listdir(os.path.join(h.hs, "unpacked"))
+    except OSError:
+        recs = []
+    return bool(recs) or os.path.exists(os.path.join(h.hs, "installed.json"))
+
+
+def check_first_install_root(h, owner, retry, create=False):
+    """A first install goes only into a directory that does not exist (made here, 0750), an empty one, or
+    one an interrupted first install of this agent made (``retry``); never a system directory or a user's
+    home.  ``create``: make it when missing, and give the directory itself (only it) to the node's user."""
+    norm, real = os.path.normpath(h.root), os.path.realpath(h.root)
+    homes = {}
+    for pw in pwd.getpwall():
+        if pw.pw_dir and pw.pw_dir != "/":
+            homes.setdefault(os.path.normpath(pw.pw_dir), pw)
+    why = None
+    for r in (norm, real):
+        if r in SYSTEM_DIRS or re.fullmatch(r"/(usr/)?lib[^/]*", r):
+            why = "is a system directory"
+        elif r in homes and (homes[r].pw_uid != owner[0] or (os.path.isdir(r) and os.listdir(r))):
+            why = f"is the home directory of user {homes[r].pw_name}"
+    if why:
+        raise OpFailed(f"hotswap_root {h.root} {why}: a first install only goes into a directory of its own "
+                       f"(for example /opt/{h.app}); nothing changed", changed=False)
+    try:
+        st = os.lstat(h.root)
+    except FileNotFoundError:
+        if not create:
+            return
+        os.makedirs(os.path.dirname(h.root), mode=0o755, exist_ok=True)
+        os.mkdir(h.root, 0o750)
+        st = os.lstat(h.root)
+    if not stat.S_ISDIR(st.st_mode):
+        raise OpFailed(f"hotswap_root {h.root} is a symbolic link or not a directory: a first install needs a new "
+                       f"or empty directory; nothing changed", changed=False)
+    left = sorted(os.listdir(h.root))
+    if left and not retry:
+        raise OpFailed(f"hotswap_root {h.root} is not empty ({len(left)} entries: {', '.join(left[:5])}) and no "
+                       f"earlier first install of this agent made it: a first install only goes into a new or "
+                       f"empty directory; empty it or choose another hotswap_root; nothing changed", changed=False)
+    if create:
+        fd = safe_open_dir(h.root)  # O_NOFOLLOW: the directory itself, never what a link names
+        try:
+            if os.geteuid() == 0:
+                os.fchown(fd, *owner)
+            if not left:
+                os.fchmod(fd, 0o750)
+        finally:
+            os.close(fd)
+
+
 def cmd_first_install(h, a):
-    """first-install --package P --sha256 S --version V: place a full release into an empty root, write
+    """first-install --package P --sha256 S --version V: place a full release into a new or empty root, write
     its boot files and the service, start it and health-check it; a failed first install leaves nothing
     running and can be retried."""
     vsn = a.version
     check = parse_check(a.check)
     with Lock(h, "first-install"):
+        h.ensure_hs()
         pending = os.path.join(h.hs, "first-install.json")
-        rels = h.releases()
+        retry = os.path.exists(pending)
+        rels = h.releases() if os.path.isdir(h.root) and not os.path.islink(h.root) else None
         perm = permanent_version(rels)
-        installed = rels is not None or os.path.exists(h.p("bin", h.app))
-        retry = installed and os.path.exists(pending)
+        installed = installed_by_agent(h) or rels is not None or os.path.lexists(h.p("bin", h.app))
         if installed and not retry:
-            raise OpFailed(f"{h.app} is already installed in {h.root} ({perm or 'bin/' + h.app + ' exists'}): "
+            raise OpFailed(f"{h.app} is already installed in {h.root} ({perm or 'recorded by the agent in ' + h.hs}): "
                            f"use hot/cold", host_version=perm)
         if h.node_up():
             raise OpFailed(f"a node named {h.node_name()} is already running: stop it before a first install",
                            host_version=perm)
         owner = h.tree_owner()
+        check_first_install_root(h, owner, retry)
         t0 = now_ms()
         stage = stage_full(h, a.package, a.sha256, vsn, owner)
         try:
-            with open(pending, "w") as fh:
-                json.dump({"version": vsn, "sha256": a.sha256}, fh)
-            st = stage["staging"]
-            for name in sorted(os.listdir(st)):  # bin, erts-*, lib, releases
-                _merge_move(os.path.join(st, name), h.p(name))
+            check_first_install_root(h, owner, retry, create=True)
+            safe_write(h.hs, "first-install.json", json.dumps({"version": vsn, "sha256": a.sha256, "root": h.root}),
+                       mode=0o600)
+            st = os.path.basename(stage["staging"])
+            for name in sorted(os.listdir(stage["staging"])):  # bin, erts-*, lib, releases
+                _merge_move(h, st, name)
         finally:
             rmtree(stage["staging"])
         rel = stage["rel"]
@@ -3628,12 +3777,7 @@ def cmd_first_install(h, a):
         h.write_releases([_releases_entry(h, rel, "permanent")])
         h.write_owned(os.path.join(h.rel_dir, "start_erl.data"), f"{rel['erts']} {vsn}\n")
         install_cookie(h, owner)
-        os.makedirs(h.p("tmp"), exist_ok=True)
-        if os.geteuid() == 0:
-            os.lchown(h.root, *owner)
-            for name in os.listdir(h.root):
-                if name != ".hotswap":
-                    chown_tree(h.p(name), *owner)
+        os.close(safe_open_dir(h.root, "tmp", create=True, mode=0o750, owner=owner))
         save_bin(h, vsn)
         h.set_full_sha(vsn, a.sha256)
         place_ms = round(now_ms() - t0, 1)
@@ -3661,15 +3805,19 @@ def cmd_first_install(h, a):
                 "retried": retry}
 
 
-def _merge_move(src, dst):
-    """Move src to dst; directories that exist on both sides are merged, files replaced."""
-    if os.path.isdir(src) and not os.path.islink(src) and os.path.isdir(dst) and not os.path.islink(dst):
-        for name in os.listdir(src):
-            _merge_move(os.path.join(src, name), os.path.join(dst, name))
+def _merge_move(h, st, rel):
+    """Move the staged STAGING/rel (st: the staging dir's name in the agent's directory) to ROOT/rel through
+    no-follow dir fds; directories on both sides are merged, anything else at ROOT/rel is replaced (a planted
+    link is removed, never followed)."""
+    src = os.lstat(os.path.join(h.hs, st, rel))
+    dst = _lstat_at(h.root, rel)
+    if stat.S_ISDIR(src.st_mode) and dst is not None and stat.S_ISDIR(dst.st_mode):
+        for name in os.listdir(os.path.join(h.hs, st, rel)):
+            _merge_move(h, st, f"{rel}/{name}")
         return
-    if os.path.lexists(dst):
-        rmtree(dst)
-    os.rename(src, dst)
+    if dst is not None:
+        safe_rmtree(h.root, rel)
+    safe_rename(h.hs, f"{st}/{rel}", h.root, rel)
 
 
 def _restore_files(h, backup):
@@ -3694,8 +3842,9 @@ def cold_switch(h, target, prev, check, timeout, owner, new_bin=None, was_up=Non
     rmtree(backup)
     os.makedirs(backup, mode=0o700)
     for name in ("RELEASES", "start_erl.data"):
-        if os.path.exists(os.path.join(h.rel_dir, name)):
-            shutil.copy2(os.path.join(h.rel_dir, name), os.path.join(backup, name))
+        data = safe_read(h.root, f"releases/{name}", limit=16 << 20)  # never through a planted link
+        if data is not None:
+            safe_write(backup, name, data, mode=0o600)
     prev_bin = save_bin(h, prev)
     bin_src = new_bin or os.path.join(h.hs, "bin", target)
     t_down = now_ms()
@@ -3796,11 +3945,13 @@ def cmd_cold(h, a):
 def _register_from_disk(h, vsn, rels):
     """A release whose files are on disk (releases/VSN/APP.rel + its lib dirs) but that RELEASES
     no longer lists: add it back as `old` so it can be booted."""
-    f = h.p("releases", vsn, f"{h.app}.rel")
-    if not os.path.isfile(f):
+    raw = safe_read(h.root, f"releases/{vsn}/{h.app}.rel", limit=1 << 20)
+    try:
+        rel = parse_rel(raw.decode("utf-8")) if raw is not None else None
+    except (TermError, ValueError, UnicodeDecodeError):
+        rel = None
+    if rel is None:
         return None
-    with open(f, encoding="utf-8") as fh:
-        rel = parse_rel(fh.read())
     if rel["version"] != vsn or rel["name"] != h.app:
         return None
     if any(not os.path.isdir(h.p("lib", ln)) for ln in _rel_libs(rel)) or not os.path.isdir(h.p(f"erts-{rel['erts']}")):
@@ -3971,7 +4122,12 @@ def run(argv, settings=None):
         h = Host(a.root, a.app, a.user)
         h.check_parents()
         h.service_manager = resolve_service_manager(a.service_manager)
-        if a.command not in READ_OPS and a.command != "first-install" and not os.path.isdir(h.root):
+        if a.command == "first-install" and not os.path.lexists(h.root):
+            # a new release root: the node user's, 0750 (its parents are root's: check_parents)
+            pw = h.run_pw()
+            os.mkdir(h.root, 0o750)
+            os.lchown(h.root, pw.pw_uid, pw.pw_gid)
+        if a.command not in READ_OPS and not os.path.isdir(h.root):
             raise OpFailed(f"release root {h.root} does not exist")
         if a.expect_state is not None:
             now = state_key(h)
@@ -3983,6 +4139,11 @@ def run(argv, settings=None):
         with (Lock(h, a.command) if a.command not in READ_OPS else contextlib.nullcontext()):
             if any(settings.values()) and a.command not in READ_OPS:
                 out["settings_changed"] = apply_settings(h, settings)
+            if a.command not in READ_OPS and h.service_manager == "systemd" and \
+                    os.path.exists(os.path.join(SYSTEMD_UNIT_DIR, unit_name(h.app))) and ensure_unit(h):
+                # a unit written by an earlier agent (its EnvironmentFile in ROOT/.hotswap, ExecStop): the node
+                # keeps running; its next start uses this one
+                h.repaired.append(f"rewrote {unit_name(h.app)} (daemon-reload, no restart)")
             if a.store_package:
                 if not getattr(a, "package", None):
                     raise BadInput("--store-package needs --package")

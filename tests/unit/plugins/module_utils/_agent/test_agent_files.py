@@ -15,11 +15,12 @@ from hotswap_testlib.agent_artifact import _member, ag
 
 
 def test_parse_env():
-    env = ag.parse_env("# c\n\nRELEASE_NODE=demo@host\nexport A='x y'\nB=\"q\"\nC=a=b\n")
-    assert env == {"RELEASE_NODE": "demo@host", "A": "x y", "B": "q", "C": "a=b"}
+    # values byte-exact, as the agent writes them (issue 15, item 13): quotes and blanks are part of the value
+    env = ag.parse_env("# c\n\nRELEASE_NODE=demo@host\nexport A='x y'\nB=\"q\"\nC=a=b\nD= sp \nE=\n")
+    assert env == {"RELEASE_NODE": "demo@host", "A": "'x y'", "B": '"q"', "C": "a=b", "D": " sp ", "E": ""}
 
 
-@pytest.mark.parametrize("bad", ["NOEQUALS", "1A=2", "A B=3"])
+@pytest.mark.parametrize("bad", ["NOEQUALS", "1A=2", "A B=3", " A=1", "A =1", "A\r=1", "A=\0"])
 def test_parse_env_bad(bad):
     with pytest.raises(ValueError):
         ag.parse_env(bad)

@@ -8,6 +8,14 @@ import pytest
 
 from hotswap_testlib.agent_artifact import AGENT_PATH, RELEASES, _cli, _host, ag
 
+from ansible_collections.beam.hotswap.plugins.module_utils._agent.names import state_dir
+
+
+def hs_dir(root):
+    """The agent's directory for a release root (beside it, root-owned)."""
+    return type(root)(state_dir(str(root)))
+
+
 # ------------------------------------------------------------------- facts, settings, packages, stale facts
 
 
@@ -25,13 +33,13 @@ def test_cli_facts_reports_fingerprint_and_agent_checksums(tmp_path):
     assert rc == 0 and out["agent_current"] is False
     rc, out, _ign = _cli(tmp_path, "facts", "--expect-agent", "other=1")
     assert rc == 2 and "expect-agent" in out["msg"]
-    assert not (tmp_path / ".hotswap" / "journal.jsonl").exists()   # a read is not journalled
+    assert not (hs_dir(tmp_path) / "journal.jsonl").exists()   # a read is not journalled
 
 
 def test_settings_write_env_and_cookie_privately_and_only_when_changed(tmp_path):
     h = _host(tmp_path)
     assert ag.apply_settings(h, {"env": {"B": "2", "A": "x y"}, "cookie": "secret-cookie"}) == ["env", "cookie"]
-    env, cookie = tmp_path / ".hotswap" / "env", tmp_path / ".hotswap" / "cookie"
+    env, cookie = hs_dir(tmp_path) / "env", hs_dir(tmp_path) / "cookie"
     assert env.read_text() == "A=x y\nB=2\n" and oct(env.stat().st_mode & 0o777) == "0o600"
     assert cookie.read_text() == "secret-cookie" and oct(cookie.stat().st_mode & 0o777) == "0o400"
     assert ag.apply_settings(h, {"env": {"A": "x y", "B": "2"}, "cookie": "secret-cookie"}) == []
@@ -48,14 +56,14 @@ def test_cli_settings_from_stdin_never_echo_the_cookie(tmp_path):
                         "--keep", "2", "--settings-stdin"], input=json.dumps({"cookie": "c00kie-x"}),
                        capture_output=True, text=True, timeout=60, check=False)
     assert "c00kie-x" not in p.stdout + p.stderr
-    assert (tmp_path / ".hotswap" / "cookie").read_text() == "c00kie-x"
-    assert "c00kie-x" not in (tmp_path / ".hotswap" / "journal.jsonl").read_text()
+    assert (hs_dir(tmp_path) / "cookie").read_text() == "c00kie-x"
+    assert "c00kie-x" not in (hs_dir(tmp_path) / "journal.jsonl").read_text()
 
 
 def test_store_package_verifies_then_keeps_it(tmp_path):
     h = _host(tmp_path)
     h.ensure_hs()
-    up = tmp_path / ".hotswap" / ".upload.part"
+    up = hs_dir(tmp_path) / ".upload.part"
     up.write_bytes(b"package bytes")
     sha = ag.sha256_file(str(up))
     with pytest.raises(ag.OpFailed):
@@ -64,7 +72,7 @@ def test_store_package_verifies_then_keeps_it(tmp_path):
     with pytest.raises(ag.BadInput):
         ag.store_package(h, str(up), sha, "../evil")
     dest = ag.store_package(h, str(up), sha, "demo-2.0.0.tar.gz")
-    assert dest == str(tmp_path / ".hotswap" / "packages" / (sha + "-demo-2.0.0.tar.gz"))
+    assert dest == str(hs_dir(tmp_path) / "packages" / (sha + "-demo-2.0.0.tar.gz"))
     assert not up.exists() and open(dest, "rb").read() == b"package bytes"
     assert oct(os.stat(dest).st_mode & 0o777) == "0o644"
     up.write_bytes(b"package bytes")                       # a second upload of the same package
@@ -79,7 +87,7 @@ def test_expect_state_refuses_stale_facts_and_changes_nothing(tmp_path):
     assert key == "down:-:1.0.0" or key.startswith("down:")
     rc, out, _ign = _cli(tmp_path, "prune", "--keep", "2", "--expect-state", "up:2.0.0:2.0.0")
     assert rc == 1 and out["stale_facts"] is True and out["changed"] is False
-    assert not (tmp_path / ".hotswap" / "journal.jsonl").exists()
+    assert not (hs_dir(tmp_path) / "journal.jsonl").exists()
 
 
 def test_store_package_across_filesystems_and_stale_uploads(tmp_path, monkeypatch):
@@ -99,7 +107,7 @@ def test_store_package_across_filesystems_and_stale_uploads(tmp_path, monkeypatc
     assert open(dest, "rb").read() == b"pkg" and not up.exists()
     assert not os.path.exists(dest + ".part")
     monkeypatch.setattr(ag.os, "replace", real)
-    old, new = tmp_path / ".hotswap" / ".upload-ab-x.part", tmp_path / ".hotswap" / ".upload-cd-y.part"
+    old, new = hs_dir(tmp_path) / ".upload-ab-x.part", hs_dir(tmp_path) / ".upload-cd-y.part"
     old.write_bytes(b"x")
     new.write_bytes(b"y")
     os.utime(old, (1, 1))
@@ -124,3 +132,53 @@ def test_ensure_user_creates_only_a_missing_user(monkeypatch):
     monkeypatch.setattr(ag.subprocess, "run", lambda argv, **kw: Done(1))
     with pytest.raises(ag.OpFailed, match="cannot lock"):
         ag.ensure_user("svc")
+
+
+# ------------------------------------------------------------------ issue 15: env byte-exact, no-follow unpack
+
+
+@pytest.mark.parametrize("env,why", [({"A\n": "1"}, "a name"), ({" A": "1"}, "a name"), ({"A": "x\ny"}, "one line"),
+                                     ({"A": "x\0"}, "one line"), ({"A": True}, "one line"), ({"A": ["x"]}, "one line")])
+def test_settings_env_refused_never_altered(tmp_path, env, why):
+    h = _host(tmp_path)
+    with pytest.raises(ag.BadInput) as e:
+        ag.apply_settings(h, {"env": env})
+    assert why in str(e.value) and "nothing changed" in str(e.value)
+    assert not (hs_dir(tmp_path) / "env").exists()
+
+
+def test_settings_env_values_are_byte_exact(tmp_path):
+    h = _host(tmp_path)
+    env = {"A": " padded ", "B": "'quoted'", "C": '"dq"', "D": "a=b#c", "E": "", "PORT": 4000}
+    ag.apply_settings(h, {"env": env})
+    got = ag.parse_env((hs_dir(tmp_path) / "env").read_text())
+    assert got == dict(env, PORT="4000")
+
+
+def test_unpack_never_moves_through_a_planted_lib_link(tmp_path):
+    from hotswap_testlib.agent_artifact import _root_v1, _upgrade_pkg
+    root, h = _root_v1(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.rename(root / "lib", tmp_path / "lib.real")
+    (root / "lib").symlink_to(outside)
+    pkg = tmp_path / "p.tar.gz"
+    sha = _upgrade_pkg(pkg)
+    with pytest.raises(ag.OpFailed) as e:
+        ag.prepare_unpack(h, str(pkg), sha, "2.0.0", False)
+    assert "symbolic link" in e.value.msg
+    assert os.listdir(outside) == [] and not (root / "releases" / "2.0.0").exists()
+    assert not [n for n in os.listdir(hs_dir(root)) if n.startswith("staging")]
+
+
+def test_full_tarball_space_check(tmp_path, monkeypatch):
+    from hotswap_testlib.agent_artifact import _full_tarball
+    root = tmp_path / "root"
+    root.mkdir()
+    h = ag.Host(str(root), "demo")
+    pkg = tmp_path / "full.tar.gz"
+    sha = _full_tarball(pkg)
+    monkeypatch.setattr(ag, "_space_free", lambda h: 1024)
+    with pytest.raises(ag.OpFailed) as e:
+        ag.stage_full(h, str(pkg), sha, "1.0.0", (os.getuid(), os.getgid()))
+    assert "no space left" in e.value.msg and "nothing changed" in e.value.msg

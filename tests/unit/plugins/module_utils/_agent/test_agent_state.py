@@ -17,6 +17,13 @@ from hotswap_testlib.agent_artifact import (
     ag,
 )
 
+from ansible_collections.beam.hotswap.plugins.module_utils._agent.names import state_dir
+
+
+def hs_dir(root):
+    """The agent's directory for a release root (beside it, root-owned)."""
+    return type(root)(state_dir(str(root)))
+
 # ------------------------------------------------------------------ repairs, disk full, status
 
 
@@ -56,7 +63,7 @@ def test_repair_boot_files_rebuilds_corrupt_releases_from_disk(tmp_path):
     rep = ag.repair_boot_files(h)
     assert any("RELEASES" in r for r in rep), rep
     assert [(r["version"], r["status"]) for r in h.releases()] == [("2.0.0", "old"), ("1.0.0", "permanent")]
-    assert list((tmp_path / ".hotswap").glob("RELEASES.damaged-*"))
+    assert list(hs_dir(tmp_path).glob("RELEASES.damaged-*"))
 
 
 def test_status_reports_corrupt_releases(tmp_path):
@@ -85,18 +92,18 @@ def test_unpack_enospc_midway_removes_partial_files(tmp_path, monkeypatch):
     real_rename = os.rename
     calls = []
 
-    def rename(a, b):  # the lib dir moves, then the disk fills up
+    def rename(a, b, **kw):  # the lib dir moves, then the disk fills up
         calls.append(b)
         if len(calls) == 2:
             raise OSError(_errno.ENOSPC, "No space left on device")
-        return real_rename(a, b)
+        return real_rename(a, b, **kw)
 
     monkeypatch.setattr(ag.os, "rename", rename)
     with pytest.raises(ag.OpFailed) as e:
         ag.prepare_unpack(h, str(pkg), sha, "2.0.0", False)
     assert "no space left on device while unpacking" in e.value.msg and "partial files removed" in e.value.msg
     assert not (root / "lib" / "demo-2.0.0").exists() and not (root / "releases" / "2.0.0").exists()
-    assert not [n for n in os.listdir(root / ".hotswap") if n.startswith("staging")]
+    assert not [n for n in os.listdir(hs_dir(root)) if n.startswith("staging")]
 
 
 @pytest.mark.parametrize("root", ["/", "//", "/.", "/opt/..", "/opt/../etc", "rel/x", "/opt/x\n"])
@@ -130,3 +137,100 @@ def test_refusal_message():
     assert msg.startswith("hot upgrade to 2.0.0 refused: Sample.Counter.code_change(1, state, extra)")
     assert "RuntimeError" in msg and msg.endswith(
         "rehearsed on a copy of the live state; nothing was installed; the host keeps 1.0.0 and its state")
+
+
+# ------------------------------------------------------------------ issue 15: names that become paths, stale staging
+
+BAD_RELEASES = """[{release,"demo","0.1.0/../../../X","13.1.5",[{kernel,"8.5.3","lib/kernel-8.5.3"}],old},
+ {release,"demo","1.0.0","13.1.5",[{kernel,"8.5.3","lib/kernel-8.5.3"}],permanent}].
+"""
+
+
+@pytest.mark.parametrize("text,why", [
+    (BAD_RELEASES, "version"),
+    (BAD_RELEASES.replace("0.1.0/../../../X", "0.1.0").replace('"13.1.5",[{k', '"../13",[{k', 1), "ERTS"),
+    (BAD_RELEASES.replace("0.1.0/../../../X", "0.1.0").replace('"lib/kernel-8.5.3"', '"lib/.."', 1), "lib dir"),
+    (BAD_RELEASES.replace("0.1.0/../../../X", "0.1.0").replace('{kernel,"8.5.3"', '{kernel,"8.5.3/../../x"', 1), "lib"),
+])
+def test_releases_entries_that_would_become_bad_paths_are_refused(text, why):
+    with pytest.raises(ValueError) as e:
+        ag.parse_releases(text)
+    assert why in str(e.value)
+
+
+def test_prune_with_a_crafted_releases_entry_removes_nothing_outside(tmp_path):
+    root, h = _root_v1(tmp_path)
+    victim = tmp_path / "X"
+    victim.mkdir()
+    (victim / "precious").write_text("p")
+    (root / "releases" / "RELEASES").write_text(BAD_RELEASES)
+    with pytest.raises(ag.OpFailed) as e:
+        ag.do_prune(h, 1)
+    assert "cannot parse" in e.value.msg and (victim / "precious").exists()
+
+
+def test_node_replies_and_start_erl_are_validated(tmp_path, monkeypatch):
+    root, h = _root_v1(tmp_path)
+    (root / "releases" / "start_erl.data").write_text("13.1.5 ../../../etc\n")
+    assert ag.start_erl_checked(h) is None
+    (root / "releases" / "start_erl.data").write_text("13.1.5 1.0.0\n")
+    assert ag.start_erl_checked(h) == {"erts": "13.1.5", "version": "1.0.0"}
+    # a RELEASES release_handler would rebuild from an unsafe reply: removed instead, never written
+    (root / "releases" / "RELEASES").write_text("garbage")
+    reply = {"ok": True, "releases": [{"name": "demo", "version": "../../x", "erts": "13.1.5", "status": "permanent",
+                                       "libs": [["kernel", "8.5.3", "lib/kernel-8.5.3"]]}]}
+    monkeypatch.setattr(h, "rpc", lambda *a, **k: reply)
+    out = ag.repair_releases(h, up=True)
+    assert "unusable" in out[0] and not (root / "releases" / "RELEASES").exists()
+
+
+def test_releases_from_disk_reads_no_linked_rel(tmp_path):
+    _disk_release(tmp_path, "1.0.0")
+    _disk_release(tmp_path, "2.0.0")
+    rel = tmp_path / "releases" / "2.0.0" / "demo.rel"
+    real = tmp_path / "elsewhere.rel"
+    real.write_text(rel.read_text())
+    rel.unlink()
+    rel.symlink_to(real)
+    assert [r["version"] for r in ag.releases_from_disk(ag.Host(str(tmp_path), "demo"))] == ["1.0.0"]
+
+
+def test_set_aside_never_copies_through_a_link(tmp_path):
+    root, h = _root_v1(tmp_path)
+    secret = tmp_path / "secret"
+    secret.write_text("root only")
+    (root / "releases" / "RELEASES").unlink()
+    (root / "releases" / "RELEASES").symlink_to(secret)
+    assert ag._set_aside(h, "RELEASES") is None
+    (root / "releases" / "RELEASES").unlink()
+    (root / "releases" / "RELEASES").write_text("damaged")
+    aside = ag._set_aside(h, "RELEASES")
+    assert open(aside).read() == "damaged" and os.stat(aside).st_mode & 0o777 == 0o600
+
+
+def test_stale_staging_dirs_are_dropped(tmp_path):
+    root, h = _root_v1(tmp_path)
+    hs = hs_dir(root)
+    dead, alive, reused, mine = (hs / "staging-999999999", hs / f"staging-{os.getppid()}", hs / "staging-1",
+                                 hs / f"staging-{os.getpid()}")
+    for d in (dead, alive, reused, mine):
+        d.mkdir()
+        (d / "f").write_text("x")
+    os.utime(reused, (1, 1))              # pid 1 lives, but the dir is older than this agent: a reused pid
+    assert sorted(ag.drop_stale_staging(h)) == sorted([dead.name, reused.name])
+    assert alive.exists() and mine.exists() and not dead.exists() and not reused.exists()
+
+
+def test_prune_ignores_unsafe_versions_in_the_nodes_reply(tmp_path, monkeypatch):
+    root, h = _root_v1(tmp_path)
+    _disk_release(root, "0.9.0")
+    rels = h.releases() + [ag._releases_entry(h, ag.parse_rel((root / "releases/0.9.0/demo.rel").read_text()), "old")]
+    rels += [dict(rels[-1], version="0.8.0")]
+    h.write_releases(rels)
+    victim = tmp_path / "victim.rel"
+    victim.write_text("v")
+    monkeypatch.setattr(h, "node_up", lambda: True)
+    monkeypatch.setattr(h, "os_pid", lambda: (None, None))
+    monkeypatch.setattr(h, "rpc", lambda *a, **k: {"ok": True, "removed": ["0.8.0", "../../victim"]})
+    assert ag.do_prune(h, 1) == ["0.8.0"]
+    assert victim.exists()

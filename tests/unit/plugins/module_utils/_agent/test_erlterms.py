@@ -63,3 +63,24 @@ def test_erlterm_parses_otp_style_text():
 def test_erlterm_rejects_malformed(text):
     with pytest.raises(erlterms.TermError):
         erlterms.parse_terms(text)
+
+
+# --------------------------------------------------------------------------- names that become paths (issue 15)
+
+
+@pytest.mark.parametrize("text,why", [
+    ('{release,{"demo","1.0.0/../../x"},{erts,"13.1.5"},[{kernel,"8.5.3"}]}.', "version"),
+    ('{release,{"demo","1.0.0"},{erts,"../../bin"},[{kernel,"8.5.3"}]}.', "ERTS version"),
+    ('{release,{"demo","1.0.0"},{erts,"13.1.5"},[{\'../x\',"8.5.3"}]}.', "NAME-VSN"),
+    ('{release,{"demo","1.0.0"},{erts,"13.1.5"},[{kernel,".."}]}.', "NAME-VSN"),
+])
+def test_parse_rel_refuses_names_that_would_be_unsafe_paths(text, why):
+    with pytest.raises(erlterms.TermError) as e:
+        erlterms.parse_rel(text)
+    assert why in str(e.value)
+
+
+def test_valid_lib():
+    assert erlterms.valid_lib("kernel", "8.5.3") and erlterms.valid_lib("my app", "1.0.0-rc.1")
+    for app, vsn in (("..", "1"), ("a/b", "1"), (".x", "1"), ("a", "1/2"), ("a", ".."), ("a\n", "1"), (None, "1")):
+        assert not erlterms.valid_lib(app, vsn)
