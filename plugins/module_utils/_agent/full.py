@@ -2,17 +2,17 @@
 holds (hot over the relup's down edge when it exists, cold otherwise).
 """
 
+import hashlib
 import json
 import os
-import pwd
-import re
 import stat
 
 from .errors import now_ms, OpFailed, PackageRefused
 from .erlterms import parse_rel, permanent_version, TermError
 from .files import (check_full_member, lchown_tree_at, rmtree, safe_extract, safe_open_dir, safe_read, safe_rename,
-                    safe_rmtree, safe_write, sha256_file)
-from .state import drop_stale_staging, Lock, _make_permanent_offline, _rel_libs, _releases_entry, running_and_permanent
+                    safe_rmtree, safe_write)
+from .state import (check_first_install_root, drop_stale_staging, installed_by_agent, Lock, _make_permanent_offline,
+                    _rel_libs, _releases_entry, running_and_permanent)
 from .reads import relup_edges
 from .packages import (copy_tree_nofollow, _lstat_at, open_verified, _referenced_libs, _space_free, _space_needed,
                        _write_private)
@@ -95,6 +95,16 @@ def save_bin(h, vsn, force=False):
     return dst
 
 
+def _hash_nofollow(p):
+    """sha256 of the regular file p (O_NOFOLLOW|O_NONBLOCK: never a link's target, never blocks on a fifo)."""
+    try:
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest() if stat.S_ISREG(os.fstat(fd).st_mode) else None
+
+
 def _tree_same(a, b):
     def listing(d):
         out = {}
@@ -103,7 +113,7 @@ def _tree_same(a, b):
                 p = os.path.join(dp, f)
                 st = os.lstat(p)
                 out[os.path.relpath(p, d)] = os.readlink(p) if stat.S_ISLNK(st.st_mode) else \
-                    sha256_file(p) if stat.S_ISREG(st.st_mode) else f"special {st.st_mode:o}"
+                    _hash_nofollow(p) if stat.S_ISREG(st.st_mode) else f"special {st.st_mode:o}"
         return out
     return os.path.isdir(a) and os.path.isdir(b) and not os.path.islink(b) and listing(a) == listing(b)
 
@@ -161,66 +171,6 @@ def place_release(h, stage, vsn, rels, owner):
     if not os.path.isdir(h.p(f"erts-{stage['rel']['erts']}")) and stage["erts_dirs"]:
         raise OpFailed(f"the release needs erts-{stage['rel']['erts']}, which the package does not hold")
     return placed
-
-
-SYSTEM_DIRS = {"/", "/opt", "/usr", "/usr/local", "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/share", "/etc", "/var",
-               "/var/lib", "/var/tmp", "/var/log", "/srv", "/home", "/root", "/tmp", "/bin", "/sbin", "/boot", "/dev",
-               "/proc", "/sys", "/run", "/mnt", "/media", "/snap"}
-
-
-def installed_by_agent(h):
-    """The agent's own (root-owned) records say this root holds an installation: a package checksum recorded
-    under unpacked/, or installed.json.  Unlike RELEASES or bin/APP, the node's user cannot delete these."""
-    try:
-        recs = os.listdir(os.path.join(h.hs, "unpacked"))
-    except OSError:
-        recs = []
-    return bool(recs) or os.path.exists(os.path.join(h.hs, "installed.json"))
-
-
-def check_first_install_root(h, owner, retry, create=False):
-    """A first install goes only into a directory that does not exist (made here, 0750), an empty one, or
-    one an interrupted first install of this agent made (``retry``); never a system directory or a user's
-    home.  ``create``: make it when missing, and give the directory itself (only it) to the node's user."""
-    norm, real = os.path.normpath(h.root), os.path.realpath(h.root)
-    homes = {}
-    for pw in pwd.getpwall():
-        if pw.pw_dir and pw.pw_dir != "/":
-            homes.setdefault(os.path.normpath(pw.pw_dir), pw)
-    why = None
-    for r in (norm, real):
-        if r in SYSTEM_DIRS or re.fullmatch(r"/(usr/)?lib[^/]*", r):
-            why = "is a system directory"
-        elif r in homes and (homes[r].pw_uid != owner[0] or (os.path.isdir(r) and os.listdir(r))):
-            why = f"is the home directory of user {homes[r].pw_name}"
-    if why:
-        raise OpFailed(f"hotswap_root {h.root} {why}: a first install only goes into a directory of its own "
-                       f"(for example /opt/{h.app}); nothing changed", changed=False)
-    try:
-        st = os.lstat(h.root)
-    except FileNotFoundError:
-        if not create:
-            return
-        os.makedirs(os.path.dirname(h.root), mode=0o755, exist_ok=True)
-        os.mkdir(h.root, 0o750)
-        st = os.lstat(h.root)
-    if not stat.S_ISDIR(st.st_mode):
-        raise OpFailed(f"hotswap_root {h.root} is a symbolic link or not a directory: a first install needs a new "
-                       f"or empty directory; nothing changed", changed=False)
-    left = sorted(os.listdir(h.root))
-    if left and not retry:
-        raise OpFailed(f"hotswap_root {h.root} is not empty ({len(left)} entries: {', '.join(left[:5])}) and no "
-                       f"earlier first install of this agent made it: a first install only goes into a new or "
-                       f"empty directory; empty it or choose another hotswap_root; nothing changed", changed=False)
-    if create:
-        fd = safe_open_dir(h.root)  # O_NOFOLLOW: the directory itself, never what a link names
-        try:
-            if os.geteuid() == 0:
-                os.fchown(fd, *owner)
-            if not left:
-                os.fchmod(fd, 0o750)
-        finally:
-            os.close(fd)
 
 
 def cmd_first_install(h, a):

@@ -73,11 +73,14 @@ def copy_tree_nofollow(src_root, src_rel, dst_root, dst_rel, owner=None, only_mi
                 if owner is not None and os.geteuid() == 0:
                     os.chown(name, *owner, dir_fd=dfd, follow_symlinks=False)
                 made.append(f"{dst_rel}/{name}")
-            elif stat.S_ISREG(st.st_mode) and (uid_only is None or st.st_uid == uid_only):
-                fin = os.open(name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0), dir_fd=sfd)
+            elif stat.S_ISREG(st.st_mode):
+                fin = os.open(name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0), dir_fd=sfd)
                 with os.fdopen(fin, "rb") as fi:
+                    fst = os.fstat(fin)  # what was opened, not what lstat saw (the tree may change meanwhile)
+                    if not stat.S_ISREG(fst.st_mode) or (uid_only is not None and fst.st_uid != uid_only):
+                        continue
                     safe_write(dst_root, f"{dst_rel}/{name}", fi.read(), owner=owner,
-                               mode=stat.S_IMODE(os.fstat(fin).st_mode) & 0o755 | 0o600)
+                               mode=stat.S_IMODE(fst.st_mode) & 0o755 | 0o600)
                 made.append(f"{dst_rel}/{name}")
     finally:
         os.close(sfd)

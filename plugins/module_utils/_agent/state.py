@@ -1,5 +1,6 @@
-"""The root's state: the lock, the JSON-lines journal, repairs of RELEASES and the boot files, and
-`host_state` (what runs, what is permanent, what is unpacked) that every plan depends on.
+"""The root's state: the lock, the JSON-lines journal, repairs of RELEASES and the boot files,
+`host_state` (what runs, what is permanent, what is unpacked) that every plan depends on, and whether a
+root is installed (the agent's own records) or may take a first install (new, empty or agent-made).
 """
 
 import datetime
@@ -7,11 +8,14 @@ import errno
 import fcntl
 import json
 import os
+import pwd
+import re
+import stat
 
 from .errors import OpFailed
 from .names import valid_version, vsn_key
 from .erlterms import check_release_names, parse_rel, permanent_version, TermError
-from .files import rmtree, safe_read, safe_rmtree, safe_write
+from .files import rmtree, safe_open_dir, safe_read, safe_rmtree, safe_write
 
 
 class Lock:
@@ -334,3 +338,63 @@ def _rel_libs(rel):
 def _releases_entry(h, rel, status, relative=True):
     libs = [(a, v, f"lib/{a}-{v}" if relative else h.p("lib", f"{a}-{v}")) for a, v in rel["apps"]]
     return {"name": rel["name"], "version": rel["version"], "erts": rel["erts"], "libs": libs, "status": status}
+
+
+SYSTEM_DIRS = {"/", "/opt", "/usr", "/usr/local", "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/share", "/etc", "/var",
+               "/var/lib", "/var/tmp", "/var/log", "/srv", "/home", "/root", "/tmp", "/bin", "/sbin", "/boot", "/dev",
+               "/proc", "/sys", "/run", "/mnt", "/media", "/snap"}
+
+
+def installed_by_agent(h):
+    """The agent's own (root-owned) records say this root holds an installation: a package checksum recorded
+    under unpacked/, or installed.json.  Unlike RELEASES or bin/APP, the node's user cannot delete these."""
+    try:
+        recs = os.listdir(os.path.join(h.hs, "unpacked"))
+    except OSError:
+        recs = []
+    return bool(recs) or os.path.exists(os.path.join(h.hs, "installed.json"))
+
+
+def check_first_install_root(h, owner, retry, create=False):
+    """A first install goes only into a directory that does not exist (made here, 0750), an empty one, or
+    one an interrupted first install of this agent made (``retry``); never a system directory or a user's
+    home.  ``create``: make it when missing, and give the directory itself (only it) to the node's user."""
+    norm, real = os.path.normpath(h.root), os.path.realpath(h.root)
+    homes = {}
+    for pw in pwd.getpwall():
+        if pw.pw_dir and pw.pw_dir != "/":
+            homes.setdefault(os.path.normpath(pw.pw_dir), pw)
+    why = None
+    for r in (norm, real):
+        if r in SYSTEM_DIRS or re.fullmatch(r"/(usr/)?lib[^/]*", r):
+            why = "is a system directory"
+        elif r in homes and (homes[r].pw_uid != owner[0] or (os.path.isdir(r) and os.listdir(r))):
+            why = f"is the home directory of user {homes[r].pw_name}"
+    if why:
+        raise OpFailed(f"hotswap_root {h.root} {why}: a first install only goes into a directory of its own "
+                       f"(for example /opt/{h.app}); nothing changed", changed=False)
+    try:
+        st = os.lstat(h.root)
+    except FileNotFoundError:
+        if not create:
+            return
+        os.makedirs(os.path.dirname(h.root), mode=0o755, exist_ok=True)
+        os.mkdir(h.root, 0o750)
+        st = os.lstat(h.root)
+    if not stat.S_ISDIR(st.st_mode):
+        raise OpFailed(f"hotswap_root {h.root} is a symbolic link or not a directory: a first install needs a new "
+                       f"or empty directory; nothing changed", changed=False)
+    left = sorted(os.listdir(h.root))
+    if left and not retry:
+        raise OpFailed(f"hotswap_root {h.root} is not empty ({len(left)} entries: {', '.join(left[:5])}) and no "
+                       f"earlier first install of this agent made it: a first install only goes into a new or "
+                       f"empty directory; empty it or choose another hotswap_root; nothing changed", changed=False)
+    if create:
+        fd = safe_open_dir(h.root)  # O_NOFOLLOW: the directory itself, never what a link names
+        try:
+            if os.geteuid() == 0:
+                os.fchown(fd, *owner)
+            if not left:
+                os.fchmod(fd, 0o750)
+        finally:
+            os.close(fd)

@@ -1751,8 +1751,9 @@ class Host:
 
 # ==================================================================================================
 # state.py
-# The root's state: the lock, the JSON-lines journal, repairs of RELEASES and the boot files, and
-# `host_state` (what runs, what is permanent, what is unpacked) that every plan depends on.
+# The root's state: the lock, the JSON-lines journal, repairs of RELEASES and the boot files,
+# `host_state` (what runs, what is permanent, what is unpacked) that every plan depends on, and whether a
+# root is installed (the agent's own records) or may take a first install (new, empty or agent-made).
 # ==================================================================================================
 
 class Lock:
@@ -2077,6 +2078,66 @@ def _releases_entry(h, rel, status, relative=True):
     return {"name": rel["name"], "version": rel["version"], "erts": rel["erts"], "libs": libs, "status": status}
 
 
+SYSTEM_DIRS = {"/", "/opt", "/usr", "/usr/local", "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/share", "/etc", "/var",
+               "/var/lib", "/var/tmp", "/var/log", "/srv", "/home", "/root", "/tmp", "/bin", "/sbin", "/boot", "/dev",
+               "/proc", "/sys", "/run", "/mnt", "/media", "/snap"}
+
+
+def installed_by_agent(h):
+    """The agent's own (root-owned) records say this root holds an installation: a package checksum recorded
+    under unpacked/, or installed.json.  Unlike RELEASES or bin/APP, the node's user cannot delete these."""
+    try:
+        recs = os.listdir(os.path.join(h.hs, "unpacked"))
+    except OSError:
+        recs = []
+    return bool(recs) or os.path.exists(os.path.join(h.hs, "installed.json"))
+
+
+def check_first_install_root(h, owner, retry, create=False):
+    """A first install goes only into a directory that does not exist (made here, 0750), an empty one, or
+    one an interrupted first install of this agent made (``retry``); never a system directory or a user's
+    home.  ``create``: make it when missing, and give the directory itself (only it) to the node's user."""
+    norm, real = os.path.normpath(h.root), os.path.realpath(h.root)
+    homes = {}
+    for pw in pwd.getpwall():
+        if pw.pw_dir and pw.pw_dir != "/":
+            homes.setdefault(os.path.normpath(pw.pw_dir), pw)
+    why = None
+    for r in (norm, real):
+        if r in SYSTEM_DIRS or re.fullmatch(r"/(usr/)?lib[^/]*", r):
+            why = "is a system directory"
+        elif r in homes and (homes[r].pw_uid != owner[0] or (os.path.isdir(r) and os.listdir(r))):
+            why = f"is the home directory of user {homes[r].pw_name}"
+    if why:
+        raise OpFailed(f"hotswap_root {h.root} {why}: a first install only goes into a directory of its own "
+                       f"(for example /opt/{h.app}); nothing changed", changed=False)
+    try:
+        st = os.lstat(h.root)
+    except FileNotFoundError:
+        if not create:
+            return
+        os.makedirs(os.path.dirname(h.root), mode=0o755, exist_ok=True)
+        os.mkdir(h.root, 0o750)
+        st = os.lstat(h.root)
+    if not stat.S_ISDIR(st.st_mode):
+        raise OpFailed(f"hotswap_root {h.root} is a symbolic link or not a directory: a first install needs a new "
+                       f"or empty directory; nothing changed", changed=False)
+    left = sorted(os.listdir(h.root))
+    if left and not retry:
+        raise OpFailed(f"hotswap_root {h.root} is not empty ({len(left)} entries: {', '.join(left[:5])}) and no "
+                       f"earlier first install of this agent made it: a first install only goes into a new or "
+                       f"empty directory; empty it or choose another hotswap_root; nothing changed", changed=False)
+    if create:
+        fd = safe_open_dir(h.root)  # O_NOFOLLOW: the directory itself, never what a link names
+        try:
+            if os.geteuid() == 0:
+                os.fchown(fd, *owner)
+            if not left:
+                os.fchmod(fd, 0o750)
+        finally:
+            os.close(fd)
+
+
 # ==================================================================================================
 # reads.py
 # Read-only commands: `status` and `facts` (state, OS fingerprint, agent checksums), the relup edges a
@@ -2336,11 +2397,14 @@ def copy_tree_nofollow(src_root, src_rel, dst_root, dst_rel, owner=None, only_mi
                 if owner is not None and os.geteuid() == 0:
                     os.chown(name, *owner, dir_fd=dfd, follow_symlinks=False)
                 made.append(f"{dst_rel}/{name}")
-            elif stat.S_ISREG(st.st_mode) and (uid_only is None or st.st_uid == uid_only):
-                fin = os.open(name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0), dir_fd=sfd)
+            elif stat.S_ISREG(st.st_mode):
+                fin = os.open(name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0), dir_fd=sfd)
                 with os.fdopen(fin, "rb") as fi:
+                    fst = os.fstat(fin)  # what was opened, not what lstat saw (the tree may change meanwhile)
+                    if not stat.S_ISREG(fst.st_mode) or (uid_only is not None and fst.st_uid != uid_only):
+                        continue
                     safe_write(dst_root, f"{dst_rel}/{name}", fi.read(), owner=owner,
-                               mode=stat.S_IMODE(os.fstat(fin).st_mode) & 0o755 | 0o600)
+                               mode=stat.S_IMODE(fst.st_mode) & 0o755 | 0o600)
                 made.append(f"{dst_rel}/{name}")
     finally:
         os.close(sfd)
@@ -3612,6 +3676,16 @@ def save_bin(h, vsn, force=False):
     return dst
 
 
+def _hash_nofollow(p):
+    """sha256 of the regular file p (O_NOFOLLOW|O_NONBLOCK: never a link's target, never blocks on a fifo)."""
+    try:
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest() if stat.S_ISREG(os.fstat(fd).st_mode) else None
+
+
 def _tree_same(a, b):
     def listing(d):
         out = {}
@@ -3620,7 +3694,7 @@ def _tree_same(a, b):
                 p = os.path.join(dp, f)
                 st = os.lstat(p)
                 out[os.path.relpath(p, d)] = os.readlink(p) if stat.S_ISLNK(st.st_mode) else \
-                    sha256_file(p) if stat.S_ISREG(st.st_mode) else f"special {st.st_mode:o}"
+                    _hash_nofollow(p) if stat.S_ISREG(st.st_mode) else f"special {st.st_mode:o}"
         return out
     return os.path.isdir(a) and os.path.isdir(b) and not os.path.islink(b) and listing(a) == listing(b)
 
@@ -3678,66 +3752,6 @@ def place_release(h, stage, vsn, rels, owner):
     if not os.path.isdir(h.p(f"erts-{stage['rel']['erts']}")) and stage["erts_dirs"]:
         raise OpFailed(f"the release needs erts-{stage['rel']['erts']}, which the package does not hold")
     return placed
-
-
-SYSTEM_DIRS = {"/", "/opt", "/usr", "/usr/local", "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/share", "/etc", "/var",
-               "/var/lib", "/var/tmp", "/var/log", "/srv", "/home", "/root", "/tmp", "/bin", "/sbin", "/boot", "/dev",
-               "/proc", "/sys", "/run", "/mnt", "/media", "/snap"}
-
-
-def installed_by_agent(h):
-    """The agent's own (root-owned) records say this root holds an installation: a package checksum recorded
-    under unpacked/, or installed.json.  Unlike RELEASES or bin/APP, the node's user cannot delete these."""
-    try:
-        recs = os.listdir(os.path.join(h.hs, "unpacked"))
-    except OSError:
-        recs = []
-    return bool(recs) or os.path.exists(os.path.join(h.hs, "installed.json"))
-
-
-def check_first_install_root(h, owner, retry, create=False):
-    """A first install goes only into a directory that does not exist (made here, 0750), an empty one, or
-    one an interrupted first install of this agent made (``retry``); never a system directory or a user's
-    home.  ``create``: make it when missing, and give the directory itself (only it) to the node's user."""
-    norm, real = os.path.normpath(h.root), os.path.realpath(h.root)
-    homes = {}
-    for pw in pwd.getpwall():
-        if pw.pw_dir and pw.pw_dir != "/":
-            homes.setdefault(os.path.normpath(pw.pw_dir), pw)
-    why = None
-    for r in (norm, real):
-        if r in SYSTEM_DIRS or re.fullmatch(r"/(usr/)?lib[^/]*", r):
-            why = "is a system directory"
-        elif r in homes and (homes[r].pw_uid != owner[0] or (os.path.isdir(r) and os.listdir(r))):
-            why = f"is the home directory of user {homes[r].pw_name}"
-    if why:
-        raise OpFailed(f"hotswap_root {h.root} {why}: a first install only goes into a directory of its own "
-                       f"(for example /opt/{h.app}); nothing changed", changed=False)
-    try:
-        st = os.lstat(h.root)
-    except FileNotFoundError:
-        if not create:
-            return
-        os.makedirs(os.path.dirname(h.root), mode=0o755, exist_ok=True)
-        os.mkdir(h.root, 0o750)
-        st = os.lstat(h.root)
-    if not stat.S_ISDIR(st.st_mode):
-        raise OpFailed(f"hotswap_root {h.root} is a symbolic link or not a directory: a first install needs a new "
-                       f"or empty directory; nothing changed", changed=False)
-    left = sorted(os.listdir(h.root))
-    if left and not retry:
-        raise OpFailed(f"hotswap_root {h.root} is not empty ({len(left)} entries: {', '.join(left[:5])}) and no "
-                       f"earlier first install of this agent made it: a first install only goes into a new or "
-                       f"empty directory; empty it or choose another hotswap_root; nothing changed", changed=False)
-    if create:
-        fd = safe_open_dir(h.root)  # O_NOFOLLOW: the directory itself, never what a link names
-        try:
-            if os.geteuid() == 0:
-                os.fchown(fd, *owner)
-            if not left:
-                os.fchmod(fd, 0o750)
-        finally:
-            os.close(fd)
 
 
 def cmd_first_install(h, a):

@@ -74,8 +74,8 @@ def test_first_install_refusals_without_node(tmp_path):
     root = tmp_path / "root"
     pkg = tmp_path / "full.tar.gz"
     sha = _full_tarball(pkg, extra=[("releases/1.0.0/../../../escape", b"x")])
-    rc, out, _ign = _cli(root, "first-install", "--version", "1.0.0", "--package", str(pkg), "--sha256", sha,
-                         "--service-manager", "daemon")
+    rc, out, _ign = _cli(root, "--user", "nobody", "first-install", "--version", "1.0.0", "--package", str(pkg),
+                         "--sha256", sha, "--service-manager", "daemon")
     assert rc == 2 and ".." in out["msg"], out  # an unsafe package is bad input
     assert not (root / "bin").exists() and not (tmp_path / "escape").exists()
     # a root holding a release is refused: use hot/cold
