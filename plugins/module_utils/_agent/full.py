@@ -14,7 +14,7 @@ from .files import (check_full_member, lchown_tree_at, rmtree, safe_extract, saf
 from .state import (check_first_install_root, drop_stale_staging, installed_by_agent, Lock, _make_permanent_offline,
                     _rel_libs, _releases_entry, running_and_permanent)
 from .reads import relup_edges
-from .packages import (copy_tree_nofollow, _lstat_at, open_verified, _referenced_libs, _space_free, _space_needed,
+from .packages import (copy_tree_nofollow, _lstat_at, move_in, open_verified, _referenced_libs, _space_free, _space_needed,
                        _write_private)
 from .health import parse_check
 from .service import _gate, start_node, start_timeout, stop_node
@@ -142,7 +142,7 @@ def place_release(h, stage, vsn, rels, owner):
     placed = []
     for e in stage["erts_dirs"]:
         if _lstat_at(h.root, e) is None:
-            safe_rename(h.hs, f"{st}/{e}", h.root, e)
+            move_in(h.hs, f"{st}/{e}", h.root, e, owner)
             placed.append(e)
     for d in ("lib", "releases"):
         os.close(safe_open_dir(h.root, d, create=True, mode=0o755, owner=owner))
@@ -152,7 +152,7 @@ def place_release(h, stage, vsn, rels, owner):
             if ln in referenced:
                 continue
             safe_rmtree(h.root, dst)  # left over from an unregistered attempt
-        safe_rename(h.hs, f"{st}/{dst}", h.root, dst)
+        move_in(h.hs, f"{st}/{dst}", h.root, dst, owner)
         placed.append(dst)
     rdir = f"releases/{vsn}"
     registered = any(r["version"] == vsn for r in rels or [])
@@ -162,7 +162,7 @@ def place_release(h, stage, vsn, rels, owner):
         placed += copy_tree_nofollow(h.hs, f"{st}/{rdir}", h.root, rdir, owner=owner, only_missing=True)
     else:
         safe_rmtree(h.root, rdir)
-        safe_rename(h.hs, f"{st}/{rdir}", h.root, rdir)
+        move_in(h.hs, f"{st}/{rdir}", h.root, rdir, owner)
         placed.append(rdir)
     missing = [ln for ln in _rel_libs(stage["rel"]) if not os.path.isdir(h.p("lib", ln))]
     if missing:
@@ -202,7 +202,7 @@ def cmd_first_install(h, a):
                        mode=0o600)
             st = os.path.basename(stage["staging"])
             for name in sorted(os.listdir(stage["staging"])):  # bin, erts-*, lib, releases
-                _merge_move(h, st, name)
+                _merge_move(h, st, name, owner)
         finally:
             rmtree(stage["staging"])
         rel = stage["rel"]
@@ -238,7 +238,7 @@ def cmd_first_install(h, a):
                 "retried": retry}
 
 
-def _merge_move(h, st, rel):
+def _merge_move(h, st, rel, owner=None):
     """Move the staged STAGING/rel (st: the staging dir's name in the agent's directory) to ROOT/rel through
     no-follow dir fds; directories on both sides are merged, anything else at ROOT/rel is replaced (a planted
     link is removed, never followed)."""
@@ -246,11 +246,11 @@ def _merge_move(h, st, rel):
     dst = _lstat_at(h.root, rel)
     if stat.S_ISDIR(src.st_mode) and dst is not None and stat.S_ISDIR(dst.st_mode):
         for name in os.listdir(os.path.join(h.hs, st, rel)):
-            _merge_move(h, st, f"{rel}/{name}")
+            _merge_move(h, st, f"{rel}/{name}", owner)
         return
     if dst is not None:
         safe_rmtree(h.root, rel)
-    safe_rename(h.hs, f"{st}/{rel}", h.root, rel)
+    move_in(h.hs, f"{st}/{rel}", h.root, rel, owner)
 
 
 def _restore_files(h, backup):

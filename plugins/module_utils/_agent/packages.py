@@ -148,6 +148,43 @@ def store_package(h, path, sha, name):
     return dest
 
 
+def move_in(src_root, src_rel, dst_root, dst_rel, owner=None):
+    """Move the staged SRC_ROOT/src_rel (root's, trusted) to DST_ROOT/dst_rel through no-follow dir fds: a
+    rename, or when the two are on different filesystems (the agent's directory is beside the root, which may
+    be a mount point of its own) a no-follow copy to a temp name beside the destination, chowned to
+    ``owner``, renamed into place; the staged copy is removed then."""
+    try:
+        safe_rename(src_root, src_rel, dst_root, dst_rel)
+        return
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+    parent, _sep, name = dst_rel.rpartition("/")
+    tmp = f"{parent}/.{name}.hotswap-new" if parent else f".{name}.hotswap-new"
+    src = os.path.join(src_root, src_rel)
+    st = os.lstat(src)
+    safe_rmtree(dst_root, tmp)
+    try:
+        if stat.S_ISDIR(st.st_mode):
+            copy_tree_nofollow(src_root, src_rel, dst_root, tmp, owner=owner)
+        elif stat.S_ISLNK(st.st_mode):
+            fd = safe_open_dir(dst_root, parent)
+            try:
+                os.symlink(os.readlink(src), tmp.rpartition("/")[2], dir_fd=fd)
+                if owner is not None and os.geteuid() == 0:
+                    os.chown(tmp.rpartition("/")[2], *owner, dir_fd=fd, follow_symlinks=False)
+            finally:
+                os.close(fd)
+        else:
+            with open(src, "rb") as fh:
+                safe_write(dst_root, tmp, fh.read(), owner=owner, mode=stat.S_IMODE(st.st_mode) & 0o755)
+        safe_rename(dst_root, tmp, dst_root, dst_rel)
+    except BaseException:
+        safe_rmtree(dst_root, tmp)
+        raise
+    rmtree(src)
+
+
 def _referenced_libs(rels, skip_vsn=None):
     return {os.path.basename(d.rstrip("/")) for r in rels or [] if r["version"] != skip_vsn for _ign, _ign, d in r["libs"]}
 
@@ -290,13 +327,16 @@ def _space_needed(members, block=4096):
 
 
 def _space_free(h):
+    """Bytes free where the package lands: the least of the agent's directory and the root (two filesystems
+    when the root is a mount point of its own), None when neither can be asked."""
+    free = []
     for d in (h.hs, h.root):
         try:
             st = os.statvfs(d)
-            return st.f_bavail * st.f_frsize
+            free.append(st.f_bavail * st.f_frsize)
         except OSError:
             continue
-    return None
+    return min(free) if free else None
 
 
 def _unpack_into_root(h, tf, members, staging, pkg_libs, referenced, vsn, top_rel, moved, cleaned):
@@ -317,10 +357,10 @@ def _unpack_into_root(h, tf, members, staging, pkg_libs, referenced, vsn, top_re
                     continue  # never overwrite a lib dir another release uses
                 safe_rmtree(h.root, dst)
                 cleaned.append(dst)
-            safe_rename(h.hs, f"{st}/{dst}", h.root, dst)
+            move_in(h.hs, f"{st}/{dst}", h.root, dst, (uid, gid))
             moved.append(h.p(dst))
         for x in (f"releases/{vsn}", top_rel):
-            safe_rename(h.hs, f"{st}/{x}", h.root, x)
+            move_in(h.hs, f"{st}/{x}", h.root, x, (uid, gid))
             moved.append(h.p(x))
     except BaseException:
         for x in moved:

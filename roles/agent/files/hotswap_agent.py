@@ -2472,6 +2472,43 @@ def store_package(h, path, sha, name):
     return dest
 
 
+def move_in(src_root, src_rel, dst_root, dst_rel, owner=None):
+    """Move the staged SRC_ROOT/src_rel (root's, trusted) to DST_ROOT/dst_rel through no-follow dir fds: a
+    rename, or when the two are on different filesystems (the agent's directory is beside the root, which may
+    be a mount point of its own) a no-follow copy to a temp name beside the destination, chowned to
+    ``owner``, renamed into place; the staged copy is removed then."""
+    try:
+        safe_rename(src_root, src_rel, dst_root, dst_rel)
+        return
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+    parent, _sep, name = dst_rel.rpartition("/")
+    tmp = f"{parent}/.{name}.hotswap-new" if parent else f".{name}.hotswap-new"
+    src = os.path.join(src_root, src_rel)
+    st = os.lstat(src)
+    safe_rmtree(dst_root, tmp)
+    try:
+        if stat.S_ISDIR(st.st_mode):
+            copy_tree_nofollow(src_root, src_rel, dst_root, tmp, owner=owner)
+        elif stat.S_ISLNK(st.st_mode):
+            fd = safe_open_dir(dst_root, parent)
+            try:
+                os.symlink(os.readlink(src), tmp.rpartition("/")[2], dir_fd=fd)
+                if owner is not None and os.geteuid() == 0:
+                    os.chown(tmp.rpartition("/")[2], *owner, dir_fd=fd, follow_symlinks=False)
+            finally:
+                os.close(fd)
+        else:
+            with open(src, "rb") as fh:
+                safe_write(dst_root, tmp, fh.read(), owner=owner, mode=stat.S_IMODE(st.st_mode) & 0o755)
+        safe_rename(dst_root, tmp, dst_root, dst_rel)
+    except BaseException:
+        safe_rmtree(dst_root, tmp)
+        raise
+    rmtree(src)
+
+
 def _referenced_libs(rels, skip_vsn=None):
     return {os.path.basename(d.rstrip("/")) for r in rels or [] if r["version"] != skip_vsn for _ign, _ign, d in r["libs"]}
 
@@ -2614,13 +2651,16 @@ def _space_needed(members, block=4096):
 
 
 def _space_free(h):
+    """Bytes free where the package lands: the least of the agent's directory and the root (two filesystems
+    when the root is a mount point of its own), None when neither can be asked."""
+    free = []
     for d in (h.hs, h.root):
         try:
             st = os.statvfs(d)
-            return st.f_bavail * st.f_frsize
+            free.append(st.f_bavail * st.f_frsize)
         except OSError:
             continue
-    return None
+    return min(free) if free else None
 
 
 def _unpack_into_root(h, tf, members, staging, pkg_libs, referenced, vsn, top_rel, moved, cleaned):
@@ -2641,10 +2681,10 @@ def _unpack_into_root(h, tf, members, staging, pkg_libs, referenced, vsn, top_re
                     continue  # never overwrite a lib dir another release uses
                 safe_rmtree(h.root, dst)
                 cleaned.append(dst)
-            safe_rename(h.hs, f"{st}/{dst}", h.root, dst)
+            move_in(h.hs, f"{st}/{dst}", h.root, dst, (uid, gid))
             moved.append(h.p(dst))
         for x in (f"releases/{vsn}", top_rel):
-            safe_rename(h.hs, f"{st}/{x}", h.root, x)
+            move_in(h.hs, f"{st}/{x}", h.root, x, (uid, gid))
             moved.append(h.p(x))
     except BaseException:
         for x in moved:
@@ -3723,7 +3763,7 @@ def place_release(h, stage, vsn, rels, owner):
     placed = []
     for e in stage["erts_dirs"]:
         if _lstat_at(h.root, e) is None:
-            safe_rename(h.hs, f"{st}/{e}", h.root, e)
+            move_in(h.hs, f"{st}/{e}", h.root, e, owner)
             placed.append(e)
     for d in ("lib", "releases"):
         os.close(safe_open_dir(h.root, d, create=True, mode=0o755, owner=owner))
@@ -3733,7 +3773,7 @@ def place_release(h, stage, vsn, rels, owner):
             if ln in referenced:
                 continue
             safe_rmtree(h.root, dst)  # left over from an unregistered attempt
-        safe_rename(h.hs, f"{st}/{dst}", h.root, dst)
+        move_in(h.hs, f"{st}/{dst}", h.root, dst, owner)
         placed.append(dst)
     rdir = f"releases/{vsn}"
     registered = any(r["version"] == vsn for r in rels or [])
@@ -3743,7 +3783,7 @@ def place_release(h, stage, vsn, rels, owner):
         placed += copy_tree_nofollow(h.hs, f"{st}/{rdir}", h.root, rdir, owner=owner, only_missing=True)
     else:
         safe_rmtree(h.root, rdir)
-        safe_rename(h.hs, f"{st}/{rdir}", h.root, rdir)
+        move_in(h.hs, f"{st}/{rdir}", h.root, rdir, owner)
         placed.append(rdir)
     missing = [ln for ln in _rel_libs(stage["rel"]) if not os.path.isdir(h.p("lib", ln))]
     if missing:
@@ -3783,7 +3823,7 @@ def cmd_first_install(h, a):
                        mode=0o600)
             st = os.path.basename(stage["staging"])
             for name in sorted(os.listdir(stage["staging"])):  # bin, erts-*, lib, releases
-                _merge_move(h, st, name)
+                _merge_move(h, st, name, owner)
         finally:
             rmtree(stage["staging"])
         rel = stage["rel"]
@@ -3819,7 +3859,7 @@ def cmd_first_install(h, a):
                 "retried": retry}
 
 
-def _merge_move(h, st, rel):
+def _merge_move(h, st, rel, owner=None):
     """Move the staged STAGING/rel (st: the staging dir's name in the agent's directory) to ROOT/rel through
     no-follow dir fds; directories on both sides are merged, anything else at ROOT/rel is replaced (a planted
     link is removed, never followed)."""
@@ -3827,11 +3867,11 @@ def _merge_move(h, st, rel):
     dst = _lstat_at(h.root, rel)
     if stat.S_ISDIR(src.st_mode) and dst is not None and stat.S_ISDIR(dst.st_mode):
         for name in os.listdir(os.path.join(h.hs, st, rel)):
-            _merge_move(h, st, f"{rel}/{name}")
+            _merge_move(h, st, f"{rel}/{name}", owner)
         return
     if dst is not None:
         safe_rmtree(h.root, rel)
-    safe_rename(h.hs, f"{st}/{rel}", h.root, rel)
+    move_in(h.hs, f"{st}/{rel}", h.root, rel, owner)
 
 
 def _restore_files(h, backup):

@@ -182,3 +182,45 @@ def test_full_tarball_space_check(tmp_path, monkeypatch):
     with pytest.raises(ag.OpFailed) as e:
         ag.stage_full(h, str(pkg), sha, "1.0.0", (os.getuid(), os.getgid()))
     assert "no space left" in e.value.msg and "nothing changed" in e.value.msg
+
+
+@pytest.mark.parametrize("kind", ["dir", "file", "link"])
+def test_move_in_across_filesystems_copies_without_following(tmp_path, monkeypatch, kind):
+    import errno as _errno
+    src, dst = tmp_path / "hs", tmp_path / "root"
+    (src / "st").mkdir(parents=True)
+    (dst / "lib").mkdir(parents=True)
+    decoy = tmp_path / "decoy"
+    decoy.write_text("d")
+    if kind == "dir":
+        (src / "st" / "x-1" / "ebin").mkdir(parents=True)
+        (src / "st" / "x-1" / "ebin" / "x.beam").write_bytes(b"beam")
+        os.chmod(src / "st" / "x-1" / "ebin" / "x.beam", 0o4755)
+        (src / "st" / "x-1" / "l").symlink_to("ebin/x.beam")
+    elif kind == "file":
+        (src / "st" / "x-1").write_bytes(b"file")
+    else:
+        (src / "st" / "x-1").symlink_to("../decoy")
+    real = ag.safe_rename
+    calls = []
+
+    def cross(*a):
+        calls.append(a)
+        if len(calls) == 1:
+            raise OSError(_errno.EXDEV, "Invalid cross-device link")
+        return real(*a)
+
+    monkeypatch.setattr(ag, "safe_rename", cross)
+    ag.move_in(str(src), "st/x-1", str(dst), "lib/x-1", (65534, 65534))
+    got = dst / "lib" / "x-1"
+    assert not os.path.lexists(src / "st" / "x-1") and os.listdir(dst / "lib") == ["x-1"]
+    if kind == "dir":
+        assert (got / "ebin" / "x.beam").read_bytes() == b"beam" and (got / "l").is_symlink()
+        assert (got / "ebin" / "x.beam").stat().st_mode & 0o7000 == 0
+        if os.geteuid() == 0:
+            assert got.stat().st_uid == 65534 and (got / "ebin" / "x.beam").stat().st_uid == 65534
+    elif kind == "file":
+        assert got.read_bytes() == b"file"
+    else:
+        assert got.is_symlink() and os.readlink(got) == "../decoy"
+    assert decoy.read_text() == "d" and decoy.stat().st_uid == os.geteuid()
