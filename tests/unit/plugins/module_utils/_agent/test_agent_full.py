@@ -284,3 +284,19 @@ def test_save_bin_copies_no_links_out_and_no_foreign_hard_links(tmp_path):
     assert ag.swap_bin(h, str(dst), (65534, 65534)) is True
     assert (root / "bin").is_dir() and not (root / "bin").is_symlink() and (root / "bin" / "soft").is_symlink()
     assert secret.read_text() == "root only" and secret.stat().st_uid == os.geteuid()
+
+
+def test_cli_first_install_refuses_a_foreign_non_empty_root(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "other-program").mkdir()
+    (root / "other-program" / "tool").write_text("x")
+    os.chmod(root / "other-program" / "tool", 0o4755)
+    pkg = tmp_path / "full.tar.gz"
+    sha = _full_tarball(pkg)
+    rc, out, _ign = _cli(root, "--user", "nobody", "first-install", "--version", "1.0.0", "--package", str(pkg),
+                         "--sha256", sha, "--service-manager", "daemon")
+    assert rc == 1 and "not empty" in out["msg"] and "hotswap_root" in out["msg"], out
+    assert sorted(os.listdir(root)) == ["other-program"]
+    tool = (root / "other-program" / "tool").stat()
+    assert tool.st_mode & 0o7777 == 0o4755 and tool.st_uid == os.geteuid()
