@@ -64,15 +64,19 @@ def stage_full(h, package, sha, vsn, owner):
 
 
 def install_cookie(h, owner):
-    """.hotswap/cookie (written by the module) -> releases/COOKIE, 0400, owned by the node's user.
-    Never printed or journalled.  Returns True when the file changed."""
+    """The agent's cookie (written by the module) -> releases/COOKIE, 0400, owned by the node's user; without
+    one, the packaged releases/COOKIE is kept but made 0400 too (read no-follow, rewritten through a fresh
+    file).  Never printed or journalled.  Returns True when the file changed."""
     src = os.path.join(h.hs, "cookie")
-    if not os.path.isfile(src):
-        return False
-    with open(src, "rb") as fh:
-        data = fh.read().strip()
+    data = None
+    if os.path.isfile(src):
+        with open(src, "rb") as fh:
+            data = fh.read().strip()
     if not data:
-        return False
+        packaged = safe_read(h.root, "releases/COOKIE", limit=1 << 16)
+        if not packaged or not packaged.strip():
+            return False
+        return _write_private(h.root, "releases/COOKIE", packaged, 0o400, owner)
     return _write_private(h.root, "releases/COOKIE", data, 0o400, owner, strip=True)
 
 

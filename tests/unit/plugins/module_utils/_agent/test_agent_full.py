@@ -300,3 +300,13 @@ def test_cli_first_install_refuses_a_foreign_non_empty_root(tmp_path):
     assert sorted(os.listdir(root)) == ["other-program"]
     tool = (root / "other-program" / "tool").stat()
     assert tool.st_mode & 0o7777 == 0o4755 and tool.st_uid == os.geteuid()
+
+
+def test_packaged_cookie_is_kept_but_made_private(tmp_path):
+    h = _host(tmp_path)
+    c = tmp_path / "releases" / "COOKIE"
+    c.write_text("PACKAGED")
+    c.chmod(0o644)
+    assert ag.install_cookie(h, (os.getuid(), os.getgid())) is True
+    assert c.read_text() == "PACKAGED" and (c.stat().st_mode & 0o777) == 0o400
+    assert ag.install_cookie(h, (os.getuid(), os.getgid())) is False
