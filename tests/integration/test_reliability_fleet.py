@@ -186,6 +186,7 @@ def test_files_on_hosts_have_the_owner_and_mode_of_operations_md(fleet, env):
         _check(p("/releases/RELEASES"), APP, 0o644, mismatches, t + " releases/RELEASES")
         _check(p("/releases/start_erl.data"), APP, 0o644, mismatches, t + " releases/start_erl.data")
         _check(p("/releases/COOKIE"), APP, 0o400, mismatches, t + " releases/COOKIE")
+
         def a(rel, t=t):
             return _host_path(fleet, t, agent_dir(ROOT) + rel)
         _check(a("/.."), "root", 0o711, mismatches, t + " PARENT/.hotswap/")

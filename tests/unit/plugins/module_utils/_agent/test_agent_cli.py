@@ -16,7 +16,6 @@ def hs_dir(root):
     return type(root)(state_dir(str(root)))
 
 
-
 def test_agent_is_stdlib_only():
     src = AGENT_PATH.read_text()
     for bad in ("import yaml", "import requests", "shell=True"):
