@@ -148,8 +148,10 @@ def run(argv, settings=None):
                                "nothing was done", stale_facts=True, changed=False)
         # the settings and the package are written under the root's lock, which the command then keeps
         # (a second agent, refused by the lock, writes nothing)
-        with (Lock(h, a.command) if a.command not in READ_OPS else contextlib.nullcontext()):
-            if any(settings.values()) and a.command not in READ_OPS:
+        # (a noop deploy is `status` with settings: it writes them too, under the lock)
+        writes = a.command not in READ_OPS or any(settings.values())
+        with (Lock(h, a.command) if writes else contextlib.nullcontext()):
+            if any(settings.values()):
                 out["settings_changed"] = apply_settings(h, settings)
             if a.command not in READ_OPS and h.service_manager == "systemd" and \
                     os.path.exists(os.path.join(SYSTEMD_UNIT_DIR, unit_name(h.app))) and ensure_unit(h):
