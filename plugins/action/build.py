@@ -2,7 +2,11 @@
 # Copyright (c) beam.hotswap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Controller side of beam.hotswap.build: digest and pack a local source tree, upload it only when
-the build host has not published that content yet, run the build, fetch the artifacts back."""
+the build host has not published that content yet, run the build, fetch the artifacts back.
+
+The artifact directory is private to the controller user (the full tarball holds the release's default
+cookie): ARTIFACTS, ARTIFACTS/APP and ARTIFACTS/APP/VSN are 0700, the files in them 0600; what an older
+collection left open is made private by the next run (``made_private_controller``, a change)."""
 
 from __future__ import absolute_import, division, print_function
 
@@ -19,7 +23,9 @@ from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.beam.hotswap.plugins.module_utils._agent.files import sha256_file
-from ansible_collections.beam.hotswap.plugins.module_utils._build import SOURCE_EXCLUDE, tree_digest
+from ansible_collections.beam.hotswap.plugins.module_utils._build import (
+    PRIVATE_FILE, SOURCE_EXCLUDE, dedicated_dir, make_private, private_makedirs, tree_digest, write_private)
+from ansible_collections.beam.hotswap.plugins.module_utils._agent.names import valid_app, valid_version
 from ansible_collections.beam.hotswap.plugins.module_utils._manifest import manifest_errors
 from ansible_collections.beam.hotswap.plugins.module_utils._agent.fingerprint import MISMATCH_HINT, targets_mismatch
 
@@ -67,8 +73,7 @@ class ActionModule(ActionBase):
 
     def _fetch(self, manifest, store_dir, artifact_dir):
         """Copy the version's artifacts to the controller unless an identical copy is there."""
-        dest = os.path.join(artifact_dir, manifest["app"], manifest["version"])
-        os.makedirs(dest, exist_ok=True)
+        dest = private_makedirs(os.path.join(artifact_dir, manifest["app"], manifest["version"]))
         fetched = []
         for art in manifest["artifacts"].values():
             local = os.path.join(dest, art["file"])
@@ -76,6 +81,7 @@ class ActionModule(ActionBase):
                 continue
             tmp = local + ".part"
             self._connection.fetch_file(os.path.join(store_dir, art["file"]), tmp)
+            os.chmod(tmp, PRIVATE_FILE)
             if sha256_file(tmp) != art["sha256"]:
                 os.unlink(tmp)
                 raise AnsibleActionFail("fetched %s does not match its sha256 in the manifest" % art["file"])
@@ -88,9 +94,7 @@ class ActionModule(ActionBase):
             with open(mpath) as f:
                 old = f.read()
         if old != text:
-            with open(mpath + ".tmp", "w") as f:
-                f.write(text)
-            os.replace(mpath + ".tmp", mpath)
+            write_private(mpath, text)
             fetched.append("manifest.json")
         return dest, fetched
 
@@ -126,6 +130,33 @@ class ActionModule(ActionBase):
         return None
 
     @staticmethod
+    def _secure_artifacts(artifact_dir, app, check=False):
+        """Make ARTIFACTS, ARTIFACTS/APP, each version directory in it and their files private (group and other
+        permission bits off) where an older collection left them open; returns (changed paths, warnings).
+        ARTIFACTS itself only when it holds nothing but such APP/VSN directories (not a directory set to ~)."""
+        def artifacts_of_an_app(name, path):
+            return valid_app(name) and os.path.isdir(path) and not os.path.islink(path) and \
+                all(valid_version(v) and os.path.isdir(os.path.join(path, v)) for v in os.listdir(path))
+        todo = [artifact_dir] if dedicated_dir(artifact_dir, artifacts_of_an_app) else []
+        adir = os.path.join(artifact_dir, app)
+        if os.path.isdir(adir) and not os.path.islink(adir):
+            todo.append(adir)
+            for vsn in sorted(os.listdir(adir)):
+                vdir = os.path.join(adir, vsn)
+                todo.append(vdir)
+                if os.path.isdir(vdir) and not os.path.islink(vdir):
+                    todo.extend(os.path.join(vdir, n) for n in sorted(os.listdir(vdir)))
+        fixed, warnings = [], []
+        for p in todo:
+            try:
+                if make_private(p, check):
+                    fixed.append(p)
+            except OSError as e:
+                warnings.append("%s is open to other users and cannot be made private (%s): chown it to the "
+                                "controller user or chmod go-rwx it" % (p, e.strerror))
+        return fixed, warnings
+
+    @staticmethod
     def _drop_controller_copies(artifact_dir, app, versions):
         """Remove the controller copies of discarded versions (a copy is trusted by source digest: one
         left behind would be deployed again without asking the build host)."""
@@ -137,6 +168,21 @@ class ActionModule(ActionBase):
                 shutil.rmtree(d)
 
     def run(self, tmp=None, task_vars=None):
+        result = self._run(tmp, task_vars)
+        artifact_dir, app = self._task.args.get("artifact_dir"), self._task.args.get("app")
+        if artifact_dir and app and "/" not in to_text(app) and to_text(app) not in (".", ".."):
+            artifact_dir = os.path.expanduser(to_text(artifact_dir))
+            try:
+                fixed, warnings = self._secure_artifacts(artifact_dir, to_text(app), check=self._task.check_mode)
+            except OSError as e:
+                fixed, warnings = [], ["could not check the modes under %s: %s" % (artifact_dir, e)]
+            if fixed:
+                result.update(changed=True, made_private_controller=fixed)
+            if warnings:
+                result["warnings"] = list(result.get("warnings") or []) + warnings
+        return result
+
+    def _run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars)
         args = dict(self._task.args)
         source = args.pop("source", None)
@@ -200,8 +246,11 @@ class ActionModule(ActionBase):
                     args["hex_archive"] = self._upload(hex_archive, os.path.basename(hex_archive))
                 res = self._execute_module(module_name="beam.hotswap.build", module_args=args, task_vars=task_vars)
             result.update(res)
-            if first is not res and "discarded" in first:
-                result["discarded"] = first["discarded"]
+            if first is not res:
+                # the first call's own changes: the discard, the store made private
+                for key in ("discarded", "made_private"):
+                    if key in first:
+                        result[key] = sorted(set(first[key]) | set(res.get(key) or []))
                 result["changed"] = bool(res.get("changed") or first.get("changed"))
             if result.get("discarded") and not self._task.check_mode:
                 self._drop_controller_copies(artifact_dir, args.get("app"), result["discarded"])

@@ -6,6 +6,12 @@
 The store keeps every published version as ``STORE/APP/VSN/`` with the retained release tree
 (``release/``), the full tarball, the upgrade package and ``manifest.json``. Relups are always built
 from retained trees, never by rebuilding an old ref.
+
+The store is private to the build user (the user the build runs as: mix runs as that same user, so it
+owns everything below the store): ``STORE``, ``STORE/APP`` and every directory the build makes are 0700,
+the files it writes (tarballs, manifest) 0600. The full tarball and the release tree hold the release's
+default cookie (``releases/COOKIE``); what mix makes below ``STORE/APP`` keeps mix's modes (they go into
+the tarballs as they are) and is shut off from other users by the 0700 directories above it.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -19,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tarfile
 import tempfile
 import time
@@ -32,6 +39,10 @@ from ansible_collections.beam.hotswap.plugins.module_utils._agent.names import v
 from ansible_collections.beam.hotswap.plugins.module_utils._manifest import SCHEMA
 
 SOURCE_EXCLUDE = frozenset(["_build", "deps", ".git", ".elixir_ls", "node_modules", ".hotswap"])
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+# a cookie shorter than this is not hidden in the build's output (it would mask ordinary words there)
+MIN_SECRET = 8
 
 
 class BuildError(Exception):
@@ -48,6 +59,92 @@ def check_version(vsn, what="version"):
     if not valid_version(vsn):
         raise BuildError("%s %r is not a valid release version: use letters, digits and . _ + - only "
                          "(for example 1.4.2)" % (what, vsn))
+
+
+# -- private files and directories (the store on the build host, the artifacts and reports on the controller)
+
+def make_private(path, check=False):
+    """Take the group and other permission bits off ``path`` (a link is never followed nor changed);
+    True when it had any (in check mode: when it would be changed). A missing path is left alone.
+    Raises OSError (EPERM) when the path belongs to another user."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISLNK(st.st_mode) or not stat.S_IMODE(st.st_mode) & 0o077:
+        return False
+    if check:
+        if os.geteuid() not in (0, st.st_uid):
+            raise PermissionError(1, "Operation not permitted", path)
+        return True
+    mode = stat.S_IMODE(st.st_mode) & ~0o077
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        # not readable by its owner (a file without the r bit): chmod by name (lstat said: no link)
+        os.chmod(path, mode)
+        return True
+    try:
+        fst = os.fstat(fd)
+        if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
+            return False        # replaced meanwhile: the next run looks again
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+    return True
+
+
+def dedicated_dir(path, entry_ok):
+    """Whether ``path`` is a directory of the collection's own, so that its mode is ours to set: never ``/``, a
+    top-level directory (``/srv``, ``/opt``, ``/tmp``), a sticky one or the home directory, and every entry in it
+    passes ``entry_ok(name, full path)`` (a store directory set to ``/var/lib`` keeps its mode)."""
+    norm = os.path.normpath(os.path.abspath(path))
+    if os.path.dirname(norm) in ("/", "//") or norm in ("/", "//", os.path.normpath(os.path.expanduser("~"))):
+        return False
+    try:
+        st = os.lstat(norm)
+    except OSError:
+        return False
+    if not stat.S_ISDIR(st.st_mode) or st.st_mode & stat.S_ISVTX:
+        return False
+    return all(entry_ok(n, os.path.join(norm, n)) for n in os.listdir(norm))
+
+
+def private_makedirs(path):
+    """``os.makedirs(path, exist_ok=True)`` where every directory it creates is 0700; directories that are
+    there already are left as they are."""
+    if os.path.isdir(path):
+        return path
+    parent = os.path.dirname(os.path.normpath(path))
+    if parent and parent != path and not os.path.isdir(parent):
+        private_makedirs(parent)
+    try:
+        os.mkdir(path, PRIVATE_DIR)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+        return path
+    os.chmod(path, PRIVATE_DIR)     # whatever the umask
+    return path
+
+
+def open_private(path, binary=False):
+    """A new file object writing ``path`` (created or truncated) with mode 0600."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
+                 PRIVATE_FILE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE)  # a file that was there keeps its mode through O_CREAT
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "wb" if binary else "w")
+
+
+def write_private(path, text):
+    """Write ``text`` to ``path`` (0600) through a temporary file renamed over it."""
+    with open_private(path + ".tmp") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
 
 
 def tree_digest(root, exclude=SOURCE_EXCLUDE):
@@ -85,7 +182,7 @@ def deterministic_tar(out_path, base_dir, members):
                 for name in dirnames + sorted(filenames):
                     entries.append(os.path.relpath(os.path.join(dirpath, name), base_dir))
     tmp = out_path + ".tmp"
-    with open(tmp, "wb") as raw:
+    with open_private(tmp, binary=True) as raw:
         with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
             with tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
                 for rel in sorted(set(entries)):
@@ -125,8 +222,58 @@ class Store(object):
     """The build host's artifact store for one app."""
 
     def __init__(self, root, app):
+        self.base = root
         self.root = os.path.join(root, app)
         self.app = app
+
+    def ensure(self, *parts):
+        """Make ``STORE/APP/PARTS...`` (and the store itself) when missing, each directory 0700."""
+        return private_makedirs(os.path.join(self.root, *parts))
+
+    def secure(self, check=False):
+        """Take the group and other permission bits off what an older collection left open: the store, STORE/APP,
+        each entry of it (versions, staging and work directories) and what sits directly in those (tarballs,
+        manifest.json, release/, appups/, src/, deps/). What lies deeper (mix's release tree, sources,
+        dependencies) keeps its modes, shut off by these directories. Returns (changed paths, warnings); in
+        check mode nothing is changed and the paths are those that would be."""
+        fixed, warnings = [], []
+        todo = [self.root]
+        if dedicated_dir(self.base, self._store_entry):
+            todo.insert(0, self.base)
+        elif os.path.isdir(self.base) and os.stat(self.base).st_mode & 0o007:
+            warnings.append("the build store %s is open to other users and holds more than the stores of applications, "
+                            "so the build leaves its mode alone; %s in it is private (0700): use a directory of its "
+                            "own for hotswap_build_store (the default /var/lib/hotswap/store) to hide which "
+                            "applications it holds" % (self.base, self.root))
+        if os.path.isdir(self.root) and not os.path.islink(self.root):
+            for n in sorted(os.listdir(self.root)):
+                p = os.path.join(self.root, n)
+                todo.append(p)
+                if os.path.isdir(p) and not os.path.islink(p):
+                    todo.extend(os.path.join(p, m) for m in sorted(os.listdir(p)))
+        for p in todo:
+            try:
+                if make_private(p, check):
+                    fixed.append(p)
+            except OSError as e:
+                if p == self.base:
+                    # an administrator's shared store directory (group access is theirs to give): STORE/APP
+                    # below it is private all the same
+                    if os.lstat(p).st_mode & 0o007:
+                        warnings.append("the build store %s is open to other users and the build user cannot change "
+                                        "that (%s); %s below it is private (0700) all the same: chmod o-rwx %s "
+                                        "to hide which applications it holds" % (p, e.strerror, self.root, p))
+                else:
+                    warnings.append("%s is open to other users and the build user cannot make it private (%s): "
+                                    "chown -R it to the build user (or chmod go-rwx it)" % (p, e.strerror))
+        return fixed, warnings
+
+    def _store_entry(self, name, path):
+        """An application's store in the store directory: STORE/APP/ with a work tree or published versions."""
+        if not valid_app(name) or os.path.islink(path) or not os.path.isdir(path):
+            return False
+        return name == self.app or os.path.isdir(os.path.join(path, ".work")) or \
+            any(os.path.isfile(os.path.join(path, v, "manifest.json")) for v in os.listdir(path))
 
     def vdir(self, vsn):
         return os.path.join(self.root, vsn)
@@ -163,7 +310,7 @@ class Store(object):
     # Staging directories sit next to the versions, hidden (a leading dot) and named ``.KIND@VSN@random``
     # ('@' is never part of a version): a version appears under its own name only complete.
     def staging(self, vsn, kind):
-        os.makedirs(self.root, exist_ok=True)
+        self.ensure()
         return tempfile.mkdtemp(prefix=".%s@%s@" % (kind, vsn), dir=self.root)
 
     def leftovers(self, vsn):
@@ -378,9 +525,12 @@ halt(0).
 class Builder(object):
     """One build: ``run`` executes an argv list and returns (rc, stdout, stderr)."""
 
-    def __init__(self, run, store_root, app, log=None, env=None, hex_archive=None):
+    def __init__(self, run, store_root, app, log=None, env=None, hex_archive=None, secret=None):
         check_name(app)
         self.run = run
+        # called with each secret the build comes to know (the release's cookie), so that the caller hides
+        # it in everything it shows (AnsibleModule.no_log_values.add)
+        self.secret = secret or (lambda value: None)
         self.store = Store(store_root, app)
         self.app = app
         self.log = log or (lambda msg: None)
@@ -402,8 +552,7 @@ class Builder(object):
 
     def stage_archive(self, archive):
         """Lay the source out in the stable work dir (keeping deps/ fetched for mix.lock; _build is rebuilt)."""
-        wd = self.workdir()
-        os.makedirs(wd, exist_ok=True)
+        wd = self.store.ensure(".work", "src")
         for name in os.listdir(wd):
             if name != "_build":
                 p = os.path.join(wd, name)
@@ -418,22 +567,24 @@ class Builder(object):
                     raise BuildError("source archive entry %r is a link: the source is packed without links"
                                      % m.name)
             tar.extractall(wd)  # checked above; extractall keeps the files' times, as mix expects
+        os.chmod(wd, PRIVATE_DIR)   # an entry "." would have given it the archive's mode
         return wd
 
     def stage_git(self, url, ref):
         wd = self.workdir()
-        parent = os.path.dirname(wd)
-        os.makedirs(parent, exist_ok=True)
+        parent = self.store.ensure(".work")
         keep = {}
         for name in ("_build",):
             if os.path.isdir(os.path.join(wd, name)):
                 keep[name] = os.path.join(parent, "." + name + ".keep")
                 shutil.rmtree(keep[name], ignore_errors=True)
                 os.rename(os.path.join(wd, name), keep[name])
+                os.chmod(keep[name], PRIVATE_DIR)   # mix's mode; left here when the ref does not exist
         shutil.rmtree(wd, ignore_errors=True)
         rc, out, err = self.run(["git", "clone", "--quiet", "--no-checkout", url, wd])
         if rc != 0:
             raise BuildError("git clone of %s failed: %s" % (url, (err or out).strip()))
+        os.chmod(wd, PRIVATE_DIR)
         # a clone has local branches only for the default branch: other branches are origin/REF
         commit = None
         for cand in (ref, "origin/" + ref):
@@ -496,6 +647,7 @@ class Builder(object):
         """The environment mix runs in: the build user's own (Mix and Hex homes, Hex repositories),
         ``hotswap_build_env`` over it, and the build's fixed parts."""
         env = dict(self.user_env)
+        self.store.ensure(".work", "deps")
         env.update({"MIX_ENV": "prod", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
                     "MIX_DEPS_PATH": _deps.deps_dir(os.path.join(self.store.root, ".work"), lock)})
         return env
@@ -545,10 +697,12 @@ class Builder(object):
         try:
             self.mix(src, ["do", "compile,", "release", self.app, "--overwrite", "--quiet"], env, lock)
         except BuildError as e:
+            self.note_cookie(rel)   # a release that failed after its cookie was written: hide it in the message
             if "Unknown release" in str(e) or "unknown release" in str(e):
                 raise BuildError("the project defines no release named %s: set hotswap_app to one of the "
                                  "names under `releases:` in mix.exs\n%s" % (self.app, e))
             raise
+        self.note_cookie(rel)
         with open(os.path.join(rel, "releases", "start_erl.data")) as f:
             erts, vsn = f.read().split()
         check_version(vsn, "the project's version")
@@ -562,6 +716,17 @@ class Builder(object):
                              % (vsn, self.app, vsn))
         return True, self.publish(rel, vsn, digest, bases, src)
 
+    def note_cookie(self, rel_dir):
+        """Hand the release's default cookie (``releases/COOKIE``, in the full tarball) to ``secret``: it must
+        never show in the build's output, messages or manifest."""
+        try:
+            with open(os.path.join(rel_dir, "releases", "COOKIE")) as f:
+                cookie = f.read().strip()
+        except (OSError, UnicodeDecodeError):
+            return
+        if len(cookie) >= MIN_SECRET:
+            self.secret(cookie)
+
     def publish(self, rel, vsn, digest, bases, src):
         """Publish ``vsn`` atomically: the release tree, its packages and every edge are made in a
         staging directory of the store, renamed to ``STORE/APP/VSN`` only when all of it succeeded;
@@ -573,6 +738,7 @@ class Builder(object):
         stage = self.store.staging(vsn, "publish")
         try:
             shutil.copytree(rel, os.path.join(stage, "release"), symlinks=True)
+            os.chmod(os.path.join(stage, "release"), PRIVATE_DIR)   # its contents keep mix's modes
             # the full tarball is what mix built, before we add appups/relup to the retained tree
             full = "%s-%s-full.tar.gz" % (self.app, vsn)
             deterministic_tar(os.path.join(stage, full), os.path.join(stage, "release"),
@@ -615,6 +781,7 @@ class Builder(object):
         base = os.path.join(src, "rel", "appups")
         if os.path.isdir(base):
             shutil.copytree(base, os.path.join(vdir, "appups"))
+            os.chmod(os.path.join(vdir, "appups"), PRIVATE_DIR)
 
     def load_user_appups(self, vdir, new_dir):
         out = {}
@@ -657,6 +824,7 @@ class Builder(object):
         if wanted <= have and not force:
             return False, manifest
         vdir = self.store.vdir(vsn)
+        self.note_cookie(self.store.release_dir(vsn))
         upgrade = (manifest.get("artifacts") or {}).get("upgrade") or {}
         self.store.clear_staging(vsn)
         stage = self.store.staging(vsn, "extend")
@@ -719,10 +887,7 @@ class Builder(object):
         if hot:
             artifacts["upgrade"] = self.upgrade_package(vsn, [p.base for p in hot], vdir)
         manifest["artifacts"] = artifacts
-        path = os.path.join(vdir, "manifest.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump(manifest, f, indent=2, sort_keys=True)
-        os.replace(path + ".tmp", path)
+        write_private(os.path.join(vdir, "manifest.json"), json.dumps(manifest, indent=2, sort_keys=True))
         return manifest
 
     def make_relup(self, vsn, plans, new_dir=None):
@@ -866,6 +1031,7 @@ def scratch_builder(builder, scratch_root, hide=()):
         if os.path.isdir(os.path.join(real.root, ".work", rel)):
             shutil.copytree(os.path.join(real.root, ".work", rel), os.path.join(scratch_root, builder.app, ".work", rel),
                             symlinks=True)
-    b = Builder(builder.run, scratch_root, builder.app, builder.log, builder.user_env, builder.hex_archive)
+    b = Builder(builder.run, scratch_root, builder.app, builder.log, builder.user_env, builder.hex_archive,
+                builder.secret)
     b.warnings = builder.warnings
     return b

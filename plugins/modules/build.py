@@ -30,8 +30,14 @@ description:
     error is never a reason to go cold.
   - O(discard) removes published versions that must not be reused (for example built from a broken source
     that was later fixed without a version bump).
+  - The store is private to the build user, since its full tarballs and release trees hold the release's
+    default cookie. C(STORE), C(STORE/APP) and the directories the build makes are mode 0700, the tarballs
+    and C(manifest.json) 0600; a store an older version of the collection left open to other users is made
+    private by the next run (listed in RV(made_private), reported as a change). The release's cookie never
+    shows in the module's output, messages or manifest.
   - Normally used through the action plugin of the same name, which packs a controller directory,
-    uploads it only when needed and fetches the artifacts back.
+    uploads it only when needed and fetches the artifacts back (into O(artifact_dir), private to the
+    controller user in the same way - directories 0700, files 0600).
 author:
   - beam.hotswap developers (@beam-hotswap)
 attributes:
@@ -174,6 +180,19 @@ build_fingerprint:
   description: The build host's OS fingerprint.
   returned: always
   type: dict
+made_private:
+  description:
+    - Store paths on the build host that were open to other users and were made private (group and other
+      permission bits removed); in check mode, those that would be.
+  returned: when there were any
+  type: list
+  elements: str
+made_private_controller:
+  description:
+    - Paths under O(artifact_dir) on the controller that were made private the same way (set by the action plugin).
+  returned: when there were any
+  type: list
+  elements: str
 """
 
 import os
@@ -220,7 +239,8 @@ def main():
         return module.run_command(argv, cwd=cwd, environ_update=env or {})
 
     try:
-        builder = _build.Builder(run, p["store"], p["app"], env=p["build_env"], hex_archive=p["hex_archive"])
+        builder = _build.Builder(run, p["store"], p["app"], env=p["build_env"], hex_archive=p["hex_archive"],
+                                 secret=module.no_log_values.add)
         for b in p["bases"]:
             _build.check_version(b, "base version")
         if p["version"]:
@@ -230,6 +250,12 @@ def main():
             if not p["allow_os_mismatch"]:
                 module.fail_json(msg=msg + _fingerprint.MISMATCH_HINT, **result)
             module.warn(msg)
+        # a store an older collection made is made private (it holds the release's default cookie)
+        made_private, store_warnings = builder.store.secure(check=module.check_mode)
+        for w in store_warnings:
+            module.warn(w)
+        if made_private:
+            result.update(changed=True, made_private=made_private)
         digest = p["source_digest"]
         if not (digest or p["source_git"] or p["discard"]):
             module.fail_json(msg="nothing to do: give a source (source_digest with src_archive, or source_git) "
@@ -275,6 +301,11 @@ def main():
         changed, manifest = builder.build(src, digest, bases=p["bases"], expect_version=p["version"])
         result.update(changed=changed or result["changed"], version=manifest["version"], manifest=manifest,
                       store_dir=builder.store.vdir(manifest["version"]))
+        if not module.check_mode:
+            # what this build made is private already; this catches what a tool made open beside it
+            late = builder.store.secure()[0]
+            if late:
+                result.update(changed=True, made_private=sorted(set(result.get("made_private", [])) | set(late)))
         if builder.hex_installed:
             result.update(changed=True, hex_installed=builder.hex_installed)
         for w in builder.warnings:

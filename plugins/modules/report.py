@@ -34,7 +34,10 @@ options:
     type: dict
     required: true
   dest_dir:
-    description: Controller directory for the JSON file (created when missing). Empty writes nothing.
+    description:
+      - Controller directory for the JSON file. Empty writes nothing.
+      - Private to the controller user - created with mode 0700 when missing (its missing parents too), made
+        0700 when it is open to other users; each report is written with mode 0600.
     type: path
   app:
     description: Release name, for the file name.

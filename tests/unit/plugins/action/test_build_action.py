@@ -4,6 +4,7 @@ source digest when it has every edge (the build host is not contacted), else run
 import hashlib
 import json
 import os
+import stat
 import tarfile
 
 import pytest
@@ -31,13 +32,22 @@ def _manifest(digest, version="2.0.0", edges=("1.0.0",), files=None):
                           for k, v in files.items()}}
 
 
-def _controller_copy(artifacts, manifest, files=None):
+def _controller_copy(artifacts, manifest, files=None, private=True):
+    """A copy as the action leaves it (``private``: directories 0700, files 0600) or as older ones did."""
     d = artifacts / "demo" / manifest["version"]
     d.mkdir(parents=True)
     (d / "manifest.json").write_text(json.dumps(manifest))
     for k, v in (files or {"release": b"full", "upgrade": b"up"}).items():
         (d / ("%s.tar.gz" % k)).write_bytes(v)
+    for p in (artifacts, artifacts / "demo", d):
+        os.chmod(p, 0o700 if private else 0o755)
+    for p in d.iterdir():
+        os.chmod(p, 0o600 if private else 0o644)
     return d
+
+
+def _mode(p):
+    return stat.S_IMODE(os.lstat(p).st_mode)
 
 
 @pytest.mark.parametrize("case, source, needle", [
@@ -179,3 +189,69 @@ def test_a_refused_discard_keeps_the_controller_copy(tmp_path):
                     module_results=[{"failed": True, "msg": "refusing to discard 2.0.0"}])
     res = run_action(a)
     assert res["failed"] and d.exists()
+
+
+# --------------------------------------------------------------------------- a private artifact dir (issue 15 item 8)
+# The full tarball holds the release's default cookie: the artifact directory is the controller user's only.
+
+def test_fetched_artifacts_and_the_manifest_are_private_to_the_controller_user(tmp_path):
+    src = _src(tmp_path)
+    man = _manifest("sha256:" + tree_digest(str(src)))
+    artifacts = tmp_path / "cache" / "artifacts"        # made by the action, its missing parents too
+    a = make_action(action_mod.ActionModule, {"app": "demo", "source": str(src), "artifact_dir": str(artifacts)},
+                    module_results=[{"changed": True, "manifest": man, "store_dir": "/store/demo/2.0.0"}])
+
+    def fetch_file(remote, local):      # as scp/sftp may: the file lands with the umask's mode
+        with open(local, "wb") as f:
+            f.write(b"up" if remote.endswith("upgrade.tar.gz") else b"full")
+        os.chmod(local, 0o644)
+    a._connection.fetch_file = fetch_file
+    res = run_action(a)
+    assert not res.get("failed"), res
+    d = artifacts / "demo" / "2.0.0"
+    assert _mode(tmp_path / "cache") == _mode(artifacts) == _mode(artifacts / "demo") == _mode(d) == 0o700
+    assert sorted((p.name, _mode(p)) for p in d.iterdir()) == [
+        ("manifest.json", 0o600), ("release.tar.gz", 0o600), ("upgrade.tar.gz", 0o600)]
+    assert "made_private_controller" not in res
+
+
+@pytest.mark.parametrize("check_mode", [False, True])
+def test_an_open_artifact_dir_from_before_is_made_private_once(tmp_path, check_mode):
+    src = _src(tmp_path)
+    artifacts = tmp_path / "artifacts"
+    d = _controller_copy(artifacts, _manifest("sha256:" + tree_digest(str(src))), private=False)
+    old = _controller_copy(artifacts, _manifest("sha256:other", version="1.0.0"), private=False)
+    args = {"app": "demo", "source": str(src), "bases": ["1.0.0"], "artifact_dir": str(artifacts)}
+    res = run_action(make_action(action_mod.ActionModule, args, check_mode=check_mode))
+    assert res["controller_copy"] and res["changed"], res
+    made = set(res["made_private_controller"])
+    assert made == set(str(p) for p in [artifacts, artifacts / "demo", d, old] + list(d.iterdir()) + list(old.iterdir()))
+    if check_mode:
+        assert _mode(d) == 0o755 and _mode(d / "release.tar.gz") == 0o644     # nothing changed
+        return
+    assert _mode(artifacts) == _mode(d) == _mode(old) == 0o700 and _mode(d / "release.tar.gz") == 0o600
+    res = run_action(make_action(action_mod.ActionModule, args))
+    assert res["changed"] is False and "made_private_controller" not in res
+
+
+def test_a_store_made_private_by_the_probe_is_reported_with_the_build(tmp_path):
+    """The first module call (the digest probe) may fix the store's modes; the build call after the upload
+    does not repeat that: the task still says changed and lists them."""
+    src = _src(tmp_path)
+    a = make_action(action_mod.ActionModule, {"app": "demo", "source": str(src)},
+                    module_results=[{"need_source": True, "changed": True, "made_private": ["/store/demo"]},
+                                    {"failed": True, "msg": "stop"}])
+    res = run_action(a)
+    assert res["changed"] and res["made_private"] == ["/store/demo"]
+
+
+def test_an_artifact_dir_that_holds_other_things_keeps_its_mode(tmp_path):
+    """hotswap_artifact_dir set to a directory of other things (~, /tmp): only ARTIFACTS/APP and below change."""
+    src = _src(tmp_path)
+    artifacts = tmp_path / "artifacts"
+    d = _controller_copy(artifacts, _manifest("sha256:" + tree_digest(str(src))), private=False)
+    (artifacts / "notes.txt").write_text("mine")
+    res = run_action(make_action(action_mod.ActionModule, {"app": "demo", "source": str(src), "bases": ["1.0.0"],
+                                                           "artifact_dir": str(artifacts)}))
+    assert str(artifacts) not in res["made_private_controller"] and _mode(artifacts) == 0o755
+    assert _mode(artifacts / "demo") == _mode(d) == 0o700 and _mode(d / "release.tar.gz") == 0o600

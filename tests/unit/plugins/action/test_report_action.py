@@ -1,5 +1,7 @@
 """The report action writes the rollout report as JSON on the controller, and nothing in check mode."""
 import json
+import os
+import stat
 
 import pytest
 
@@ -32,3 +34,24 @@ def test_an_unwritable_report_dir_fails_naming_it(tmp_path):
     a = make_action(action_mod.ActionModule, {"report": REPORT, "app": "demo", "dest_dir": str(blocker / "sub")})
     res = run_action(a)
     assert res["failed"] and str(blocker / "sub") in res["msg"]
+
+
+def mode(p):
+    return stat.S_IMODE(os.lstat(p).st_mode)
+
+
+def test_the_report_dir_and_reports_are_private_to_the_controller_user(tmp_path):
+    dest = tmp_path / "cache" / "reports"
+    res = run_action(make_action(action_mod.ActionModule, {"report": REPORT, "app": "demo", "dest_dir": str(dest)}))
+    assert mode(dest) == mode(tmp_path / "cache") == 0o700 and mode(res["path"]) == 0o600
+    os.chmod(dest, 0o755)                    # as an older collection left it
+    res = run_action(make_action(action_mod.ActionModule, {"report": REPORT, "app": "demo", "dest_dir": str(dest)}))
+    assert mode(dest) == 0o700 and mode(res["path"]) == 0o600 and res["changed"] is False
+
+
+def test_a_report_dir_that_holds_other_things_keeps_its_mode(tmp_path):
+    """hotswap_report_dir set to a directory of other things (~, /tmp): only the report is private."""
+    (tmp_path / "notes.txt").write_text("mine")
+    os.chmod(tmp_path, 0o755)
+    res = run_action(make_action(action_mod.ActionModule, {"report": REPORT, "app": "demo", "dest_dir": str(tmp_path)}))
+    assert mode(tmp_path) == 0o755 and mode(res["path"]) == 0o600

@@ -1,11 +1,17 @@
-"""The build side's pure helpers: source digests, deterministic tarballs, release name and version checks."""
+"""The build side's pure helpers: source digests, deterministic tarballs, release name and version checks;
+the store's modes and the release cookie kept out of everything the build shows."""
 import gzip
 import io
+import json
 import os
 import shlex
+import stat
 import string
+import subprocess
+import sys
 import tarfile
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import example, given
@@ -401,3 +407,323 @@ def test_discard_checks_the_version(published, bad):
     builder, _erl = published
     with pytest.raises(_build.BuildError, match="the version to discard"):
         builder.discard([bad])
+
+
+# --------------------------------------------------------------------------- a private store (issue 15 item 8)
+# The store holds the release's default cookie (releases/COOKIE in the full tarball and the release tree):
+# other users on the build host must not read it. STORE, STORE/APP and every directory the build makes are
+# 0700, the files it writes 0600; what mix makes deeper keeps mix's modes (they go into the tarballs).
+
+COOKIE = "C00KIE7QXWJ5M2ZLNPA4RB6YHSDT3VEUFGK"
+
+
+def _mode(path):
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def _open_up(root):
+    """What an older collection left: every directory 0755, every file 0644 (or 0755 when executable)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        os.chmod(dirpath, 0o755)
+        for n in filenames:
+            p = os.path.join(dirpath, n)
+            if not os.path.islink(p):
+                os.chmod(p, _mode(p) | 0o044 | (0o011 if _mode(p) & 0o100 else 0))
+
+
+def _modes(root):
+    return dict((os.path.relpath(os.path.join(d, n), root), _mode(os.path.join(d, n)))
+                for d, dns, fns in os.walk(root) for n in dns + fns)
+
+
+class FakeMix(FakeErl):
+    """``mix deps.get`` does nothing; ``mix do compile, release`` lays a release tree (with releases/COOKIE,
+    0400 as mix writes it) into _build/prod/rel/sample, prints ``say`` and fails when told; ``erl`` as FakeErl."""
+
+    def __init__(self, vsn, apps, say="", fail=False):
+        FakeErl.__init__(self)
+        self.vsn, self.apps, self.say, self.fail_release = vsn, apps, say, fail
+
+    def __call__(self, argv, cwd=None, env=None):
+        if argv[0] != "mix":
+            return FakeErl.__call__(self, argv, cwd, env)
+        if "release" in argv:
+            rel = Path(cwd) / "_build" / "prod" / "rel" / "sample"
+            _release(rel, self.vsn, self.apps)
+            _write(rel, "releases/COOKIE", COOKIE.encode(), 0o400)
+            _write(rel, "bin/sample", b"#!/bin/sh\n", 0o755)
+            if self.fail_release:
+                return 1, self.say, "** (Mix) could not assemble the release"
+        return 0, self.say, ""
+
+
+def _source(tmp_path):
+    src = tmp_path / "src"
+    _write(src, "mix.exs", b"defmodule Sample.MixProject do end\n")
+    return str(src)
+
+
+def test_publish_makes_a_private_store_and_leaves_nothing_to_fix(tmp_path):
+    builder = _build.Builder(FakeErl(), str(tmp_path / "var" / "store"), "sample")
+    _publish(tmp_path, builder, "1.0.0", {"dep": "0.1.0"})
+    _write(tmp_path, "src/rel/appups/dep/0.2.0.appup", b'{"0.2.0", [{"0.1.0", []}], [{"0.1.0", []}]}.\n')
+    _publish(tmp_path, builder, "2.0.0", {"dep": "0.2.0"}, ["1.0.0"])
+    store, app = builder.store.base, builder.store.root
+    assert _mode(store) == _mode(app) == 0o700
+    assert _mode(tmp_path / "var") == 0o700         # the directories the build made on the way too
+    for vsn in ("1.0.0", "2.0.0"):
+        vdir = builder.store.vdir(vsn)
+        assert _mode(vdir) == _mode(os.path.join(vdir, "release")) == 0o700
+        assert _mode(os.path.join(vdir, "manifest.json")) == 0o600
+        assert _mode(os.path.join(vdir, "sample-%s-full.tar.gz" % vsn)) == 0o600
+    assert _mode(os.path.join(builder.store.vdir("2.0.0"), "sample-2.0.0.tar.gz")) == 0o600
+    assert _mode(os.path.join(builder.store.vdir("2.0.0"), "appups")) == 0o700
+    # mix's modes are kept inside the release tree and in the tarballs (what the targets install)
+    assert _mode(os.path.join(builder.store.release_dir("1.0.0"), "releases", "1.0.0", "vm.args")) == 0o644
+    with tarfile.open(os.path.join(builder.store.vdir("1.0.0"), "sample-1.0.0-full.tar.gz")) as t:
+        assert t.getmember("releases/1.0.0/vm.args").mode == 0o644
+    assert builder.store.secure() == ([], [])
+    # an extension replaces the version with a copy: private as well
+    _publish(tmp_path, builder, "1.5.0", {"dep": "0.1.5"})
+    assert builder.extend_edges("2.0.0", ["1.0.0", "1.5.0"])[0]
+    assert builder.store.secure() == ([], [])
+
+
+def test_the_work_tree_is_private_to_the_build_user(tmp_path):
+    builder = _build.Builder(FakeMix("1.0.0", {"dep": "0.1.0"}), str(tmp_path / "store"), "sample")
+    archive = tmp_path / "src.tar.gz"
+    with tarfile.open(archive, "w:gz") as t:
+        t.add(_source(tmp_path), arcname=".")
+    src = builder.stage_archive(str(archive))
+    builder.build(src, "sha256:one")
+    work = os.path.join(builder.store.root, ".work")
+    assert _mode(work) == _mode(os.path.join(work, "src")) == _mode(os.path.join(work, "deps")) == 0o700
+    # and the build user can still work in it: a second build of other content reuses the tree
+    builder.run = FakeMix("2.0.0", {"dep": "0.2.0"})
+    src = builder.stage_archive(str(archive))
+    assert builder.build(src, "sha256:two", ["1.0.0"])[0]
+    assert builder.store.secure() == ([], [])
+
+
+def _fake_git(argv, cwd=None, env=None):
+    """git clone makes the directory as git does (0755 under the usual umask); rev-parse knows only "main"."""
+    assert argv[0] == "git", argv
+    if argv[1] == "clone":
+        os.mkdir(argv[-1])
+        os.chmod(argv[-1], 0o755)
+        return 0, "", ""
+    if argv[3] == "rev-parse":
+        return (0, "abc123\n", "") if argv[-1].startswith("main^") else (1, "", "")
+    return 0, "", ""
+
+
+def test_a_git_work_tree_is_private_even_after_a_ref_that_does_not_exist(tmp_path):
+    builder = _build.Builder(_fake_git, str(tmp_path / "store"), "sample")
+    wd = builder.stage_git("file:///src", "main")
+    assert _mode(wd) == 0o700
+    os.makedirs(os.path.join(wd, "_build", "prod"))
+    os.chmod(os.path.join(wd, "_build"), 0o755)       # as mix makes it
+    with pytest.raises(_build.BuildError, match="does not exist"):
+        builder.stage_git("file:///src", "no-such-ref")   # leaves _build set aside in .work/._build.keep
+    assert builder.store.secure() == ([], [])          # the next run has nothing to fix: not a change
+    wd = builder.stage_git("file:///src", "main")
+    assert _mode(wd) == 0o700 and builder.store.secure() == ([], [])
+
+
+def test_an_open_store_from_before_is_made_private_once(tmp_path, published):
+    builder, _erl = published
+    os.makedirs(os.path.join(builder.store.root, ".work", "src", "_build"))
+    os.makedirs(os.path.join(builder.store.root, ".work", "deps", "0123abcd"))
+    outside = _write(tmp_path, "outside/file", b"not the store's", 0o644)
+    os.symlink(str(outside), os.path.join(builder.store.root, "link"))        # a link is never followed
+    _open_up(builder.store.base)
+    deep = os.path.join(builder.store.release_dir("1.0.0"), "releases", "1.0.0", "vm.args")
+    before = _modes(builder.store.base)
+    would, warnings = builder.store.secure(check=True)
+    assert _modes(builder.store.base) == before and not warnings              # check mode changes nothing
+    fixed, warnings = builder.store.secure()
+    assert fixed == would and not warnings
+    rel = set(os.path.relpath(p, builder.store.base) for p in fixed)
+    assert {".", "sample", "sample/1.0.0", "sample/1.0.0/manifest.json", "sample/1.0.0/sample-1.0.0-full.tar.gz",
+            "sample/1.0.0/release", "sample/2.0.0/sample-2.0.0.tar.gz", "sample/.work", "sample/.work/src",
+            "sample/.work/deps"} <= rel
+    assert _mode(builder.store.base) == _mode(builder.store.root) == 0o700
+    for p in fixed:
+        assert _mode(p) & 0o077 == 0, p
+    assert _mode(os.path.join(builder.store.vdir("1.0.0"), "manifest.json")) == 0o600
+    assert _mode(outside) == 0o644 and "sample/link" not in rel
+    assert _mode(deep) == 0o644                     # mix's modes below, shut off by the directories above
+    assert builder.store.secure() == ([], [])        # idempotent: nothing to change the next time
+    assert builder.store.secure(check=True) == ([], [])
+
+
+def test_a_store_directory_of_another_user_is_warned_about_not_fatal(tmp_path, published, monkeypatch):
+    builder, _erl = published
+    _open_up(builder.store.base)
+    real = _build.make_private
+
+    def not_ours(path, check=False):
+        if path in (builder.store.base, builder.store.vdir("1.0.0")):
+            raise PermissionError(1, "Operation not permitted", path)
+        return real(path, check)
+    monkeypatch.setattr(_build, "make_private", not_ours)
+    fixed, warnings = builder.store.secure()
+    assert builder.store.root in fixed and builder.store.vdir("1.0.0") not in fixed
+    assert len(warnings) == 2
+    assert "the build store %s is open to other users" % builder.store.base in warnings[0]
+    assert "%s below it is private (0700) all the same" % builder.store.root in warnings[0]
+    assert builder.store.vdir("1.0.0") in warnings[1] and "chown -R" in warnings[1]
+    os.chmod(builder.store.base, 0o770)     # a group the administrator gave: not warned about
+    assert len(builder.store.secure()[1]) == 1
+
+
+def test_a_store_directory_that_holds_other_things_keeps_its_mode(tmp_path, published):
+    """hotswap_build_store set to a shared directory (/var/lib, /srv, /tmp): only STORE/APP is made private."""
+    builder, _erl = published
+    _write(tmp_path, "store/dpkg/status", b"not a store")
+    _open_up(builder.store.base)
+    fixed, warnings = builder.store.secure()
+    assert builder.store.base not in fixed and _mode(builder.store.base) == 0o755
+    assert builder.store.root in fixed and _mode(builder.store.root) == 0o700
+    assert len(warnings) == 1 and "holds more than the stores of applications" in warnings[0]
+    os.chmod(builder.store.base, 0o1777)
+    (tmp_path / "store" / "dpkg" / "status").unlink()
+    (tmp_path / "store" / "dpkg").rmdir()
+    assert builder.store.secure()[0] == [] and _mode(builder.store.base) == 0o1777      # a sticky one: never
+    for top in ("/", "/opt", "/tmp", "/srv", os.path.expanduser("~")):
+        assert not _build.dedicated_dir(top, lambda name, path: True), top
+    os.chmod(builder.store.base, 0o755)
+    assert builder.store.secure()[0] == [builder.store.base]    # only stores in it: the build's own
+
+
+def test_make_private_never_follows_a_link_and_keeps_the_owners_bits(tmp_path):
+    f = _write(tmp_path, "f", b"x", 0o755)
+    assert _build.make_private(str(f), check=True) and _mode(f) == 0o755
+    assert _build.make_private(str(f)) and _mode(f) == 0o700
+    assert not _build.make_private(str(f))
+    target = _write(tmp_path, "t", b"x", 0o666)
+    os.symlink(str(target), str(tmp_path / "l"))
+    assert not _build.make_private(str(tmp_path / "l")) and _mode(target) == 0o666
+    assert not _build.make_private(str(tmp_path / "missing"))
+    d = _build.private_makedirs(str(tmp_path / "a" / "b"))
+    assert _mode(d) == _mode(tmp_path / "a") == 0o700
+    with _build.open_private(str(tmp_path / "w")) as fh:
+        fh.write("x")
+    os.chmod(tmp_path / "w", 0o644)
+    _build.write_private(str(tmp_path / "w"), "y")
+    assert _mode(tmp_path / "w") == 0o600 and (tmp_path / "w").read_text() == "y"
+
+
+# --------------------------------------------------------------------------- the cookie never shows
+
+def _holders(root, needle):
+    """Files (and tarball members) under ``root`` whose bytes hold ``needle``."""
+    out = []
+    for d, _dns, fns in os.walk(root):
+        for n in fns:
+            p = os.path.join(d, n)
+            if os.path.islink(p):
+                continue
+            rel = os.path.relpath(p, root)
+            with open(p, "rb") as f:
+                data = f.read()
+            if n.endswith(".tar.gz"):
+                with tarfile.open(p) as t:
+                    out.extend("%s:%s" % (rel, m.name) for m in t.getmembers()
+                               if m.isfile() and needle in t.extractfile(m).read())
+            elif needle in data:
+                out.append(rel)
+    return sorted(out)
+
+
+def test_the_cookie_is_in_the_full_tarball_only_never_in_the_manifest_or_the_builds_output(tmp_path):
+    secrets = []
+    src = _source(tmp_path)
+    builder = _build.Builder(FakeMix("1.0.0", {"dep": "0.1.0"}), str(tmp_path / "store"), "sample",
+                             secret=secrets.append)
+    changed, m1 = builder.build(src, "sha256:one")
+    builder.run = FakeMix("2.0.0", {"dep": "0.2.0"})
+    changed, m2 = builder.build(src, "sha256:two", ["1.0.0"])
+    assert changed and m2["artifacts"]["upgrade"]
+    assert secrets and set(secrets) == {COOKIE}      # handed to the module, which hides it in all it shows
+    for m in (m1, m2):
+        assert COOKIE not in json.dumps(m)
+    store = builder.store.root
+    assert _holders(store, COOKIE.encode()) == [
+        "1.0.0/release/releases/COOKIE", "1.0.0/sample-1.0.0-full.tar.gz:releases/COOKIE",
+        "2.0.0/release/releases/COOKIE", "2.0.0/sample-2.0.0-full.tar.gz:releases/COOKIE"]
+    # an extension of a published version knows the cookie too (its messages are hidden alike)
+    secrets[:] = []
+    builder.extend_edges("2.0.0", ["1.0.0", "0.9.0"])
+    assert secrets == [COOKIE]
+
+
+def test_a_release_that_fails_after_writing_its_cookie_hands_it_over_before_the_message(tmp_path):
+    secrets = []
+    builder = _build.Builder(FakeMix("1.0.0", {}, say="cookie is " + COOKIE, fail=True), str(tmp_path / "store"),
+                             "sample", secret=secrets.append)
+    with pytest.raises(_build.BuildError) as e:
+        builder.build(_source(tmp_path), "sha256:one")
+    assert COOKIE in str(e.value) and secrets == [COOKIE]   # the module masks it (next test)
+
+
+def test_a_short_cookie_is_not_masked_everywhere(tmp_path):
+    secrets = []
+    rel = _release(tmp_path / "r", "1.0.0", {})
+    _write(Path(rel), "releases/COOKIE", b"sample\n")
+    _build.Builder(FakeErl(), str(tmp_path / "store"), "sample", secret=secrets.append).note_cookie(rel)
+    assert secrets == []
+
+
+# The module itself, run as Ansible runs it (a JSON args file), with a fake `mix` on PATH.
+COLLECTIONS = Path(__file__).resolve().parents[4] / ".venv" / "collections"
+FAKE_MIX = r"""#!%s
+import os, shutil, sys
+if "release" in sys.argv:
+    shutil.copytree(os.environ["FAKE_MIX_TREE"], os.path.join(os.getcwd(), "_build", "prod", "rel", "sample"), symlinks=True)
+    print(os.environ.get("FAKE_MIX_SAY", ""))
+    sys.exit(int(os.environ.get("FAKE_MIX_RC", "0")))
+"""
+
+
+def _module(tmp_path, args, say="", rc=0):
+    tree = tmp_path / "tree"
+    if not tree.exists():
+        _release(tree, "1.0.0", {})
+        _write(tree, "releases/COOKIE", COOKIE.encode(), 0o400)
+    fake = tmp_path / "bin"
+    fake.mkdir(exist_ok=True)
+    (fake / "mix").write_text(FAKE_MIX % sys.executable)
+    os.chmod(fake / "mix", 0o755)
+    src = tmp_path / "src.tar.gz"
+    with tarfile.open(src, "w:gz") as t:
+        t.add(_source(tmp_path), arcname=".")
+    argf = tmp_path / "args.json"
+    argf.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": dict(args, src_archive=str(src))}))
+    env = dict(os.environ, PYTHONPATH=str(COLLECTIONS), PATH="%s:%s" % (fake, os.environ["PATH"]),
+               FAKE_MIX_TREE=str(tree), FAKE_MIX_SAY=say, FAKE_MIX_RC=str(rc))
+    p = subprocess.run([sys.executable, "-m", "ansible_collections.beam.hotswap.plugins.modules.build", str(argf)],
+                       capture_output=True, text=True, env=env, timeout=120, check=False)
+    return p.stdout + p.stderr, json.loads(p.stdout)
+
+
+@pytest.mark.skipif(not COLLECTIONS.is_dir(), reason="make setup makes .venv/collections")
+def test_the_module_masks_the_cookie_and_makes_an_old_store_private_once(tmp_path):
+    store = tmp_path / "store"
+    args = {"app": "sample", "store": str(store), "source_digest": "sha256:one"}
+    out, res = _module(tmp_path, args, say="cookie " + COOKIE, rc=1)
+    assert res["failed"] and "`mix do compile, release sample" in res["msg"], out
+    assert COOKIE not in out and "********" in res["msg"], out
+    out, res = _module(tmp_path, args, say="cookie " + COOKIE)
+    assert not res.get("failed") and res["changed"] and "made_private" not in res, out
+    assert COOKIE not in out
+    assert _mode(store) == 0o700 and _mode(store / "sample" / "1.0.0" / "manifest.json") == 0o600
+    _open_up(str(store))
+    out, res = _module(tmp_path, dict(args, _ansible_check_mode=True))
+    assert res["changed"] and str(store / "sample") in res["made_private"]
+    assert _mode(store / "sample") == 0o755                   # check mode changes nothing
+    out, res = _module(tmp_path, args)
+    assert res["changed"] and str(store / "sample" / "1.0.0" / "manifest.json") in res["made_private"], out
+    assert _mode(store / "sample") == 0o700
+    out, res = _module(tmp_path, args)
+    assert not res["changed"] and "made_private" not in res, out
