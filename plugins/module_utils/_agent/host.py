@@ -16,7 +16,7 @@ import subprocess
 from .errors import BadInput, now_ms, OpFailed
 from .names import legacy_state_dir, state_dir, valid_version, vsn_key
 from .erlterms import format_releases, parse_releases, TermError
-from .files import epmd_names, parse_env, safe_write
+from .files import epmd_names, parse_env, safe_read, safe_write
 from .layout import check_parents, legacy_file, migrate_legacy, mkdir_private
 
 
@@ -163,25 +163,32 @@ class Host:
         return self.env_file().get("RELEASE_NODE") or self.app
 
     def releases(self):
+        """RELEASES (read without following a link: the node's user may plant one), or None when missing."""
         f = os.path.join(self.rel_dir, "RELEASES")
-        if not os.path.exists(f):
+        if not os.path.lexists(f):
             return None
+        data = safe_read(self.root, "releases/RELEASES", limit=1 << 22)
         try:
-            with open(f, encoding="utf-8") as fh:
-                return parse_releases(fh.read())
-        except (OSError, TermError, ValueError) as e:
+            if data is None:
+                raise ValueError("not a regular file of the release root")
+            return parse_releases(data.decode("utf-8"))
+        except (TermError, ValueError) as e:
             raise OpFailed(f"cannot parse {f}: {e}")
 
     def owner(self):
-        st = os.stat(self.rel_dir)
+        """(uid, gid) the files root writes below ROOT get: --user's, else ROOT's own (lstat: never through a
+        link; a root-owned ROOT keeps root's files, but nothing in it is ever run as root: ``run_pw``)."""
+        if self._pw is not None:
+            return self._pw.pw_uid, self._pw.pw_gid
+        try:
+            st = os.lstat(self.root)
+        except OSError:
+            pw = self.run_pw()
+            return pw.pw_uid, pw.pw_gid
         return st.st_uid, st.st_gid
 
     def tree_owner(self):
-        """(uid, gid) the release tree belongs to: --user's, else the releases dir's, else ours."""
-        if self._pw is None and os.path.isdir(self.rel_dir):
-            return self.owner()
-        pw = self.run_pw()
-        return pw.pw_uid, pw.pw_gid
+        return self.owner()
 
     def _read_record(self, vsn, suffix):
         """The package checksum recorded for ``vsn`` in ``.hotswap/unpacked/VSN<suffix>``, or None."""
@@ -220,13 +227,9 @@ class Host:
         self.write_owned(os.path.join(self.rel_dir, "RELEASES"), format_releases(rels))
 
     def start_erl(self):
-        f = os.path.join(self.rel_dir, "start_erl.data")
-        try:
-            with open(f) as fh:
-                parts = fh.read().split()
-            return {"erts": parts[0], "version": parts[1]} if len(parts) >= 2 else None
-        except OSError:
-            return None
+        data = safe_read(self.root, "releases/start_erl.data", limit=4096)
+        parts = data.decode("utf-8", "replace").split() if data else []
+        return {"erts": parts[0], "version": parts[1]} if len(parts) >= 2 else None
 
     def sha_record(self, vsn):
         return self._read_record(vsn, ".sha256")
@@ -363,9 +366,10 @@ class Host:
                 pass
         if not cookie:
             try:
-                with open(self.p("releases", "COOKIE"), encoding="utf-8") as fh:
-                    cookie = fh.read().strip()
-            except OSError:
+                # never through a link: the node's user could point it at a file only root may read
+                data = safe_read(self.root, "releases/COOKIE", limit=65536)
+                cookie = data.decode("utf-8").strip() if data else None
+            except (OSError, UnicodeDecodeError):
                 return None
         return (erl_call, flag, node, cookie) if cookie else None
 

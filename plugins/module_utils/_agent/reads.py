@@ -13,7 +13,7 @@ from .names import AGENT_VERSION, plan_state_key, vsn_key
 from .erlterms import parse_terms, _s, TermError
 from .files import sha256_file
 from .fingerprint import gather_fingerprint
-from .state import host_state
+from .state import host_state, installed_by_agent
 
 
 def cmd_status(h, a):
@@ -40,7 +40,8 @@ def cmd_status(h, a):
             pk[m.group(1) if m else f] = f
     return {
         "changed": False,
-        "installed": os.path.exists(h.p("bin", h.app)),
+        # the agent's own records too: the node's user can delete bin/APP, not make the host look fresh
+        "installed": os.path.exists(h.p("bin", h.app)) or installed_by_agent(h),
         "node": h.node_name(),
         "node_up": up, "os_pid": pid, "boot_version": boot,
         "running": running, "permanent": perm, "current": current,
