@@ -218,8 +218,9 @@ def files_holding(paths_or_dirs, needle: bytes, skip=(), max_size=1 << 20, max_d
 # ----------------------------------------------------------------------------- evil packages
 
 def rewrite_version(src_pkg, dst_pkg, old_vsn, new_vsn, app, extra_members=()):
-    """Copy the upgrade package ``src_pkg`` to ``dst_pkg`` as version ``new_vsn`` (releases/OLD -> NEW, the
-    .rel renamed and its version rewritten; lib/ untouched), then append ``extra_members``:
+    """Copy the upgrade package ``src_pkg`` to ``dst_pkg`` as release version ``new_vsn`` (releases/OLD -> NEW,
+    the .rel renamed and the release's version in it rewritten; lib/ and the applications' versions untouched, so
+    the package stays installable), then append ``extra_members``:
     [(TarInfo, bytes-or-None)]."""
     with tarfile.open(src_pkg, "r:*") as tin, tarfile.open(dst_pkg, "w:gz") as tout:
         for m in tin.getmembers():
@@ -230,7 +231,9 @@ def rewrite_version(src_pkg, dst_pkg, old_vsn, new_vsn, app, extra_members=()):
                 name = f"releases/{new_vsn}"
             if name == f"releases/{app}-{old_vsn}.rel":
                 name = f"releases/{app}-{new_vsn}.rel"
-                data = data.replace(f'"{old_vsn}"'.encode(), f'"{new_vsn}"'.encode())
+                # the release's own version only ({"APP","OLD"}), not the application's ({APP,"OLD"})
+                data = re.sub(rb'(\{\s*"' + re.escape(app.encode()) + rb'"\s*,\s*")' + re.escape(old_vsn.encode()) + rb'"',
+                              rb"\g<1>" + new_vsn.encode() + rb'"', data)
             m2 = tarfile.TarInfo(name)
             m2.type, m2.mode, m2.mtime, m2.linkname = m.type, m.mode, m.mtime, m.linkname
             if data is not None:

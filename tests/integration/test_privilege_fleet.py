@@ -494,7 +494,15 @@ def test_interrupted_failing_health_check_is_never_committed(fleet, env):
     assert perm_after_rerun != "2.0.0", ("ATTACK SUCCEEDED: the re-run deploy committed v2 whose health check "
                                          "fails: " + _tail(out, err))
     assert rc != 0, "the re-run deploy with a failing health check reported success: " + _tail(out, err)
+    env["saved"]["rerun_out"] = out
+
+
+def test_a_failed_rerun_leaves_the_host_on_its_permanent_release(fleet, env):
+    """README: a failed host is always back on the release it had, running and permanent -- also after the
+    re-run of an interrupted hot upgrade whose health check fails (the test above)."""
+    t = "target1"
     st = _status(fleet, t)
+    out = env["saved"].get("rerun_out", "")
     assert st.get("node_up") and st.get("running") == st.get("permanent") == "1.0.0", \
         (f"{t} is not back on v1, running and permanent, after the failed re-run (running {st.get('running')}, "
          f"permanent {st.get('permanent')}, current {st.get('current')}): " + _failed_msgs(out)[-2500:])
@@ -798,14 +806,18 @@ def test_truncated_package_is_refused_as_truncated(fleet, env):
 def test_symlinks_planted_in_releases_are_never_written_through(fleet, env):
     """Item 3: the app user points temp names (RELEASES.hotswap-tmp, start_erl.data.hotswap-tmp,
     COOKIE.hotswap-tmp), RELEASES and start_erl.data at root-owned decoys; a revert, a no-op hot and a cold
-    rollback (and back) run.  The decoys keep owner, mode and content."""
+    rollback (and back) run.  The decoys keep owner, mode and content.  releases/COOKIE linked to a root-only
+    secret: the secret never reaches a file the node user can read (its .erlang.cookie, the release root)."""
     t = "target1"
     _ensure_on(fleet, env, "2.0.0", "ensure v2 (symlinks)")
     rel = _host_path(fleet, t, ROOT + "/releases")
     real = {n: Path(rel, n).read_bytes() for n in ("RELEASES", "start_erl.data")}
+    real_cookie = Path(rel, "COOKIE").read_bytes()
+    secret = b"rootsecret" + secrets.token_hex(10).encode()
     decoys = {}
     plants = {"RELEASES.hotswap-tmp": b"decoy-1\n", "start_erl.data.hotswap-tmp": b"decoy-2\n",
-              "COOKIE.hotswap-tmp": b"decoy-3\n", "RELEASES": real["RELEASES"], "start_erl.data": real["start_erl.data"]}
+              "COOKIE.hotswap-tmp": b"decoy-3\n", "RELEASES": real["RELEASES"], "start_erl.data": real["start_erl.data"],
+              "COOKIE": secret}
     for i, (name, content) in enumerate(plants.items()):
         dp = f"/opt/decoy-owned-by-root-{i}"
         p = _host_path(fleet, t, dp)
@@ -814,7 +826,7 @@ def test_symlinks_planted_in_releases_are_never_written_through(fleet, env):
         os.chown(p, 0, 0)
         os.chmod(p, 0o644 if name in real else 0o600)   # the node may read RELEASES/start_erl.data through them
         decoys[dp] = (content, stat.S_IMODE(os.lstat(p).st_mode))
-        r = attacks.as_user(fleet, t, USER, f"ln -sfn {dp} {ROOT}/releases/{name}")
+        r = attacks.as_user(fleet, t, USER, f"rm -f {ROOT}/releases/{name}; ln -sfn {dp} {ROOT}/releases/{name}")
         assert r.returncode == 0, f"setup: the app user could not plant releases/{name}: {r.stderr}"
     pkg, sha = _packages(fleet, t, "2.0.0", "upgrade")
     results = {}
@@ -824,6 +836,9 @@ def test_symlinks_planted_in_releases_are_never_written_through(fleet, env):
                                          hotswap_target_hosts="target1")[0]
     results["deploy back"] = _deploy(fleet, env, "2.0.0", "deploy v2 back (planted links)",
                                      hotswap_target_hosts="target1", hotswap_mode="cold")[0]
+    results["status.yml"] = _status_play(fleet, env, "status.yml (planted links)", pattern="target1")[0]
+    leaked = attacks.files_holding([_host_path(fleet, t, ROOT), _host_path(fleet, t, STATE + "/.erlang.cookie")],
+                                   secret, skip=[_host_path(fleet, t, ROOT + "/tmp")], max_depth=20)
     print("\nplanted links in releases/: " + "; ".join(
         f"{k}: {v if isinstance(v, int) else (v[0], v[1].get('msg') or v[1].get('result'))}" for k, v in results.items()))
     bad = []
@@ -839,19 +854,22 @@ def test_symlinks_planted_in_releases_are_never_written_through(fleet, env):
         p = Path(rel, name)
         if p.is_symlink():
             p.unlink()
-            if name in real:
-                p.write_bytes(real[name])
+            if name in real or name == "COOKIE":
+                p.write_bytes(real.get(name, real_cookie))
                 os.chown(p, attacks.uid_of(USER), pwd.getpwnam(USER).pw_gid)
-                os.chmod(p, 0o644)
+                os.chmod(p, 0o400 if name == "COOKIE" else 0o644)
     assert not bad, ("ATTACK SUCCEEDED: root wrote through a link the app user planted in releases/ "
                      f"(decoys changed): {bad}; results: {results}")
+    assert not leaked, ("ATTACK SUCCEEDED: a root-only file the app user linked as releases/COOKIE was copied where "
+                        f"the node user reads it: {leaked}")
 
 
 # =========================================================================== 11. versions as paths (4)
 
 def test_crafted_versions_in_RELEASES_never_reach_outside_the_root(fleet, env):
-    """Item 4: a RELEASES entry 0.1.0/../../../decoy-dir plus prune (agent prune --keep 1, and a deploy with
-    hotswap_keep_releases=1) must not remove /opt/decoy-dir; a crafted permanent entry plus a cold rollback
+    """Item 4: a RELEASES entry 0.1.0/../../../decoy-dir (releases/0.1.0 made, the node killed: the app user can
+    do both) plus prune (agent prune --keep 1, and a deploy with hotswap_keep_releases=1, which starts the node
+    again) must not remove /opt/decoy-dir; a crafted permanent entry plus a cold rollback
     must write nothing outside ROOT and the agent's directory (no file under /tmp, /opt or /etc/systemd/system)."""
     t = "target1"
     decoy = _host_path(fleet, t, "/opt/decoy-dir")
@@ -860,12 +878,20 @@ def test_crafted_versions_in_RELEASES_never_reach_outside_the_root(fleet, env):
     relp = _releases_file(fleet, t)
     original = Path(relp).read_bytes()
     text = original.decode()
-    erts = re.search(r'\{release,\s*"[^"]+",\s*"[^"]+",\s*"([^"]+)"', text).group(1)
     evil_tag = "hsp-evil-" + secrets.token_hex(4)
-    crafted = (text.lstrip()[0] + '{release,"%s","0.1.0/../../../decoy-dir","%s",[],old},' % (APP, erts)
-               + text.lstrip()[1:])
+    # a copy of a real entry (its libs list included) under the crafted version, status old
+    ent = re.findall(r"\{release,.*?,\s*(?:permanent|old|current|unpacked)\s*\}", text, re.S)[-1]
+    ent = re.sub(r'^\{release,\s*"%s",\s*"[^"]+"' % APP, '{release,"%s","0.1.0/../../../decoy-dir"' % APP, ent)
+    ent = re.sub(r"(permanent|current|unpacked)(\s*\})$", r"old\2", ent)
+    crafted = text[:text.index("[") + 1] + ent + "," + text[text.index("[") + 1:]
     r = attacks.write_as(fleet, t, USER, ROOT + "/releases/RELEASES", crafted, mode="644")
     assert r.returncode == 0, f"setup: the app user could not write RELEASES: {r.stderr}"
+    # releases/0.1.0 must exist for the kernel to resolve the '..'s; with the node down the agent prunes from the
+    # files (not through release_handler, which knows only what it booted with): the app user kills its node
+    pid = _status(fleet, t).get("os_pid")
+    k = attacks.as_user(fleet, t, USER, f"mkdir -p {ROOT}/releases/0.1.0 && kill -9 {pid}")
+    assert k.returncode == 0, f"setup: {k.stderr}"
+    time.sleep(1)
     outside0 = _opt_outside(fleet, t, ROOT)
     systemd0 = set(os.listdir("/etc/systemd/system")) if os.path.isdir("/etc/systemd/system") else set()
     res = {}
@@ -876,8 +902,11 @@ def test_crafted_versions_in_RELEASES_never_reach_outside_the_root(fleet, env):
     print("\ncrafted RELEASES, prune: " + "; ".join(
         f"{k}: {v if isinstance(v, int) else (v[0], v[1].get('msg') or v[1].get('result'))}" for k, v in res.items()))
     # a crafted permanent entry (the real one demoted), then a cold rollback
-    perm = (text.lstrip()[0] + '{release,"%s","1.0.0/../../../../../../tmp/%s","%s",[],permanent},' % (APP, evil_tag, erts)
-            + re.sub(r",(\s*)permanent(\s*)\}", r",\1old\2}", text.lstrip()[1:]))
+    i = text.index("[") + 1     # RELEASES starts with a %% coding comment
+    pent = re.sub(r'^\{release,\s*"%s",\s*"[^"]+"' % APP, '{release,"%s","1.0.0/../../../../../../tmp/%s"' % (APP, evil_tag),
+                  ent)
+    pent = re.sub(r"old(\s*\})$", r"permanent\1", pent)
+    perm = text[:i] + pent + "," + re.sub(r",(\s*)permanent(\s*)\}", r",\1old\2}", text[i:])
     attacks.write_as(fleet, t, USER, ROOT + "/releases/RELEASES", perm, mode="644")
     res["cold rollback"] = _rollback(fleet, env, "cold rollback (crafted permanent)", hotswap_mode="cold",
                                      hotswap_target_hosts="target1")[0]
@@ -905,8 +934,12 @@ def test_crafted_versions_in_RELEASES_never_reach_outside_the_root(fleet, env):
     assert not strays, f"ATTACK SUCCEEDED: the crafted permanent version became a path outside the root: {strays}"
     diff = [x for x in attacks.diff_snapshots(outside0, outside1) if "hsp-pkgs" not in x]
     assert not diff, f"ATTACK SUCCEEDED: files outside ROOT changed: {diff}; results {res}"
+    # the app user killed its node for the attack: the next deploy starts it again
+    rc, out, err, _r = _deploy(fleet, env, "2.0.0", "deploy v2 after the crafted RELEASES", hotswap_target_hosts="target1",
+                               hotswap_allow_downgrade=True)
     st = _status(fleet, t)
-    assert st.get("node_up"), f"{t}: node down after the crafted RELEASES: {st}"
+    assert st.get("node_up"), f"{t}: the deploy after the crafted RELEASES (put back) did not start the node: " + \
+        _tail(out, err)
 
 
 # =========================================================================== 12. "installed" from deletable files (5)
@@ -1075,6 +1108,30 @@ def test_old_layout_agent_dir_replaced_by_the_app_user_is_never_run_as_root(flee
 
 
 # =========================================================================== 13. first install into foreign dirs (5)
+
+def test_a_root_below_a_directory_the_app_user_can_write_is_refused(fleet, env):
+    """The agent's directory sits beside ROOT: a parent the app user owns (it could rename the agent's directory
+    and plant its own) is refused before anything is made there."""
+    t = "target3"
+    parent = "/opt/hsp-userdir"
+    p = _host_path(fleet, t, parent)
+    os.makedirs(p, exist_ok=True)
+    os.chown(p, attacks.uid_of(USER), pwd.getpwnam(USER).pw_gid)
+    os.chmod(p, 0o755)
+    rc, out, err, recap = _deploy(fleet, env, "1.0.0", "first install below an app-owned dir",
+                                  hotswap_root=parent + "/app", hotswap_target_hosts=t,
+                                  hotswap_env={"SAMPLE_PORT": str(P3_PORT), "RELEASE_NODE": P3_NODE})
+    made = sorted(os.listdir(p))
+    st = _status(fleet, t, root=parent + "/app") if "app" in made and os.path.exists(
+        os.path.join(p, ".hotswap", "app", "agent.py")) else {}
+    if st.get("os_pid"):
+        _kill_pid(st["os_pid"])
+    shutil.rmtree(p, ignore_errors=True)
+    assert not made, (f"ATTACK SUCCEEDED: the agent made {made} in {parent}, a directory the app user owns (it can "
+                      f"rename the agent's directory there): deploy rc {rc}: " + _failed_msgs(out)[-1500:])
+    assert rc != 0 and parent in _failed_msgs(out), "a root below an app-owned directory was not refused: " + \
+        _tail(out, err)
+
 
 def test_first_install_into_a_system_directory_is_refused_and_chowns_nothing(fleet, env):
     """Item 5: hotswap_root=/opt (other programs' files: a setuid decoy) is refused; nothing is chowned, the
