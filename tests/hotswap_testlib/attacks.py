@@ -11,8 +11,6 @@ import re
 import stat
 import tarfile
 import threading
-import time
-from pathlib import Path
 
 
 # ----------------------------------------------------------------------------- acting as the app user
@@ -232,8 +230,8 @@ def rewrite_version(src_pkg, dst_pkg, old_vsn, new_vsn, app, extra_members=()):
             if name == f"releases/{app}-{old_vsn}.rel":
                 name = f"releases/{app}-{new_vsn}.rel"
                 # the release's own version only ({"APP","OLD"}), not the application's ({APP,"OLD"})
-                data = re.sub(rb'(\{\s*"' + re.escape(app.encode()) + rb'"\s*,\s*")' + re.escape(old_vsn.encode()) + rb'"',
-                              rb"\g<1>" + new_vsn.encode() + rb'"', data)
+                pat = rb'(\{\s*"' + re.escape(app.encode()) + rb'"\s*,\s*")' + re.escape(old_vsn.encode()) + rb'"'
+                data = re.sub(pat, rb"\g<1>" + new_vsn.encode() + rb'"', data)
             m2 = tarfile.TarInfo(name)
             m2.type, m2.mode, m2.mtime, m2.linkname = m.type, m.mode, m.mtime, m.linkname
             if data is not None:

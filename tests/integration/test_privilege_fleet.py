@@ -22,7 +22,6 @@ import signal
 import stat
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -267,7 +266,8 @@ def test_first_install_keeps_the_cookie_private(fleet, env):
         if (mode, owner) != (0o400, uid):
             problems.append(f"{t}: releases/COOKIE is mode {mode:04o} uid {owner}, expected 0400 {USER} (uid {uid})")
     # the build store on build1 and the controller's artifact dir: nothing readable by other users
-    places = [("build store", _host_path(fleet, "build1", STORE)), ("controller artifact dir", str(env["tmp"] / "artifacts"))]
+    places = [("build store", _host_path(fleet, "build1", STORE)),
+              ("controller artifact dir", str(env["tmp"] / "artifacts"))]
     for what, top in places:
         mode, _o = _mode(top)
         if mode & 0o077:
@@ -355,10 +355,12 @@ def test_planted_bin_app_never_runs_as_root_when_the_node_is_started(fleet, env)
     (which starts the node again) never run the planted bin/APP as root."""
     uid = attacks.uid_of(USER)
     for t in TARGETS:
-        r = attacks.as_user(fleet, t, USER, f"[ -e {ROOT}/bin/.{APP}-real ] || mv {ROOT}/bin/{APP} {ROOT}/bin/.{APP}-real")
+        r = attacks.as_user(fleet, t, USER,
+                            f"[ -e {ROOT}/bin/.{APP}-real ] || mv {ROOT}/bin/{APP} {ROOT}/bin/.{APP}-real")
         w = attacks.write_as(fleet, t, USER, f"{ROOT}/bin/{APP}",
                              attacks.recorder(REC + "/bin_app2", then=f"{ROOT}/bin/.{APP}-real"))
-        assert r.returncode == 0 and w.returncode == 0, f"setup: the app user could not wrap bin/{APP}: {r.stderr} {w.stderr}"
+        assert r.returncode == 0 and w.returncode == 0, \
+            f"setup: the app user could not wrap bin/{APP}: {r.stderr} {w.stderr}"
         pid = _status(fleet, t).get("os_pid")
         assert pid, f"setup: {t}: no node to kill"
         k = attacks.as_user(fleet, t, USER, f"kill -9 {pid}")
@@ -573,7 +575,8 @@ def test_settings_are_not_written_while_another_agent_holds_the_lock(fleet, env)
         # a second agent (a write command) with new settings on its stdin
         rc_a, out_a = _agent(fleet, t, ["prune", "--keep", "5", "--settings-stdin"], input=json.dumps(settings))
         after_agent = digest()
-        rc, out, err, recap = _deploy(fleet, env, other, "deploy while the lock is held", hotswap_target_hosts="target1",
+        rc, out, err, recap = _deploy(fleet, env, other, "deploy while the lock is held",
+                                      hotswap_target_hosts="target1",
                                       hotswap_env=settings["env"], hotswap_cookie=settings["cookie"],
                                       hotswap_allow_downgrade=True)
     finally:
@@ -684,7 +687,8 @@ def test_env_key_with_a_trailing_newline_is_refused(fleet, env):
         assert Path(_host_path(fleet, t, STATE + "/env")).read_bytes() == envs[t], f"{t}: the env file changed"
     assert "internal error" not in out and "Traceback" not in out + err, _tail(out, err)
     assert rc != 0, ("deploy.yml accepted an hotswap_env key with a trailing newline (exit 0; on a no-op deploy the "
-                     "settings go to the agent's `status`, which neither checks nor writes them): " + _tail(out, err, 1500))
+                     "settings go to the agent's `status`, which neither checks nor writes them): "
+                     + _tail(out, err, 1500))
 
 
 def test_cookie_is_in_no_process_argv(fleet, env):
@@ -816,7 +820,8 @@ def test_symlinks_planted_in_releases_are_never_written_through(fleet, env):
     secret = b"rootsecret" + secrets.token_hex(10).encode()
     decoys = {}
     plants = {"RELEASES.hotswap-tmp": b"decoy-1\n", "start_erl.data.hotswap-tmp": b"decoy-2\n",
-              "COOKIE.hotswap-tmp": b"decoy-3\n", "RELEASES": real["RELEASES"], "start_erl.data": real["start_erl.data"],
+              "COOKIE.hotswap-tmp": b"decoy-3\n", "RELEASES": real["RELEASES"],
+              "start_erl.data": real["start_erl.data"],
               "COOKIE": secret}
     for i, (name, content) in enumerate(plants.items()):
         dp = f"/opt/decoy-owned-by-root-{i}"
@@ -840,7 +845,8 @@ def test_symlinks_planted_in_releases_are_never_written_through(fleet, env):
     leaked = attacks.files_holding([_host_path(fleet, t, ROOT), _host_path(fleet, t, STATE + "/.erlang.cookie")],
                                    secret, skip=[_host_path(fleet, t, ROOT + "/tmp")], max_depth=20)
     print("\nplanted links in releases/: " + "; ".join(
-        f"{k}: {v if isinstance(v, int) else (v[0], v[1].get('msg') or v[1].get('result'))}" for k, v in results.items()))
+        f"{k}: {v if isinstance(v, int) else (v[0], v[1].get('msg') or v[1].get('result'))}"
+        for k, v in results.items()))
     bad = []
     for dp, (content, mode) in decoys.items():
         p = _host_path(fleet, t, dp)
@@ -903,8 +909,8 @@ def test_crafted_versions_in_RELEASES_never_reach_outside_the_root(fleet, env):
         f"{k}: {v if isinstance(v, int) else (v[0], v[1].get('msg') or v[1].get('result'))}" for k, v in res.items()))
     # a crafted permanent entry (the real one demoted), then a cold rollback
     i = text.index("[") + 1     # RELEASES starts with a %% coding comment
-    pent = re.sub(r'^\{release,\s*"%s",\s*"[^"]+"' % APP, '{release,"%s","1.0.0/../../../../../../tmp/%s"' % (APP, evil_tag),
-                  ent)
+    pent = re.sub(r'^\{release,\s*"%s",\s*"[^"]+"' % APP,
+                  '{release,"%s","1.0.0/../../../../../../tmp/%s"' % (APP, evil_tag), ent)
     pent = re.sub(r"old(\s*\})$", r"permanent\1", pent)
     perm = text[:i] + pent + "," + re.sub(r",(\s*)permanent(\s*)\}", r",\1old\2}", text[i:])
     attacks.write_as(fleet, t, USER, ROOT + "/releases/RELEASES", perm, mode="644")
@@ -935,8 +941,8 @@ def test_crafted_versions_in_RELEASES_never_reach_outside_the_root(fleet, env):
     diff = [x for x in attacks.diff_snapshots(outside0, outside1) if "hsp-pkgs" not in x]
     assert not diff, f"ATTACK SUCCEEDED: files outside ROOT changed: {diff}; results {res}"
     # the app user killed its node for the attack: the next deploy starts it again
-    rc, out, err, _r = _deploy(fleet, env, "2.0.0", "deploy v2 after the crafted RELEASES", hotswap_target_hosts="target1",
-                               hotswap_allow_downgrade=True)
+    rc, out, err, _r = _deploy(fleet, env, "2.0.0", "deploy v2 after the crafted RELEASES",
+                               hotswap_target_hosts="target1", hotswap_allow_downgrade=True)
     st = _status(fleet, t)
     assert st.get("node_up"), f"{t}: the deploy after the crafted RELEASES (put back) did not start the node: " + \
         _tail(out, err)
@@ -1199,7 +1205,8 @@ def test_first_install_follows_no_planted_top_level_symlink(fleet, env):
                                   hotswap_target_hosts=t,
                                   hotswap_env={"SAMPLE_PORT": str(P3_PORT), "RELEASE_NODE": P3_NODE})
     after = attacks.snapshot(decoy, contents=True)
-    st = _status(fleet, t, root=P3_ROOT) if os.path.exists(_host_path(fleet, t, agent_dir(P3_ROOT) + "/agent.py")) else {}
+    installed = os.path.exists(_host_path(fleet, t, agent_dir(P3_ROOT) + "/agent.py"))
+    st = _status(fleet, t, root=P3_ROOT) if installed else {}
     if st.get("os_pid"):
         _kill_pid(st["os_pid"])
     shutil.rmtree(root, ignore_errors=True)
@@ -1222,7 +1229,8 @@ def test_a_target_that_is_the_controller_itself(fleet, env):
     build = [line for line in lines if line.startswith("build1 ")]
     inv.write_text("[hotswap_build]\n" + "\n".join(build) + "\n\n[hotswap_targets]\n"
                    "local ansible_connection=local ansible_python_interpreter=/usr/bin/python3\n\n"
-                   "[all:vars]\n" + "\n".join(line for line in lines if line.startswith("ansible_control_path_dir")) + "\n")
+                   "[all:vars]\n"
+                   + "\n".join(line for line in lines if line.startswith("ansible_control_path_dir")) + "\n")
     lv = {"hotswap_app": APP, "hotswap_root": root, "hotswap_target_hosts": "local", "hotswap_build_store": STORE,
           "hotswap_artifact_dir": str(env["tmp"] / "artifacts"), "hotswap_report_dir": str(env["tmp"] / "reports"),
           "hotswap_env": {"SAMPLE_PORT": str(LOCAL_PORT), "RELEASE_NODE": LOCAL_NODE},
