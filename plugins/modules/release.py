@@ -216,10 +216,11 @@ def _pull(module, base, manifest, art, path):
     if resp is None or info.get("status") != 200:
         module.fail_json(msg="pulling %s failed (HTTP %s: %s): check hotswap_artifact_url and that the file is "
                          "served there; nothing changed" % (url, info.get("status"), info.get("msg")), changed=False)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     tmp = path + ".part"
     h = hashlib.sha256()
-    with open(tmp, "wb") as f:
+    # 0600 like every package the agent keeps (a full tarball holds the release's default cookie)
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "wb") as f:
         for block in iter(lambda: resp.read(1 << 20), b""):
             h.update(block)
             f.write(block)
@@ -228,6 +229,7 @@ def _pull(module, base, manifest, art, path):
         module.fail_json(msg="%s does not match its sha256 in the manifest (got %s): refused, nothing changed"
                          % (url, h.hexdigest()), changed=False)
     module.atomic_move(tmp, path)
+    os.chmod(path, 0o600)
 
 
 def _package(module, client, p, plan, result):

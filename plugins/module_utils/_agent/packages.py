@@ -120,7 +120,8 @@ def apply_settings(h, settings):
 
 
 def store_package(h, path, sha, name):
-    """Verify an uploaded package and keep it as .hotswap/packages/SHA256-NAME (0644); returns that path."""
+    """Verify an uploaded package and keep it as STATE/packages/SHA256-NAME (0600: a full tarball holds the
+    release's default cookie); returns that path."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,200}", name or ""):
         raise BadInput(f"--store-package {name!r} is not a plain file name")
     dest = os.path.join(h.hs, "packages", f"{sha}-{name}")
@@ -132,9 +133,9 @@ def store_package(h, path, sha, name):
     got = sha256_file(path) if os.path.isfile(path) else None
     if got != sha:
         raise OpFailed(f"package {path} refused: sha256 is {got}, expected {sha}; nothing changed", changed=False)
-    os.makedirs(os.path.dirname(dest), mode=0o755, exist_ok=True)
+    os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
     try:
-        os.chmod(path, 0o644)
+        os.chmod(path, 0o600)
         os.replace(path, dest)
     except OSError as e:
         if e.errno != errno.EXDEV:
@@ -142,7 +143,7 @@ def store_package(h, path, sha, name):
         # uploaded to another filesystem (a temp dir): copy beside the destination, then rename
         tmp = dest + ".part"
         shutil.copyfile(path, tmp)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, 0o600)
         os.replace(tmp, dest)
         os.unlink(path)
     return dest

@@ -74,7 +74,7 @@ def test_store_package_verifies_then_keeps_it(tmp_path):
     dest = ag.store_package(h, str(up), sha, "demo-2.0.0.tar.gz")
     assert dest == str(hs_dir(tmp_path) / "packages" / (sha + "-demo-2.0.0.tar.gz"))
     assert not up.exists() and open(dest, "rb").read() == b"package bytes"
-    assert oct(os.stat(dest).st_mode & 0o777) == "0o644"
+    assert oct(os.stat(dest).st_mode & 0o777) == "0o600"
     up.write_bytes(b"package bytes")                       # a second upload of the same package
     assert ag.store_package(h, str(up), sha, "demo-2.0.0.tar.gz") == dest and not up.exists()
 
