@@ -518,21 +518,33 @@ def test_no_cookie_left_in_temp_files_after_agent_sigkill(fleet, env):
     a documented limit)."""
     t = "target1"
     cookie = env["cookie"].encode()
-    for i in range(8):
-        p = subprocess.Popen(fleet.ssh_argv(t, "--") + [" ".join(AGENT + ["--user", USER, "status"])],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-        time.sleep(0.12 + 0.04 * i)
-        # the agent: the python3 process running STATE/agent.py for our root
+    killed = 0
+
+    def agent_pid():
         for d in os.listdir("/proc"):
             if d.isdigit():
                 try:
                     cl = Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")
                 except OSError:
                     continue
-                if len(cl) > 1 and cl[1].endswith(b"agent.py") and ROOT.encode() in cl and b"status" in cl \
-                        and STATE.encode() in cl[1]:
-                    _kill_pid(int(d))
+                # the python3 process running STATE/agent.py ... status for our root
+                if len(cl) > 1 and cl[1] == (STATE + "/agent.py").encode() and ROOT.encode() in cl and b"status" in cl:
+                    return int(d)
+        return None
+
+    for i in range(8):
+        p = subprocess.Popen(fleet.ssh_argv(t, "--") + [" ".join(AGENT + ["--user", USER, "status"])],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while p.poll() is None and time.monotonic() < deadline:
+            pid = agent_pid()
+            if pid:
+                time.sleep(0.01 * i)         # at different moments of its talk with the node
+                _kill_pid(pid)
+                killed += 1
+                break
         p.wait(timeout=60)
+    assert killed, "setup: no agent was caught running to be killed"
     basetemp = str(env["tmp"].parent.parent)
     hits = attacks.files_holding(["/tmp", "/var/tmp", "/dev/shm", "/run/user"], cookie,
                                  skip=[basetemp, "/tmp/hP", "/tmp/hsp-old"], max_depth=3)
