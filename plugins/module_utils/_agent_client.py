@@ -33,8 +33,8 @@ class AgentError(Exception):
 def check_root(root):
     """A release root must be absolute, not ``/`` and made of plain path characters."""
     if not valid_root(root):
-        raise AgentError("hotswap_root %r is not usable: give an absolute directory other than / with plain "
-                         "characters (for example /opt/my_app)" % (root,))
+        raise AgentError("hotswap_root %r is not usable: give an absolute directory of its own (not / or a system "
+                         "directory such as /opt) with plain characters (for example /opt/my_app)" % (root,))
     return os.path.normpath(root)
 
 

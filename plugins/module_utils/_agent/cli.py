@@ -10,7 +10,7 @@ import sys
 
 from .errors import BadInput, now_ms, OpFailed
 from .options import add_agent_options
-from .names import AGENT_VERSION, check_app, check_sha, check_vsn, USER_RE
+from .names import AGENT_VERSION, check_app, check_sha, check_vsn, is_system_dir, USER_RE
 from .erlterms import permanent_version
 from .host import Host
 from .state import journal, Lock
@@ -132,6 +132,9 @@ def run(argv, settings=None):
         if a.command == "first-install" and a.user and ensure_user(a.user):
             out["user_created"] = a.user
         h = Host(a.root, a.app, a.user)
+        if is_system_dir(h.root):
+            raise BadInput(f"hotswap_root {h.root} is a system directory: a release root is a directory of its own "
+                           f"(for example /opt/{a.app}); nothing was changed")
         h.check_parents()
         h.service_manager = resolve_service_manager(a.service_manager)
         if a.command == "first-install" and not os.path.lexists(h.root):

@@ -4,7 +4,6 @@ phases on the live node, with values passed as Elixir literals.
 """
 
 import base64
-import glob
 import json
 import os
 import pwd
@@ -14,7 +13,7 @@ import stat
 import subprocess
 
 from .errors import BadInput, now_ms, OpFailed
-from .names import legacy_state_dir, state_dir, valid_version, vsn_key
+from .names import legacy_state_dir, state_dir, valid_version
 from .erlterms import format_releases, parse_releases, TermError
 from .files import epmd_names, parse_env, safe_read, safe_write
 from .layout import check_parents, legacy_file, migrate_legacy, mkdir_private
@@ -344,9 +343,12 @@ class Host:
         distribution in a few ms where `bin/APP rpc` boots a whole VM (~0.25 s of CPU).  The node name
         and cookie come from the live VM's own command line (what it really uses), then from
         .hotswap/env and releases/COOKIE like bin/APP."""
-        found = sorted(glob.glob(self.p("erts-*", "bin", "erl_call")),
-                       key=lambda f: vsn_key(os.path.basename(os.path.dirname(os.path.dirname(f)))[5:]))
-        erl_call = found[-1] if found else shutil.which("erl_call")
+        # the ERTS the release boots (start_erl.data, validated), else the host's: never whichever erts-*
+        # directory sorts highest (the node's user could plant erts-99.0/bin/erl_call to steer the answers)
+        erts = (self.start_erl() or {}).get("erts")
+        erl_call = self.p(f"erts-{erts}", "bin", "erl_call") if erts and valid_version(erts) else None
+        if not erl_call or not os.path.isfile(erl_call):
+            erl_call = shutil.which("erl_call")
         env = self.env_file()
         if not erl_call or env.get("RELEASE_DISTRIBUTION", "sname") == "none":
             return None

@@ -217,9 +217,18 @@ def cmd_commit(h, a):
         check = parse_check(a.check)
         ok, why = run_health(h, vsn, check, a.timeout)
         if not ok:
-            raise OpFailed(f"{vsn} runs but its health check ({check[0]}) fails: {why}; not made permanent "
-                           f"(a rollback returns to {permanent_version(h.releases() or []) or 'the permanent release'})",
-                           stage="health", healthy=False)
+            # never made permanent, and the host goes back to the release that is (hot, else cold)
+            old = permanent_version(h.releases() or [])
+            if not old or old == vsn:
+                raise OpFailed(f"{vsn} runs but its health check ({check[0]}) fails: {why}; not made permanent",
+                               stage="health", healthy=False)
+            rv = _revert_or_recover(h, old, a.timeout, f"health check ({check[0]}) of {vsn} failed: {why}")
+            raise OpFailed(f"{vsn} runs but its health check ({check[0]}) fails: {why}; not made permanent, "
+                           + (f"reverted to {old} ({rv.get('mode')})" if rv.get("reverted")
+                              else f"REVERT FAILED, node runs {rv.get('host_version')}"),
+                           stage="health", healthy=False, reverted=bool(rv.get("reverted")), revert_mode=rv.get("mode"),
+                           host_version=rv.get("host_version"), changed=True,
+                           **{k: rv[k] for k in ("state_lost", "node_died", "os_pid") if k in rv})
         r = h.rpc("commit", vsn=vsn, timeout=60)
         if not r.get("ok"):
             raise OpFailed(f"make_permanent({vsn}) failed: {r.get('error')}", host_version=r.get("running"))

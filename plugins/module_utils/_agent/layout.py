@@ -57,7 +57,16 @@ def _legacy_fd(legacy):
     except OSError:
         return None
     st = os.fstat(fd)
-    if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o022:
+    # 0711 is the new layout's PARENT/.hotswap (ROOT=PARENT holds other roots' agent directories): never it
+    if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o022 or stat.S_IMODE(st.st_mode) == 0o711:
+        os.close(fd)
+        return None
+    try:  # an old agent's directory holds its files directly
+        if not any(stat.S_ISREG(os.stat(n, dir_fd=fd, follow_symlinks=False).st_mode)
+                   for n in os.listdir(fd) if n in ("agent.py", "journal.jsonl", "env", "lock")):
+            os.close(fd)
+            return None
+    except OSError:
         os.close(fd)
         return None
     return fd

@@ -22,6 +22,18 @@ ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 ROOT_RE = re.compile(r"^/[A-Za-z0-9._/-]*\Z")
 
 
+SYSTEM_DIRS = {"/", "/opt", "/usr", "/usr/local", "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/share", "/etc", "/var",
+               "/var/lib", "/var/tmp", "/var/log", "/srv", "/home", "/root", "/tmp", "/bin", "/sbin", "/boot", "/dev",
+               "/proc", "/sys", "/run", "/mnt", "/media", "/snap"}
+
+
+def is_system_dir(path, real=True):
+    """True for a directory of the operating system (SYSTEM_DIRS, /lib*, /usr/lib*), by its path (and, on the
+    host, its real path): never a release root."""
+    paths = {os.path.normpath(path)} | ({os.path.realpath(path)} if real else set())
+    return any(r in SYSTEM_DIRS or re.fullmatch(r"/(usr/)?lib[^/]*", r) is not None for r in paths)
+
+
 def valid_version(v):
     """True for a release version (see VSN_RE)."""
     return isinstance(v, str) and VSN_RE.match(v) is not None and ".." not in v
@@ -40,7 +52,7 @@ def valid_app(a):
 def valid_root(root):
     """True for a release root the controller accepts (see ROOT_RE)."""
     return isinstance(root, str) and ROOT_RE.match(root) is not None and os.path.normpath(root) not in ("/", "//") \
-        and ".." not in root.split("/")
+        and ".." not in root.split("/") and not is_system_dir(root, real=False)
 
 
 def state_dir(root):

@@ -9,11 +9,10 @@ import fcntl
 import json
 import os
 import pwd
-import re
 import stat
 
 from .errors import OpFailed
-from .names import valid_version, vsn_key
+from .names import is_system_dir, valid_version, vsn_key
 from .erlterms import check_release_names, parse_rel, permanent_version, TermError
 from .files import rmtree, safe_open_dir, safe_read, safe_rmtree, safe_write
 
@@ -340,11 +339,6 @@ def _releases_entry(h, rel, status, relative=True):
     return {"name": rel["name"], "version": rel["version"], "erts": rel["erts"], "libs": libs, "status": status}
 
 
-SYSTEM_DIRS = {"/", "/opt", "/usr", "/usr/local", "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/share", "/etc", "/var",
-               "/var/lib", "/var/tmp", "/var/log", "/srv", "/home", "/root", "/tmp", "/bin", "/sbin", "/boot", "/dev",
-               "/proc", "/sys", "/run", "/mnt", "/media", "/snap"}
-
-
 def installed_by_agent(h):
     """The agent's own (root-owned) records say this root holds an installation: a package checksum recorded
     under unpacked/, or installed.json.  Unlike RELEASES or bin/APP, the node's user cannot delete these."""
@@ -366,7 +360,7 @@ def check_first_install_root(h, owner, retry, create=False):
             homes.setdefault(os.path.normpath(pw.pw_dir), pw)
     why = None
     for r in (norm, real):
-        if r in SYSTEM_DIRS or re.fullmatch(r"/(usr/)?lib[^/]*", r):
+        if is_system_dir(r):
             why = "is a system directory"
         elif r in homes and (homes[r].pw_uid != owner[0] or (os.path.isdir(r) and os.listdir(r))):
             why = f"is the home directory of user {homes[r].pw_name}"

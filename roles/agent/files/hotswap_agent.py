@@ -34,7 +34,6 @@ import contextlib
 import datetime
 import errno
 import fcntl
-import glob
 import hashlib
 import json
 import lzma
@@ -163,6 +162,18 @@ ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 ROOT_RE = re.compile(r"^/[A-Za-z0-9._/-]*\Z")
 
 
+SYSTEM_DIRS = {"/", "/opt", "/usr", "/usr/local", "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/share", "/etc", "/var",
+               "/var/lib", "/var/tmp", "/var/log", "/srv", "/home", "/root", "/tmp", "/bin", "/sbin", "/boot", "/dev",
+               "/proc", "/sys", "/run", "/mnt", "/media", "/snap"}
+
+
+def is_system_dir(path, real=True):
+    """True for a directory of the operating system (SYSTEM_DIRS, /lib*, /usr/lib*), by its path (and, on the
+    host, its real path): never a release root."""
+    paths = {os.path.normpath(path)} | ({os.path.realpath(path)} if real else set())
+    return any(r in SYSTEM_DIRS or re.fullmatch(r"/(usr/)?lib[^/]*", r) is not None for r in paths)
+
+
 def valid_version(v):
     """True for a release version (see VSN_RE)."""
     return isinstance(v, str) and VSN_RE.match(v) is not None and ".." not in v
@@ -181,7 +192,7 @@ def valid_app(a):
 def valid_root(root):
     """True for a release root the controller accepts (see ROOT_RE)."""
     return isinstance(root, str) and ROOT_RE.match(root) is not None and os.path.normpath(root) not in ("/", "//") \
-        and ".." not in root.split("/")
+        and ".." not in root.split("/") and not is_system_dir(root, real=False)
 
 
 def state_dir(root):
@@ -1230,7 +1241,16 @@ def _legacy_fd(legacy):
     except OSError:
         return None
     st = os.fstat(fd)
-    if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o022:
+    # 0711 is the new layout's PARENT/.hotswap (ROOT=PARENT holds other roots' agent directories): never it
+    if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o022 or stat.S_IMODE(st.st_mode) == 0o711:
+        os.close(fd)
+        return None
+    try:  # an old agent's directory holds its files directly
+        if not any(stat.S_ISREG(os.stat(n, dir_fd=fd, follow_symlinks=False).st_mode)
+                   for n in os.listdir(fd) if n in ("agent.py", "journal.jsonl", "env", "lock")):
+            os.close(fd)
+            return None
+    except OSError:
         os.close(fd)
         return None
     return fd
@@ -1632,9 +1652,12 @@ class Host:
         distribution in a few ms where `bin/APP rpc` boots a whole VM (~0.25 s of CPU).  The node name
         and cookie come from the live VM's own command line (what it really uses), then from
         .hotswap/env and releases/COOKIE like bin/APP."""
-        found = sorted(glob.glob(self.p("erts-*", "bin", "erl_call")),
-                       key=lambda f: vsn_key(os.path.basename(os.path.dirname(os.path.dirname(f)))[5:]))
-        erl_call = found[-1] if found else shutil.which("erl_call")
+        # the ERTS the release boots (start_erl.data, validated), else the host's: never whichever erts-*
+        # directory sorts highest (the node's user could plant erts-99.0/bin/erl_call to steer the answers)
+        erts = (self.start_erl() or {}).get("erts")
+        erl_call = self.p(f"erts-{erts}", "bin", "erl_call") if erts and valid_version(erts) else None
+        if not erl_call or not os.path.isfile(erl_call):
+            erl_call = shutil.which("erl_call")
         env = self.env_file()
         if not erl_call or env.get("RELEASE_DISTRIBUTION", "sname") == "none":
             return None
@@ -2082,11 +2105,6 @@ def _releases_entry(h, rel, status, relative=True):
     return {"name": rel["name"], "version": rel["version"], "erts": rel["erts"], "libs": libs, "status": status}
 
 
-SYSTEM_DIRS = {"/", "/opt", "/usr", "/usr/local", "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/share", "/etc", "/var",
-               "/var/lib", "/var/tmp", "/var/log", "/srv", "/home", "/root", "/tmp", "/bin", "/sbin", "/boot", "/dev",
-               "/proc", "/sys", "/run", "/mnt", "/media", "/snap"}
-
-
 def installed_by_agent(h):
     """The agent's own (root-owned) records say this root holds an installation: a package checksum recorded
     under unpacked/, or installed.json.  Unlike RELEASES or bin/APP, the node's user cannot delete these."""
@@ -2108,7 +2126,7 @@ def check_first_install_root(h, owner, retry, create=False):
             homes.setdefault(os.path.normpath(pw.pw_dir), pw)
     why = None
     for r in (norm, real):
-        if r in SYSTEM_DIRS or re.fullmatch(r"/(usr/)?lib[^/]*", r):
+        if is_system_dir(r):
             why = "is a system directory"
         elif r in homes and (homes[r].pw_uid != owner[0] or (os.path.isdir(r) and os.listdir(r))):
             why = f"is the home directory of user {homes[r].pw_name}"
@@ -3393,9 +3411,18 @@ def cmd_commit(h, a):
         check = parse_check(a.check)
         ok, why = run_health(h, vsn, check, a.timeout)
         if not ok:
-            raise OpFailed(f"{vsn} runs but its health check ({check[0]}) fails: {why}; not made permanent "
-                           f"(a rollback returns to {permanent_version(h.releases() or []) or 'the permanent release'})",
-                           stage="health", healthy=False)
+            # never made permanent, and the host goes back to the release that is (hot, else cold)
+            old = permanent_version(h.releases() or [])
+            if not old or old == vsn:
+                raise OpFailed(f"{vsn} runs but its health check ({check[0]}) fails: {why}; not made permanent",
+                               stage="health", healthy=False)
+            rv = _revert_or_recover(h, old, a.timeout, f"health check ({check[0]}) of {vsn} failed: {why}")
+            raise OpFailed(f"{vsn} runs but its health check ({check[0]}) fails: {why}; not made permanent, "
+                           + (f"reverted to {old} ({rv.get('mode')})" if rv.get("reverted")
+                              else f"REVERT FAILED, node runs {rv.get('host_version')}"),
+                           stage="health", healthy=False, reverted=bool(rv.get("reverted")), revert_mode=rv.get("mode"),
+                           host_version=rv.get("host_version"), changed=True,
+                           **{k: rv[k] for k in ("state_lost", "node_died", "os_pid") if k in rv})
         r = h.rpc("commit", vsn=vsn, timeout=60)
         if not r.get("ok"):
             raise OpFailed(f"make_permanent({vsn}) failed: {r.get('error')}", host_version=r.get("running"))
@@ -4184,6 +4211,9 @@ def run(argv, settings=None):
         if a.command == "first-install" and a.user and ensure_user(a.user):
             out["user_created"] = a.user
         h = Host(a.root, a.app, a.user)
+        if is_system_dir(h.root):
+            raise BadInput(f"hotswap_root {h.root} is a system directory: a release root is a directory of its own "
+                           f"(for example /opt/{a.app}); nothing was changed")
         h.check_parents()
         h.service_manager = resolve_service_manager(a.service_manager)
         if a.command == "first-install" and not os.path.lexists(h.root):
