@@ -446,6 +446,7 @@ def test_agent_planted_in_the_release_root_never_runs_as_root(fleet, env):
 
 # =========================================================================== 4. interrupted failing health check (7)
 
+@pytest.mark.fault
 def test_interrupted_failing_health_check_is_never_committed(fleet, env):
     """Item 7: a hot upgrade to v2 whose health check fails is SIGKILLed during the health wait; then `commit`
     (with the same failing check) and a re-run of the deploy: v2 is never made permanent."""
@@ -499,6 +500,7 @@ def test_interrupted_failing_health_check_is_never_committed(fleet, env):
     env["saved"]["rerun_out"] = out
 
 
+@pytest.mark.fault
 def test_a_failed_rerun_leaves_the_host_on_its_permanent_release(fleet, env):
     """README: a failed host is always back on the release it had, running and permanent -- also after the
     re-run of an interrupted hot upgrade whose health check fails (the test above)."""
@@ -512,6 +514,7 @@ def test_a_failed_rerun_leaves_the_host_on_its_permanent_release(fleet, env):
 
 # =========================================================================== 5. cookie in temp files after SIGKILL (8)
 
+@pytest.mark.fault
 def test_no_cookie_left_in_temp_files_after_agent_sigkill(fleet, env):
     """Item 8: agents talking to the node are SIGKILLed at various moments; no file holding the cookie is left
     anywhere but the node's releases/COOKIE and the root-only agent directory (and the node's own run_erl log,
@@ -608,6 +611,7 @@ def test_settings_are_not_written_while_another_agent_holds_the_lock(fleet, env)
 
 # =========================================================================== 7. hotswap_user "" / root (11)
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("user", ["", "root"], ids=["empty", "root"])
 def test_hotswap_user_empty_or_root_is_refused_before_any_host_changes(fleet, env, user):
     """Item 11: -e hotswap_user= and -e hotswap_user=root fail on the controller, naming hotswap_user, and no
@@ -682,6 +686,7 @@ def test_health_url_token_is_in_no_argv_and_no_verbose_output(fleet, env):
         assert st.get("running") == st.get("permanent") == "2.0.0", (t, st)
 
 
+@pytest.mark.bad_input
 def test_env_key_with_a_trailing_newline_is_refused(fleet, env):
     """Item 13: an hotswap_env key with a trailing newline is refused and the env file is unchanged."""
     envs = {t: Path(_host_path(fleet, t, STATE + "/env")).read_bytes() for t in TARGETS}
@@ -764,6 +769,7 @@ def test_files_on_targets_match_the_table_in_operations_md(fleet, env):
 SECRET = "/opt/secret-root-only"
 
 
+@pytest.mark.bad_input
 def test_package_with_a_link_chain_to_a_root_only_secret_is_refused(fleet, env):
     """Item 6: the real v2 upgrade package plus a symlink through another symlink and then '..' (lexically
     inside, really /) and a hard link through it to a root-only secret.  Refused as a package, the secret never
@@ -803,6 +809,7 @@ def test_package_with_a_link_chain_to_a_root_only_secret_is_refused(fleet, env):
     assert attacks.diff_snapshots(before, attacks.snapshot(_host_path(fleet, t, ROOT), skip=["tmp"])) == []
 
 
+@pytest.mark.bad_input
 def test_truncated_package_is_refused_as_truncated(fleet, env):
     """Item 13: half a package: 'truncated or damaged', never 'internal error'."""
     t = "target1"
@@ -1127,6 +1134,7 @@ def test_old_layout_agent_dir_replaced_by_the_app_user_is_never_run_as_root(flee
 
 # =========================================================================== 13. first install into foreign dirs (5)
 
+@pytest.mark.bad_input
 def test_a_root_below_a_directory_the_app_user_can_write_is_refused(fleet, env):
     """The agent's directory sits beside ROOT: a parent the app user owns (it could rename the agent's directory
     and plant its own) is refused before anything is made there."""
@@ -1151,6 +1159,7 @@ def test_a_root_below_a_directory_the_app_user_can_write_is_refused(fleet, env):
         _tail(out, err)
 
 
+@pytest.mark.bad_input
 def test_first_install_into_a_system_directory_is_refused_and_chowns_nothing(fleet, env):
     """Item 5: hotswap_root=/opt (other programs' files: a setuid decoy) is refused; nothing is chowned, the
     setuid bit is kept, nothing is made."""
