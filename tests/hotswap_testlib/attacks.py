@@ -151,12 +151,14 @@ def snapshot(base, skip=(), contents=False):
                 st = os.lstat(p)
             except FileNotFoundError:
                 continue
-            kind = "l" if stat.S_ISLNK(st.st_mode) else "d" if stat.S_ISDIR(st.st_mode) else "f"
+            # a fifo or socket (run_erl's pipes) is never opened: opening a fifo waits for a writer
+            kind = "l" if stat.S_ISLNK(st.st_mode) else "d" if stat.S_ISDIR(st.st_mode) else \
+                "f" if stat.S_ISREG(st.st_mode) else "s"
             row = (kind, st.st_uid, st.st_gid, oct(st.st_mode), st.st_size,
                    st.st_mtime_ns if kind == "f" else 0)
             if contents and kind == "f" and st.st_size < (1 << 20):
                 try:
-                    with open(p, "rb") as f:
+                    with os.fdopen(os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as f:
                         row += (f.read(),)
                 except OSError:
                     pass
