@@ -24,7 +24,8 @@ from ansible.plugins.action import ActionBase
 
 from ansible_collections.beam.hotswap.plugins.module_utils._agent.files import sha256_file
 from ansible_collections.beam.hotswap.plugins.module_utils._build import (
-    PRIVATE_FILE, SOURCE_EXCLUDE, dedicated_dir, make_private, private_makedirs, tree_digest, write_private)
+    PRIVATE_FILE, SOURCE_EXCLUDE, BuildError, dedicated_dir, make_private, private_makedirs, project_tool, tree_digest,
+    write_private)
 from ansible_collections.beam.hotswap.plugins.module_utils._agent.names import valid_app, valid_version
 from ansible_collections.beam.hotswap.plugins.module_utils._manifest import manifest_errors
 from ansible_collections.beam.hotswap.plugins.module_utils._agent.fingerprint import MISMATCH_HINT, targets_mismatch
@@ -206,12 +207,14 @@ class ActionModule(ActionBase):
                     self._drop_controller_copies(artifact_dir, args.get("app"), res.get("discarded"))
                 return result
             if source is None:
-                raise AnsibleActionFail("source is required: a mix project directory on the controller or a git URL "
+                raise AnsibleActionFail("source is required: a Mix or rebar3 project directory on the controller or a git URL "
                                         "(set hotswap_source)")
             source = os.path.expanduser(to_text(source))
             if os.path.isdir(source):
-                if not os.path.isfile(os.path.join(source, "mix.exs")):
-                    raise AnsibleActionFail("no mix.exs in %s: hotswap_source must be the root of a mix project" % source)
+                try:
+                    project_tool(source)
+                except BuildError as e:
+                    raise AnsibleActionFail("%s (%s)" % (e, source))
                 args["source_digest"] = "sha256:" + tree_digest(source)
             elif _is_git_url(source):
                 args["source_git"] = source

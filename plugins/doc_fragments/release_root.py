@@ -12,7 +12,7 @@ class ModuleDocFragment(object):
     DOCUMENTATION = r"""
 options:
   app:
-    description: Release name (the C(releases) key in C(mix.exs)).
+    description: Release name (the C(releases) key in C(mix.exs), or the relx release name in C(rebar.config)).
     type: str
     required: true
   root:

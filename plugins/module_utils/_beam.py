@@ -13,6 +13,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import gzip
 import hashlib
 import os
 import struct
@@ -210,6 +211,11 @@ def read_beam(path):
     """Read one ``.beam`` file into a :class:`BeamInfo`."""
     with open(path, "rb") as f:
         data = f.read()
+    if data[:2] == b"\x1f\x8b":   # a compressed module (relx's prod mode, erlc +compressed): the loader takes it
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as e:
+            raise BeamError("%s is a damaged compressed BEAM file: %s" % (path, e))
     chunks = _chunks(data, path)
     atoms = _atoms(chunks, path)
     try:

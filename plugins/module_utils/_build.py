@@ -55,6 +55,30 @@ def check_name(app):
                          "underscores, starting with a letter (as in `releases: [my_app: ...]`)" % (app,))
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _strip_ansi(text):
+    return _ANSI.sub("", text)
+
+
+def project_tool(src):
+    """``mix`` (a mix.exs) or ``rebar3`` (a rebar.config with a relx section) for the project in ``src``;
+    BuildError naming what to do for anything else."""
+    if os.path.isfile(os.path.join(src, "mix.exs")):
+        return "mix"
+    path = os.path.join(src, "rebar.config")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = "\n".join(line.split("%", 1)[0] for line in f.read().splitlines())
+        if re.search(r"\{\s*relx\s*,", text):
+            return "rebar3"
+        raise BuildError("rebar.config in the source has no relx section: add one naming the release, e.g. "
+                         "{relx, [{release, {my_app, \"0.1.0\"}, [my_app, sasl]}]}")
+    raise BuildError("no mix.exs and no rebar.config in the source: hotswap_source must be the root of a Mix "
+                     "project or of a rebar3 project with a relx release")
+
+
 def check_version(vsn, what="version"):
     if not valid_version(vsn):
         raise BuildError("%s %r is not a valid release version: use letters, digits and . _ + - only "
@@ -201,10 +225,16 @@ def release_fingerprint(rel_dir, app, vsn):
     """What decides hot or cold for a built release tree."""
     name, rvsn, erts, apps = read_rel(os.path.join(rel_dir, "releases", vsn, app + ".rel"))
     files = {}
-    for rel in ("releases/%s/vm.args" % vsn, "releases/%s/env.sh" % vsn, "bin/%s" % app):
+    for rel in ("releases/%s/vm.args" % vsn, "releases/%s/env.sh" % vsn, "releases/%s/sys.config.src" % vsn,
+                "releases/%s/vm.args.src" % vsn, "bin/%s" % app):
         full = os.path.join(rel_dir, rel)
         if os.path.isfile(full):
-            files[rel.replace("/%s/" % vsn, "/VSN/")] = sha256_file(full)
+            with open(full, "rb") as f:
+                data = f.read()
+            if rel.startswith("bin/"):
+                # relx's start script names its own version (REL_VSN="1.0.0"): the same script otherwise
+                data = data.replace(b'"%s"' % vsn.encode(), b'"@VSN@"')
+            files[rel.replace("/%s/" % vsn, "/VSN/")] = hashlib.sha256(data).hexdigest()
     nifs = {}
     lib = os.path.join(rel_dir, "lib")
     for app_dir in sorted(os.listdir(lib)) if os.path.isdir(lib) else []:
@@ -363,6 +393,21 @@ def app_mod(ebin_dir, name):
                     mod = item[1]
                     if isinstance(mod, tuple) and mod and isinstance(mod[0], str):
                         return str(mod[0])
+    return None
+
+
+def _app_vsn(app_file):
+    """The ``vsn`` of an ``.app`` file, or None."""
+    try:
+        with open(app_file) as f:
+            terms = erlterms.parse_terms(f.read())
+    except (OSError, UnicodeDecodeError, erlterms.TermError):
+        return None
+    for term in terms:
+        if isinstance(term, tuple) and len(term) == 3 and isinstance(term[2], list):
+            for item in term[2]:
+                if isinstance(item, tuple) and len(item) == 2 and item[0] == "vsn":
+                    return item[1] if isinstance(item[1], str) else None
     return None
 
 
@@ -540,6 +585,7 @@ class Builder(object):
             raise BuildError(str(e))
         self.hex_archive = hex_archive
         self.hex_installed = None   # set when this build installed Hex from hex_archive
+        self.tool = "mix"           # what built the release: mix or rebar3 (relx)
         self.warnings = []
 
     # -- probe ---------------------------------------------------------------------------------
@@ -679,12 +725,31 @@ class Builder(object):
                                  % ", ".join(_deps.hex_deps(after)))
 
     def build(self, src, digest, bases=(), expect_version=None):
-        """Build the release in ``src`` and publish it; returns (changed, manifest)."""
-        if not os.path.isfile(os.path.join(src, "mix.exs")):
-            raise BuildError("no mix.exs in the source: hotswap_source must be the root of a mix project")
+        """Build the release in ``src`` (a Mix project, or a rebar3 project with a relx section) and publish
+        it; returns (changed, manifest)."""
+        tool = project_tool(src)
         existing = self.published(digest)
         if existing:
             return self.extend_edges(existing, bases)
+        rel = self.build_mix(src) if tool == "mix" else self.build_rebar3(src)
+        self.note_cookie(rel)
+        with open(os.path.join(rel, "releases", "start_erl.data")) as f:
+            erts, vsn = f.read().split()
+        check_version(vsn, "the project's version")
+        where = "mix.exs" if tool == "mix" else "the relx section of rebar.config"
+        if expect_version and expect_version != vsn:
+            raise BuildError("hotswap_version is %s but the project builds version %s: bump the version in "
+                             "%s or drop hotswap_version" % (expect_version, vsn, where))
+        if self.store.manifest(vsn):
+            raise BuildError("version %s of %s is already published with different content (source digest "
+                             "differs): published versions are immutable; bump the version in %s, or "
+                             "discard the published one first (hotswap_build_discard: [%s]) if no host runs it"
+                             % (vsn, self.app, where, vsn))
+        self.tool = tool
+        return True, self.publish(rel, vsn, digest, bases, src)
+
+    def build_mix(self, src):
+        """``mix release APP`` for prod; returns the release directory."""
         lock = _deps.read_lock(src)
         env = self.mix_env(lock)
         self.fetch_deps(src, env, lock)
@@ -702,30 +767,89 @@ class Builder(object):
                 raise BuildError("the project defines no release named %s: set hotswap_app to one of the "
                                  "names under `releases:` in mix.exs\n%s" % (self.app, e))
             raise
-        self.note_cookie(rel)
-        with open(os.path.join(rel, "releases", "start_erl.data")) as f:
-            erts, vsn = f.read().split()
-        check_version(vsn, "the project's version")
-        if expect_version and expect_version != vsn:
-            raise BuildError("hotswap_version is %s but the project builds version %s: bump the version in "
-                             "mix.exs or drop hotswap_version" % (expect_version, vsn))
-        if self.store.manifest(vsn):
-            raise BuildError("version %s of %s is already published with different content (source digest "
-                             "differs): published versions are immutable; bump the version in mix.exs, or "
-                             "discard the published one first (hotswap_build_discard: [%s]) if no host runs it"
-                             % (vsn, self.app, vsn))
-        return True, self.publish(rel, vsn, digest, bases, src)
+        return rel
+
+    def build_rebar3(self, src):
+        """``rebar3 as prod release -n APP`` with Debian's rebar3: always a self-contained release
+        (dev_mode off: relx would otherwise link the lib dirs back into _build); returns the release dir."""
+        env = dict(self.user_env)
+        env.update({"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "REBAR_COLOR": "none", "TERM": "dumb"})
+        # compiled output is rebuilt every time (as for mix): rebar3 too judges staleness by file times
+        for pattern in ("_build/prod", "_build/*/checkouts", "_build/*/lib/*/ebin"):
+            for path in glob.glob(os.path.join(src, pattern)):
+                shutil.rmtree(path, ignore_errors=True)
+        rel = os.path.join(src, "_build", "prod", "rel", self.app)
+        args = ["as", "prod", "release", "-n", self.app, "--dev-mode", "false"]
+        rc, out, err = self.run(["rebar3"] + args, cwd=src, env=env)
+        text = _strip_ansi((out or "") + "\n" + (err or "")).strip()
+        if rc != 0 or not os.path.isfile(os.path.join(rel, "releases", "start_erl.data")):
+            self.note_cookie(rel)
+            if re.search(r"No releases exist in the system for|release .*not found", text, re.I):
+                raise BuildError("the project defines no relx release named %s: set hotswap_app to the name in a "
+                                 "{release, {NAME, VSN}, Apps} entry of rebar.config's relx section\n%s"
+                                 % (self.app, text[-4000:]))
+            raise BuildError("`rebar3 %s` failed (exit %d):\n%s" % (" ".join(args), rc, text[-4000:]))
+        self.keep_attributes(src, rel)
+        outside = [os.path.relpath(os.path.join(d, n), rel) for d, dns, fns in os.walk(rel)
+                   for n in dns + fns if os.path.islink(os.path.join(d, n))]
+        if outside:
+            raise BuildError("the relx release holds symbolic links (%s): it must be self-contained; drop "
+                             "{dev_mode, true} from the prod profile" % ", ".join(sorted(outside)[:5]))
+        return rel
+
+    def keep_attributes(self, src, rel):
+        """relx's prod mode strips every module to the chunks the loader needs, dropping the attributes (the
+        behaviours that tell a supervisor from a worker, ``-vsn``) that appup generation and ``code_change``
+        rely on: the project's and its dependencies' modules are taken again from what rebar3 compiled and
+        stripped keeping ``Attr`` (still no debug info or docs)."""
+        stripped = []
+        for app_dir in sorted(glob.glob(os.path.join(rel, "lib", "*-*"))):
+            name, vsn = os.path.basename(app_dir).rsplit("-", 1)
+            ebin = os.path.join(app_dir, "ebin")
+            for cand in ("prod/lib", "prod/checkouts", "default/lib", "default/checkouts"):
+                built = os.path.join(src, "_build", cand, name, "ebin")
+                if os.path.isfile(os.path.join(built, name + ".app")) and _app_vsn(os.path.join(built, name + ".app")) == vsn:
+                    break
+            else:
+                continue
+            for fn in os.listdir(ebin):
+                if fn.endswith(".beam") and os.path.isfile(os.path.join(built, fn)):
+                    shutil.copyfile(os.path.join(built, fn), os.path.join(ebin, fn))
+                    stripped.append(os.path.join(ebin, fn))
+        if stripped:
+            fd, argf = tempfile.mkstemp(suffix=".config")
+            with os.fdopen(fd, "w") as f:
+                f.write(erlterms.format_term(stripped) + ".\n")
+            try:
+                rc, out, err = self.run(["erl", "-noshell", "-noinput", "-eval",
+                                         '{ok, [Fs]} = file:consult(os:getenv("HOTSWAP_STRIP")), '
+                                         '{ok, _} = beam_lib:strip_files(Fs, ["Attr"]), halt(0).'],
+                                        env={"HOTSWAP_STRIP": argf})
+            finally:
+                os.unlink(argf)
+            if rc != 0:
+                raise BuildError("stripping the release's modules (keeping their attributes) failed: %s"
+                                 % (err or out).strip()[-500:])
 
     def note_cookie(self, rel_dir):
         """Hand the release's default cookie (``releases/COOKIE``, in the full tarball) to ``secret``: it must
         never show in the build's output, messages or manifest."""
+        cookies = []
         try:
             with open(os.path.join(rel_dir, "releases", "COOKIE")) as f:
-                cookie = f.read().strip()
+                cookies.append(f.read().strip())
         except (OSError, UnicodeDecodeError):
-            return
-        if len(cookie) >= MIN_SECRET:
-            self.secret(cookie)
+            pass
+        # relx: the cookie is a -setcookie line of each release's vm.args
+        for path in glob.glob(os.path.join(rel_dir, "releases", "*", "vm.args")):
+            try:
+                with open(path) as f:
+                    cookies += [m.group(1) for m in re.finditer(r"^\s*-setcookie\s+(\S+)", f.read(), re.M)]
+            except (OSError, UnicodeDecodeError):
+                continue
+        for cookie in cookies:
+            if len(cookie) >= MIN_SECRET:
+                self.secret(cookie)
 
     def publish(self, rel, vsn, digest, bases, src):
         """Publish ``vsn`` atomically: the release tree, its packages and every edge are made in a
@@ -739,12 +863,21 @@ class Builder(object):
         try:
             shutil.copytree(rel, os.path.join(stage, "release"), symlinks=True)
             os.chmod(os.path.join(stage, "release"), PRIVATE_DIR)   # its contents keep mix's modes
+            # relx writes a RELEASES with the build host's view; each host's agent writes its own
+            if os.path.lexists(os.path.join(stage, "release", "releases", "RELEASES")):
+                os.unlink(os.path.join(stage, "release", "releases", "RELEASES"))
+            apps = read_rel(os.path.join(stage, "release", "releases", vsn, self.app + ".rel"))[3]
+            if "sasl" not in apps:
+                self.warnings.append("the release %s %s does not include sasl, whose release_handler installs every hot "
+                                     "upgrade: add it (%s)" % (self.app, vsn, "extra_applications: [:logger, :sasl] in "
+                                                               "mix.exs" if self.tool == "mix" else "sasl in the "
+                                                               "release's application list in rebar.config's relx section"))
             # the full tarball is what mix built, before we add appups/relup to the retained tree
             full = "%s-%s-full.tar.gz" % (self.app, vsn)
             deterministic_tar(os.path.join(stage, full), os.path.join(stage, "release"),
                               sorted(os.listdir(os.path.join(stage, "release"))))
             manifest = {
-                "schema": SCHEMA, "app": self.app, "version": vsn, "source_digest": digest,
+                "schema": SCHEMA, "app": self.app, "version": vsn, "source_digest": digest, "tool": self.tool,
                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "os": _fingerprint.gather_fingerprint(),
                 "runtime": self.runtime_info(os.path.join(stage, "release"), vsn),
@@ -931,7 +1064,7 @@ class Builder(object):
             raise BuildError(relup_failure(self.app, vsn, failed))
 
     def upgrade_package(self, vsn, hot_bases, vdir=None):
-        """release_handler's package: releases/APP-VSN.rel, releases/VSN/, and the lib dirs that
+        """release_handler's package: releases/APP-VSN.rel, releases/VSN/, bin/, and the lib dirs that
         are new relative to at least one hot base."""
         vdir = vdir or self.store.vdir(vsn)
         new_dir = os.path.join(vdir, "release")
@@ -942,6 +1075,11 @@ class Builder(object):
                          os.path.join(tmp, "releases", "%s-%s.rel" % (self.app, vsn)))
             shutil.copytree(os.path.join(new_dir, "releases", vsn), os.path.join(tmp, "releases", vsn), symlinks=True)
             members = ["releases/%s-%s.rel" % (self.app, vsn), "releases/%s" % vsn]
+            if os.path.isdir(os.path.join(new_dir, "bin")):
+                # the version's own start scripts: the agent keeps them and makes them ROOT/bin when the
+                # version becomes permanent (relx's script names the version it boots)
+                shutil.copytree(os.path.join(new_dir, "bin"), os.path.join(tmp, "bin"), symlinks=True)
+                members.append("bin")
             base_libs = [set(os.path.basename(d) for _v, d in _app_dirs(self.store.release_dir(b)).values())
                          for b in hot_bases]
             common = set.intersection(*base_libs) if base_libs else set()

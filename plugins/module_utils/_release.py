@@ -68,6 +68,10 @@ def input_error(p):
 def make_plan(p, status):
     """The plan for validated parameters and a host's status (raises ``_plan.PlanError``)."""
     if p["state"] == "deployed":
+        if p.get("cookie") and (p["manifest"] or {}).get("tool") == "rebar3":
+            raise _plan.PlanError("hotswap_cookie sets the cookie of a Mix release; %s is a relx release, whose node "
+                                  "takes its cookie from the -setcookie line of its vm.args: set it there and unset "
+                                  "hotswap_cookie. Nothing was changed." % p["app"])
         return _plan.deploy(status, p["manifest"], p["mode"], p["allow_downgrade"])
     return _plan.rollback(status, p["version"], p["mode"])
 

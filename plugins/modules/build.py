@@ -10,10 +10,12 @@ __metaclass__ = type
 DOCUMENTATION = r"""
 ---
 module: build
-short_description: Build a mix release with automatic appups and relups on the build host
+short_description: Build a mix or relx release with automatic appups and relups on the build host
 version_added: 0.1.0
 description:
-  - Runs C(MIX_ENV=prod mix release) for O(app) on the build host, keeps the release tree in a store,
+  - Runs C(MIX_ENV=prod mix release) (a Mix project) or C(rebar3 as prod release) (a rebar3 project whose
+    C(rebar.config) has a C(relx) section; always self-contained, dev mode off) for O(app) on the build host,
+    keeps the release tree in a store,
     generates an C(.appup) for every application whose version changed and a relup with an up and a
     down edge from every base version the fleet runs, and writes the full tarball, the upgrade package
     and a C(manifest.json).
@@ -52,7 +54,7 @@ attributes:
     description: Running it again with the same input changes nothing.
 options:
   app:
-    description: Release name (a key under C(releases:) in C(mix.exs)).
+    description: Release name (a key under C(releases:) in C(mix.exs), or the name of a C(release) in the C(relx) section of C(rebar.config)).
     type: str
     required: true
   store:
@@ -120,7 +122,7 @@ options:
     type: path
   source:
     description:
-      - Handled by the action plugin on the controller. A mix project directory on the controller (packed
+      - Handled by the action plugin on the controller. A Mix or rebar3 project directory on the controller (packed
         without C(_build), C(deps), C(.git) and uploaded only when its digest is not published) or a git URL.
     type: str
   artifact_dir:

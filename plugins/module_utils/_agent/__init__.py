@@ -26,5 +26,5 @@ Source layout: this package's modules, each owning one concern, in the order the
 file a host receives, roles/agent/files/hotswap_agent.py (`make agent`).
 """
 
-MODULES = ("errors", "options", "names", "erlterms", "files", "fingerprint", "layout", "host", "state", "reads", "packages", "prune", "health",
-           "service", "hot", "full", "cli")
+MODULES = ("errors", "options", "names", "erlterms", "files", "fingerprint", "layout", "relx", "host", "state", "reads", "packages",
+           "bins", "prune", "health", "service", "hot", "full", "cli")

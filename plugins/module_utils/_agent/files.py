@@ -322,10 +322,10 @@ def check_member(m, app, vsn):
     if not rel:
         return None
     top_rel = f"releases/{app}-{vsn}.rel"
-    if not (rel == "releases" or rel == "lib" or rel == top_rel or rel == f"releases/{vsn}"
-            or rel.startswith(f"releases/{vsn}/") or re.match(r"^lib/[^/]+-[^/]+(/|$)", rel)):
+    if not (rel in ("releases", "lib", "bin", top_rel, f"releases/{vsn}") or rel.startswith((f"releases/{vsn}/", "bin/"))
+            or re.match(r"^lib/[^/]+-[^/]+(/|$)", rel)):
         raise PackageRefused(f"package refused: unexpected entry {m.name!r} (an upgrade package holds only "
-                             f"{top_rel}, releases/{vsn}/ and lib/NAME-VSN/); nothing changed")
+                             f"{top_rel}, releases/{vsn}/, lib/NAME-VSN/ and bin/); nothing changed")
     return rel
 
 

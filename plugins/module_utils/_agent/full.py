@@ -2,20 +2,20 @@
 holds (hot over the relup's down edge when it exists, cold otherwise).
 """
 
-import hashlib
 import json
 import os
 import stat
 
 from .errors import now_ms, OpFailed, PackageRefused
 from .erlterms import parse_rel, permanent_version, TermError
-from .files import (check_full_member, lchown_tree_at, rmtree, safe_extract, safe_open_dir, safe_read, safe_rename,
-                    safe_rmtree, safe_write)
+from .files import (check_full_member, lchown_tree_at, rmtree, safe_extract, safe_open_dir, safe_read, safe_rmtree,
+                    safe_write)
 from .state import (check_first_install_root, drop_stale_staging, installed_by_agent, Lock, _make_permanent_offline,
                     _rel_libs, _releases_entry, running_and_permanent)
 from .reads import relup_edges
 from .packages import (copy_tree_nofollow, _lstat_at, move_in, open_verified, _referenced_libs, _space_free, _space_needed,
                        _write_private)
+from .bins import save_bin, swap_bin
 from .health import parse_check
 from .service import _gate, start_node, start_timeout, stop_node
 from .prune import do_prune
@@ -78,63 +78,6 @@ def install_cookie(h, owner):
             return False
         return _write_private(h.root, "releases/COOKIE", packaged, 0o400, owner)
     return _write_private(h.root, "releases/COOKIE", data, 0o400, owner, strip=True)
-
-
-def save_bin(h, vsn, force=False):
-    """Keep a copy of the bin/ that boots vsn under the agent's bin/VSN (restored on a cold switch back).
-    ROOT/bin is the node user's: it is read through no-follow fds, links copied as links, and only files
-    owned by the node's user (never a hard link to someone else's file)."""
-    if not vsn or not os.path.isdir(h.p("bin")) or os.path.islink(h.p("bin")):
-        return None
-    dst = os.path.join(h.hs, "bin", vsn)
-    if force and os.path.isdir(dst) and not _tree_same(dst, h.p("bin")):
-        rmtree(dst)
-    if not os.path.isdir(dst):
-        h.ensure_hs()
-        os.close(safe_open_dir(h.hs, "bin", create=True, mode=0o700))
-        rmtree(dst + ".tmp")
-        copy_tree_nofollow(h.root, "bin", h.hs, f"bin/{vsn}.tmp",
-                           uid_only=h.tree_owner()[0] if os.geteuid() == 0 else None)
-        os.rename(dst + ".tmp", dst)
-    return dst
-
-
-def _hash_nofollow(p):
-    """sha256 of the regular file p (O_NOFOLLOW|O_NONBLOCK: never a link's target, never blocks on a fifo)."""
-    try:
-        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as fh:
-        return hashlib.sha256(fh.read()).hexdigest() if stat.S_ISREG(os.fstat(fd).st_mode) else None
-
-
-def _tree_same(a, b):
-    def listing(d):
-        out = {}
-        for dp, dns, fns in os.walk(d):
-            for f in fns + [x for x in dns if os.path.islink(os.path.join(dp, x))]:
-                p = os.path.join(dp, f)
-                st = os.lstat(p)
-                out[os.path.relpath(p, d)] = os.readlink(p) if stat.S_ISLNK(st.st_mode) else \
-                    _hash_nofollow(p) if stat.S_ISREG(st.st_mode) else f"special {st.st_mode:o}"
-        return out
-    return os.path.isdir(a) and os.path.isdir(b) and not os.path.islink(b) and listing(a) == listing(b)
-
-
-def swap_bin(h, src, owner):
-    """Replace ROOT/bin with a copy of src, a root-owned tree (atomic rename of the directory, through
-    no-follow dir fds; new entries chowned to owner). Returns True if changed."""
-    if not src or not os.path.isdir(src) or _tree_same(src, h.p("bin")):
-        return False
-    safe_rmtree(h.root, "bin.hotswap-new")
-    copy_tree_nofollow(os.path.dirname(src), os.path.basename(src), h.root, "bin.hotswap-new", owner=owner)
-    safe_rmtree(h.root, "bin.hotswap-old")
-    if os.path.lexists(h.p("bin")):
-        safe_rename(h.root, "bin", h.root, "bin.hotswap-old")
-    safe_rename(h.root, "bin.hotswap-new", h.root, "bin")
-    safe_rmtree(h.root, "bin.hotswap-old")
-    return True
 
 
 def place_release(h, stage, vsn, rels, owner):

@@ -17,6 +17,7 @@ from .names import legacy_state_dir, state_dir, valid_version
 from .erlterms import format_releases, parse_releases, TermError
 from .files import epmd_names, parse_env, safe_read, safe_write
 from .layout import check_parents, legacy_file, migrate_legacy, mkdir_private
+from .relx import is_relx, vm_args
 
 
 def ex_lit(v):
@@ -48,6 +49,13 @@ def ex_lit(v):
     if isinstance(v, dict):
         return "%{" + ", ".join(ex_lit(str(k)) + " => " + ex_lit(x) for k, x in v.items()) + "}"
     raise BadInput(f"cannot pass {type(v).__name__} to the node")
+
+
+def _is_beam(args):
+    """An Erlang VM's command line: argv[0] is beam.smp, or the program name erlexec gave it (relx sets it
+    to its start script) followed by erlexec's own -root/-bindir/-progname arguments."""
+    return bool(args) and (os.path.basename(args[0]).startswith("beam")
+                           or ("-progname" in args and "-bindir" in args and "-root" in args))
 
 
 def same_namespaces(pid):
@@ -158,7 +166,17 @@ class Host:
                 have[k.decode("utf-8", "replace")] = v.decode("utf-8", "replace")
         return sorted(k for k, v in want.items() if have.get(k) != v)
 
+    @property
+    def relx(self):
+        """True when the release that boots is a relx (rebar3) release, not a mix one."""
+        return is_relx(self.root, (self.start_erl() or {}).get("version"))
+
+    def vm_args(self):
+        return vm_args(self.root, (self.start_erl() or {}).get("version"), self.env_file()) if self.relx else {}
+
     def node_name(self):
+        if self.relx:
+            return self.vm_args().get("name") or self.app
         return self.env_file().get("RELEASE_NODE") or self.app
 
     def releases(self):
@@ -287,7 +305,7 @@ class Host:
                     args = [a.decode("utf-8", "replace") for a in fh.read().split(b"\0") if a]
             except OSError:
                 continue
-            if args and os.path.basename(args[0]).startswith("beam") and self._beam_matches(args, int(d)):
+            if _is_beam(args) and self._beam_matches(args, int(d)):
                 pids.append((int(d), args))
         return pids
 
@@ -311,7 +329,7 @@ class Host:
                 pid = int(fh.read().strip())
             with open(f"/proc/{pid}/cmdline", "rb") as fh:
                 args = [a.decode("utf-8", "replace") for a in fh.read().split(b"\0") if a]
-            if args and os.path.basename(args[0]).startswith("beam") and self._beam_matches(args, pid):
+            if _is_beam(args) and self._beam_matches(args, pid):
                 cands = [(pid, args)]
         except (OSError, ValueError):
             pass
@@ -354,6 +372,9 @@ class Host:
             return None
         flag, node, cookie = ("-name" if env.get("RELEASE_DISTRIBUTION") == "name" else "-sname"), \
             self.node_name(), env.get("RELEASE_COOKIE")
+        if self.relx:
+            va = self.vm_args()
+            flag, cookie = va.get("flag", "-sname"), va.get("cookie")
         pid, _boot = self.os_pid()
         if pid:
             try:

@@ -11,6 +11,7 @@ from .erlterms import permanent_version
 from .files import sha256_file
 from .state import Lock, _make_permanent_offline, repair_releases, running_and_permanent
 from .packages import prepare_unpack, undo_unpack
+from .bins import boot_bin
 from .prune import do_prune
 from .health import _need_up, parse_check, run_health
 from .service import _pid_alive, start_node, start_timeout, stop_node
@@ -49,6 +50,7 @@ def _recover_dead_node(h, old, err, timeout=60, when="before the upgrade was com
         _make_permanent_offline(h, old)
         repaired.append(f"{old} made permanent again (was {perm}, start_erl.data {se})")
     try:
+        boot_bin(h)
         st = start_node(h, start_timeout(timeout))
     except OpFailed as e2:
         return {"host_version": None, "node_up": h.node_up(), "reverted": False, "state_lost": True,
@@ -236,6 +238,7 @@ def cmd_commit(h, a):
         if problems:
             raise OpFailed(f"{vsn} committed but the files disagree: {'; '.join(problems)}",
                            host_version=r.get("running"))
+        boot_bin(h)
         h.set_installed_record(None)
         return {"changed": r.get("changed", True), "version": vsn, "host_version": r.get("running"),
                 "permanent": r.get("permanent"), "commit_ms": r.get("commit_ms")}
@@ -247,6 +250,7 @@ def do_revert(h, old, timeout, mode="hot", old_code=None):
     first, and a refusal raises with nothing changed instead of going cold."""
     if not h.node_up():
         _make_permanent_offline(h, old)
+        boot_bin(h)
         h.set_installed_record(None)
         return {"changed": True, "mode": "files", "reverted": True, "host_version": old, "node_up": False}
     hot_err = None
@@ -261,6 +265,7 @@ def do_revert(h, old, timeout, mode="hot", old_code=None):
                            stage="old_code", changed=False, reverted=False, host_version=r.get("running"),
                            old_code_procs=r.get("old_code_procs"))
         if r.get("ok") and not _verify_committed(h, old):
+            boot_bin(h)
             h.set_installed_record(None)
             return {"changed": r.get("changed", True), "mode": "hot", "reverted": True,
                     "host_version": r.get("running"), "from": r.get("from"),
@@ -272,6 +277,7 @@ def do_revert(h, old, timeout, mode="hot", old_code=None):
     frm = permanent_version(h.releases())
     stop_node(h)
     _make_permanent_offline(h, old)
+    boot_bin(h)
     h.set_installed_record(None)
     st = start_node(h, start_timeout(timeout))
     return {"changed": True, "mode": "cold", "reverted": st.get("running") == old, "state_lost": True, "from": frm,
@@ -403,6 +409,7 @@ def cmd_hot(h, a):
         problems = _verify_committed(h, vsn)
         if problems:
             raise OpFailed(f"{vsn} runs but the files disagree: {'; '.join(problems)}", host_version=vsn, **base)
+        boot_bin(h)
         res = dict(base, changed=True, host_version=vsn, permanent=vsn)
         new_pid = r.get("os_pid") or pid
         fault_point(h, "after_commit")

@@ -363,6 +363,7 @@ def _unpack_into_root(h, tf, members, staging, pkg_libs, referenced, vsn, top_re
         for x in (f"releases/{vsn}", top_rel):
             move_in(h.hs, f"{st}/{x}", h.root, x, (uid, gid))
             moved.append(h.p(x))
+        keep_package_bin(h, st, vsn)
     except BaseException:
         for x in moved:
             safe_rmtree(h.root, x)
@@ -370,6 +371,19 @@ def _unpack_into_root(h, tf, members, staging, pkg_libs, referenced, vsn, top_re
         raise
     finally:
         rmtree(staging)
+
+
+def keep_package_bin(h, st, vsn):
+    """The version's start scripts from its package (staged in the agent's ST/bin) become the agent's
+    bin/VSN, root's: made ROOT/bin when VSN becomes the release that boots (bins.boot_bin)."""
+    if _lstat_at(h.hs, f"{st}/bin") is None:
+        return
+    dst = os.path.join(h.hs, "bin", vsn)
+    os.close(safe_open_dir(h.hs, "bin", create=True, mode=0o700))
+    rmtree(dst + ".tmp")
+    copy_tree_nofollow(h.hs, f"{st}/bin", h.hs, f"bin/{vsn}.tmp")
+    rmtree(dst)
+    os.rename(dst + ".tmp", dst)
 
 
 def register_offline(h, vsn, rel):

@@ -921,10 +921,10 @@ def check_member(m, app, vsn):
     if not rel:
         return None
     top_rel = f"releases/{app}-{vsn}.rel"
-    if not (rel == "releases" or rel == "lib" or rel == top_rel or rel == f"releases/{vsn}"
-            or rel.startswith(f"releases/{vsn}/") or re.match(r"^lib/[^/]+-[^/]+(/|$)", rel)):
+    if not (rel in ("releases", "lib", "bin", top_rel, f"releases/{vsn}") or rel.startswith((f"releases/{vsn}/", "bin/"))
+            or re.match(r"^lib/[^/]+-[^/]+(/|$)", rel)):
         raise PackageRefused(f"package refused: unexpected entry {m.name!r} (an upgrade package holds only "
-                             f"{top_rel}, releases/{vsn}/ and lib/NAME-VSN/); nothing changed")
+                             f"{top_rel}, releases/{vsn}/, lib/NAME-VSN/ and bin/); nothing changed")
     return rel
 
 
@@ -1322,6 +1322,84 @@ def migrate_legacy(legacy, hs):
 
 
 # ==================================================================================================
+# relx.py
+# relx releases (rebar3): what the agent does differently for them than for mix releases.
+#
+# A relx release is told apart by its tree: releases/VSN/ has vm.args (or vm.args.src) and no env.sh, which
+# every mix release has.  Its start script is `bin/APP foreground` (mix: `bin/APP start`), it names the
+# version it boots (REL_VSN, so bin/ follows the permanent release: see bins.py), its node name and cookie
+# are lines of vm.args, and `daemon` keeps its run_erl pipes in PIPE_DIR (default /tmp/erl_pipes/NAME).
+# Everything here is read from the node user's tree: it decides only what runs as that user, and names
+# are validated before they are used.
+# ==================================================================================================
+
+NODE_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,200}(@[A-Za-z0-9_.-]{1,255})?$")
+
+
+def is_relx(root, vsn):
+    """True when releases/VSN of ROOT is a relx release (vm.args and no env.sh)."""
+    if not vsn:
+        return False
+    d = os.path.join(root, "releases", vsn)
+    return (os.path.lexists(os.path.join(d, "vm.args")) or os.path.lexists(os.path.join(d, "vm.args.src"))) \
+        and not os.path.lexists(os.path.join(d, "env.sh"))
+
+
+def _expand(value, env):
+    """${VAR} from the release's environment (the agent's env file, then the agent's own), as relx's
+    RELX_REPLACE_OS_VARS does; None when a variable is unset."""
+    missing = []
+
+    def sub(m):
+        name = m.group(1) or m.group(2)
+        if name in env:
+            return env[name]
+        if name in os.environ:
+            return os.environ[name]
+        missing.append(name)
+        return ""
+    out = re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)", sub, value)
+    return None if missing else out
+
+
+def vm_args(root, vsn, env):
+    """{"flag": "-sname"|"-name", "name": ..., "cookie": ...} from releases/VSN/vm.args (vm.args.src),
+    read without following a link; missing keys when absent or unusable."""
+    out = {}
+    for name in ("vm.args", "vm.args.src"):
+        data = safe_read(root, f"releases/{vsn}/{name}", limit=1 << 20)
+        if data is not None:
+            break
+    else:
+        return out
+    for line in data.decode("utf-8", "replace").splitlines():
+        parts = line.split("#", 1)[0].split()
+        if len(parts) != 2:
+            continue
+        value = _expand(parts[1], env)
+        if value is None:
+            continue
+        if parts[0] in ("-sname", "-name") and NODE_NAME_RE.match(value):
+            out.update(flag=parts[0], name=value)
+        elif parts[0] == "-setcookie":
+            out["cookie"] = value
+    return out
+
+
+def start_args(relx):
+    """The start script's argument for a foreground start (systemd)."""
+    return "foreground" if relx else "start"
+
+
+def daemon_env(root, relx):
+    """Variables for `bin/APP daemon`: relx's run_erl pipes and logs under ROOT/tmp (where mix keeps its
+    own), not in /tmp shared by every release of the host."""
+    if not relx:
+        return {}
+    return {"PIPE_DIR": os.path.join(root, "tmp", "erl_pipes") + "/", "RUNNER_LOG_DIR": os.path.join(root, "tmp", "log")}
+
+
+# ==================================================================================================
 # host.py
 # One release root on one host (`Host`): its paths and records (RELEASES, start_erl.data, releases/),
 # the run user, and the node transport: erl_call (or the `bin/APP rpc` fallback) running node.exs
@@ -1357,6 +1435,13 @@ def ex_lit(v):
     if isinstance(v, dict):
         return "%{" + ", ".join(ex_lit(str(k)) + " => " + ex_lit(x) for k, x in v.items()) + "}"
     raise BadInput(f"cannot pass {type(v).__name__} to the node")
+
+
+def _is_beam(args):
+    """An Erlang VM's command line: argv[0] is beam.smp, or the program name erlexec gave it (relx sets it
+    to its start script) followed by erlexec's own -root/-bindir/-progname arguments."""
+    return bool(args) and (os.path.basename(args[0]).startswith("beam")
+                           or ("-progname" in args and "-bindir" in args and "-root" in args))
 
 
 def same_namespaces(pid):
@@ -1467,7 +1552,17 @@ class Host:
                 have[k.decode("utf-8", "replace")] = v.decode("utf-8", "replace")
         return sorted(k for k, v in want.items() if have.get(k) != v)
 
+    @property
+    def relx(self):
+        """True when the release that boots is a relx (rebar3) release, not a mix one."""
+        return is_relx(self.root, (self.start_erl() or {}).get("version"))
+
+    def vm_args(self):
+        return vm_args(self.root, (self.start_erl() or {}).get("version"), self.env_file()) if self.relx else {}
+
     def node_name(self):
+        if self.relx:
+            return self.vm_args().get("name") or self.app
         return self.env_file().get("RELEASE_NODE") or self.app
 
     def releases(self):
@@ -1596,7 +1691,7 @@ class Host:
                     args = [a.decode("utf-8", "replace") for a in fh.read().split(b"\0") if a]
             except OSError:
                 continue
-            if args and os.path.basename(args[0]).startswith("beam") and self._beam_matches(args, int(d)):
+            if _is_beam(args) and self._beam_matches(args, int(d)):
                 pids.append((int(d), args))
         return pids
 
@@ -1620,7 +1715,7 @@ class Host:
                 pid = int(fh.read().strip())
             with open(f"/proc/{pid}/cmdline", "rb") as fh:
                 args = [a.decode("utf-8", "replace") for a in fh.read().split(b"\0") if a]
-            if args and os.path.basename(args[0]).startswith("beam") and self._beam_matches(args, pid):
+            if _is_beam(args) and self._beam_matches(args, pid):
                 cands = [(pid, args)]
         except (OSError, ValueError):
             pass
@@ -1663,6 +1758,9 @@ class Host:
             return None
         flag, node, cookie = ("-name" if env.get("RELEASE_DISTRIBUTION") == "name" else "-sname"), \
             self.node_name(), env.get("RELEASE_COOKIE")
+        if self.relx:
+            va = self.vm_args()
+            flag, cookie = va.get("flag", "-sname"), va.get("cookie")
         pid, _boot = self.os_pid()
         if pid:
             try:
@@ -2710,6 +2808,7 @@ def _unpack_into_root(h, tf, members, staging, pkg_libs, referenced, vsn, top_re
         for x in (f"releases/{vsn}", top_rel):
             move_in(h.hs, f"{st}/{x}", h.root, x, (uid, gid))
             moved.append(h.p(x))
+        keep_package_bin(h, st, vsn)
     except BaseException:
         for x in moved:
             safe_rmtree(h.root, x)
@@ -2717,6 +2816,19 @@ def _unpack_into_root(h, tf, members, staging, pkg_libs, referenced, vsn, top_re
         raise
     finally:
         rmtree(staging)
+
+
+def keep_package_bin(h, st, vsn):
+    """The version's start scripts from its package (staged in the agent's ST/bin) become the agent's
+    bin/VSN, root's: made ROOT/bin when VSN becomes the release that boots (bins.boot_bin)."""
+    if _lstat_at(h.hs, f"{st}/bin") is None:
+        return
+    dst = os.path.join(h.hs, "bin", vsn)
+    os.close(safe_open_dir(h.hs, "bin", create=True, mode=0o700))
+    rmtree(dst + ".tmp")
+    copy_tree_nofollow(h.hs, f"{st}/bin", h.hs, f"bin/{vsn}.tmp")
+    rmtree(dst)
+    os.rename(dst + ".tmp", dst)
 
 
 def register_offline(h, vsn, rel):
@@ -2759,6 +2871,82 @@ def cmd_unpack(h, a):
                 raise
         h.set_sha_record(vsn, a.sha256)
         return {"changed": True, "version": vsn, "cleaned": prep["cleaned"], "registered": "rpc" if up else "file"}
+
+
+# ==================================================================================================
+# bins.py
+# The start scripts (ROOT/bin) of each release the host holds: kept by the agent under its own bin/VSN
+# (from full packages, and from upgrade packages, which carry them too), and made ROOT/bin whenever the
+# release that boots changes.  A mix release's bin/APP is the same for every version (it reads
+# start_erl.data); relx's names the version it boots (REL_VSN), so after a hot upgrade is made permanent,
+# or a host goes back to an older release, ROOT/bin must be that release's or the next start boots another.
+# ==================================================================================================
+
+def save_bin(h, vsn, force=False):
+    """Keep a copy of the bin/ that boots vsn under the agent's bin/VSN (restored on a cold switch back).
+    ROOT/bin is the node user's: it is read through no-follow fds, links copied as links, and only files
+    owned by the node's user (never a hard link to someone else's file)."""
+    if not vsn or not os.path.isdir(h.p("bin")) or os.path.islink(h.p("bin")):
+        return None
+    dst = os.path.join(h.hs, "bin", vsn)
+    if force and os.path.isdir(dst) and not _tree_same(dst, h.p("bin")):
+        rmtree(dst)
+    if not os.path.isdir(dst):
+        h.ensure_hs()
+        os.close(safe_open_dir(h.hs, "bin", create=True, mode=0o700))
+        rmtree(dst + ".tmp")
+        copy_tree_nofollow(h.root, "bin", h.hs, f"bin/{vsn}.tmp",
+                           uid_only=h.tree_owner()[0] if os.geteuid() == 0 else None)
+        os.rename(dst + ".tmp", dst)
+    return dst
+
+
+def _hash_nofollow(p):
+    """sha256 of the regular file p (O_NOFOLLOW|O_NONBLOCK: never a link's target, never blocks on a fifo)."""
+    try:
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest() if stat.S_ISREG(os.fstat(fd).st_mode) else None
+
+
+def _tree_same(a, b):
+    def listing(d):
+        out = {}
+        for dp, dns, fns in os.walk(d):
+            for f in fns + [x for x in dns if os.path.islink(os.path.join(dp, x))]:
+                p = os.path.join(dp, f)
+                st = os.lstat(p)
+                out[os.path.relpath(p, d)] = os.readlink(p) if stat.S_ISLNK(st.st_mode) else \
+                    _hash_nofollow(p) if stat.S_ISREG(st.st_mode) else f"special {st.st_mode:o}"
+        return out
+    return os.path.isdir(a) and os.path.isdir(b) and not os.path.islink(b) and listing(a) == listing(b)
+
+
+def swap_bin(h, src, owner):
+    """Replace ROOT/bin with a copy of src, a root-owned tree (atomic rename of the directory, through
+    no-follow dir fds; new entries chowned to owner). Returns True if changed."""
+    if not src or not os.path.isdir(src) or _tree_same(src, h.p("bin")):
+        return False
+    safe_rmtree(h.root, "bin.hotswap-new")
+    copy_tree_nofollow(os.path.dirname(src), os.path.basename(src), h.root, "bin.hotswap-new", owner=owner)
+    safe_rmtree(h.root, "bin.hotswap-old")
+    if os.path.lexists(h.p("bin")):
+        safe_rename(h.root, "bin", h.root, "bin.hotswap-old")
+    safe_rename(h.root, "bin.hotswap-new", h.root, "bin")
+    safe_rmtree(h.root, "bin.hotswap-old")
+    return True
+
+
+def boot_bin(h):
+    """Make ROOT/bin the start scripts of the release start_erl.data names, when the agent keeps them and
+    they differ.  Returns True when ROOT/bin was replaced."""
+    vsn = (h.start_erl() or {}).get("version")
+    src = os.path.join(h.hs, "bin", vsn) if vsn else None
+    if not src or not os.path.isdir(src):
+        return False
+    return swap_bin(h, src, h.tree_owner())
 
 
 # ==================================================================================================
@@ -2963,8 +3151,8 @@ def unit_name(app):
     return f"hotswap-{app}.service"
 
 
-def systemd_unit(root, app, user=None):
-    """The unit text for ROOT/bin/APP (foreground `start`, so Type=exec)."""
+def systemd_unit(root, app, user=None, relx=False):
+    """The unit text for ROOT/bin/APP (in the foreground: mix's `start`, relx's `foreground`; Type=exec)."""
     lines = [
         "# generated by beam.hotswap (the reload agent); local changes are overwritten",
         "[Unit]",
@@ -2977,7 +3165,7 @@ def systemd_unit(root, app, user=None):
         f"WorkingDirectory={root}",
         f"Environment=RELEASE_ROOT={root}",
         f"EnvironmentFile=-{state_dir(root)}/env",
-        f"ExecStart={root}/bin/{app} start",
+        f"ExecStart={root}/bin/{app} {start_args(relx)}",
     ]
     if user:
         lines.append(f"User={user}")
@@ -3010,7 +3198,7 @@ def _systemctl(*args, run=None, check=True, timeout=120):
 def ensure_unit(h, unit_dir=SYSTEMD_UNIT_DIR, run=None):
     """Write the unit only when its text changed; then daemon-reload + enable.  Returns changed."""
     path = os.path.join(unit_dir, unit_name(h.app))
-    text = systemd_unit(h.root, h.app, h.run_pw().pw_name)
+    text = systemd_unit(h.root, h.app, h.run_pw().pw_name, h.relx)
     try:
         with open(path, encoding="utf-8") as fh:
             if fh.read() == text:
@@ -3053,8 +3241,10 @@ def start_node(h, timeout=60):
         res["unit_changed"] = ensure_unit(h)
         _systemctl("start", unit_name(h.app), timeout=timeout + 30)
     else:
+        kw = h.run_kwargs()
+        kw["env"].update(daemon_env(h.root, h.relx))
         p = subprocess.run([h.bin(), "daemon"], capture_output=True, text=True, timeout=60,
-                           stdin=subprocess.DEVNULL, **h.run_kwargs(), check=False)
+                           stdin=subprocess.DEVNULL, **kw, check=False)
         if p.returncode != 0:
             raise OpFailed(f"bin/{h.app} daemon exited {p.returncode}: {(p.stdout + p.stderr).strip()[-400:]}")
     deadline = time.monotonic() + timeout
@@ -3243,6 +3433,7 @@ def _recover_dead_node(h, old, err, timeout=60, when="before the upgrade was com
         _make_permanent_offline(h, old)
         repaired.append(f"{old} made permanent again (was {perm}, start_erl.data {se})")
     try:
+        boot_bin(h)
         st = start_node(h, start_timeout(timeout))
     except OpFailed as e2:
         return {"host_version": None, "node_up": h.node_up(), "reverted": False, "state_lost": True,
@@ -3430,6 +3621,7 @@ def cmd_commit(h, a):
         if problems:
             raise OpFailed(f"{vsn} committed but the files disagree: {'; '.join(problems)}",
                            host_version=r.get("running"))
+        boot_bin(h)
         h.set_installed_record(None)
         return {"changed": r.get("changed", True), "version": vsn, "host_version": r.get("running"),
                 "permanent": r.get("permanent"), "commit_ms": r.get("commit_ms")}
@@ -3441,6 +3633,7 @@ def do_revert(h, old, timeout, mode="hot", old_code=None):
     first, and a refusal raises with nothing changed instead of going cold."""
     if not h.node_up():
         _make_permanent_offline(h, old)
+        boot_bin(h)
         h.set_installed_record(None)
         return {"changed": True, "mode": "files", "reverted": True, "host_version": old, "node_up": False}
     hot_err = None
@@ -3455,6 +3648,7 @@ def do_revert(h, old, timeout, mode="hot", old_code=None):
                            stage="old_code", changed=False, reverted=False, host_version=r.get("running"),
                            old_code_procs=r.get("old_code_procs"))
         if r.get("ok") and not _verify_committed(h, old):
+            boot_bin(h)
             h.set_installed_record(None)
             return {"changed": r.get("changed", True), "mode": "hot", "reverted": True,
                     "host_version": r.get("running"), "from": r.get("from"),
@@ -3466,6 +3660,7 @@ def do_revert(h, old, timeout, mode="hot", old_code=None):
     frm = permanent_version(h.releases())
     stop_node(h)
     _make_permanent_offline(h, old)
+    boot_bin(h)
     h.set_installed_record(None)
     st = start_node(h, start_timeout(timeout))
     return {"changed": True, "mode": "cold", "reverted": st.get("running") == old, "state_lost": True, "from": frm,
@@ -3597,6 +3792,7 @@ def cmd_hot(h, a):
         problems = _verify_committed(h, vsn)
         if problems:
             raise OpFailed(f"{vsn} runs but the files disagree: {'; '.join(problems)}", host_version=vsn, **base)
+        boot_bin(h)
         res = dict(base, changed=True, host_version=vsn, permanent=vsn)
         new_pid = r.get("os_pid") or pid
         fault_point(h, "after_commit")
@@ -3732,63 +3928,6 @@ def install_cookie(h, owner):
             return False
         return _write_private(h.root, "releases/COOKIE", packaged, 0o400, owner)
     return _write_private(h.root, "releases/COOKIE", data, 0o400, owner, strip=True)
-
-
-def save_bin(h, vsn, force=False):
-    """Keep a copy of the bin/ that boots vsn under the agent's bin/VSN (restored on a cold switch back).
-    ROOT/bin is the node user's: it is read through no-follow fds, links copied as links, and only files
-    owned by the node's user (never a hard link to someone else's file)."""
-    if not vsn or not os.path.isdir(h.p("bin")) or os.path.islink(h.p("bin")):
-        return None
-    dst = os.path.join(h.hs, "bin", vsn)
-    if force and os.path.isdir(dst) and not _tree_same(dst, h.p("bin")):
-        rmtree(dst)
-    if not os.path.isdir(dst):
-        h.ensure_hs()
-        os.close(safe_open_dir(h.hs, "bin", create=True, mode=0o700))
-        rmtree(dst + ".tmp")
-        copy_tree_nofollow(h.root, "bin", h.hs, f"bin/{vsn}.tmp",
-                           uid_only=h.tree_owner()[0] if os.geteuid() == 0 else None)
-        os.rename(dst + ".tmp", dst)
-    return dst
-
-
-def _hash_nofollow(p):
-    """sha256 of the regular file p (O_NOFOLLOW|O_NONBLOCK: never a link's target, never blocks on a fifo)."""
-    try:
-        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as fh:
-        return hashlib.sha256(fh.read()).hexdigest() if stat.S_ISREG(os.fstat(fd).st_mode) else None
-
-
-def _tree_same(a, b):
-    def listing(d):
-        out = {}
-        for dp, dns, fns in os.walk(d):
-            for f in fns + [x for x in dns if os.path.islink(os.path.join(dp, x))]:
-                p = os.path.join(dp, f)
-                st = os.lstat(p)
-                out[os.path.relpath(p, d)] = os.readlink(p) if stat.S_ISLNK(st.st_mode) else \
-                    _hash_nofollow(p) if stat.S_ISREG(st.st_mode) else f"special {st.st_mode:o}"
-        return out
-    return os.path.isdir(a) and os.path.isdir(b) and not os.path.islink(b) and listing(a) == listing(b)
-
-
-def swap_bin(h, src, owner):
-    """Replace ROOT/bin with a copy of src, a root-owned tree (atomic rename of the directory, through
-    no-follow dir fds; new entries chowned to owner). Returns True if changed."""
-    if not src or not os.path.isdir(src) or _tree_same(src, h.p("bin")):
-        return False
-    safe_rmtree(h.root, "bin.hotswap-new")
-    copy_tree_nofollow(os.path.dirname(src), os.path.basename(src), h.root, "bin.hotswap-new", owner=owner)
-    safe_rmtree(h.root, "bin.hotswap-old")
-    if os.path.lexists(h.p("bin")):
-        safe_rename(h.root, "bin", h.root, "bin.hotswap-old")
-    safe_rename(h.root, "bin.hotswap-new", h.root, "bin")
-    safe_rmtree(h.root, "bin.hotswap-old")
-    return True
 
 
 def place_release(h, stage, vsn, rels, owner):
