@@ -116,11 +116,11 @@ def _disk_release(root, vsn, erts="13.1.5", complete=True):
         (root / "lib" / f"demo-{vsn}").mkdir(parents=True, exist_ok=True)
 
 
-def _upgrade_pkg(path, vsn="2.0.0", payload=b"x" * 5000):
+def _upgrade_pkg(path, vsn="2.0.0", payload=b"x" * 5000, extra=()):
     rel = ('{release,{"demo","%s"},{erts,"13.1.5"},[{kernel,"8.5.3"},{demo,"%s"}]}.\n' % (vsn, vsn)).encode()
     with tarfile.open(path, "w:gz") as tf:
         for name, data in ((f"releases/demo-{vsn}.rel", rel), (f"releases/{vsn}/demo.rel", rel),
-                           (f"lib/demo-{vsn}/ebin/demo.app", payload)):
+                           (f"lib/demo-{vsn}/ebin/demo.app", payload)) + tuple(extra):
             ti = tarfile.TarInfo(name)
             ti.size = len(data)
             tf.addfile(ti, io.BytesIO(data))

@@ -727,3 +727,35 @@ def test_the_module_masks_the_cookie_and_makes_an_old_store_private_once(tmp_pat
     assert _mode(store / "sample") == 0o700
     out, res = _module(tmp_path, args)
     assert not res["changed"] and "made_private" not in res, out
+
+
+# --------------------------------------------------------------------------- rebar3 / relx projects
+
+def test_the_project_tool_is_mix_or_rebar3_with_a_relx_section_else_a_clear_error(tmp_path):
+    mix = _write(tmp_path / "m", "mix.exs", b"defmodule M.MixProject do end\n").parent
+    assert _build.project_tool(str(mix)) == "mix"
+    rebar = _write(tmp_path / "r", "rebar.config", b'{deps, []}.\n{relx, [{release, {r, "1.0.0"}, [r, sasl]}]}.\n').parent
+    assert _build.project_tool(str(rebar)) == "rebar3"
+    norelx = _write(tmp_path / "n", "rebar.config", b"{deps, []}.\n%% {relx, [...]} only in a comment\n").parent
+    with pytest.raises(_build.BuildError, match="has no relx section: add one"):
+        _build.project_tool(str(norelx))
+    with pytest.raises(_build.BuildError, match="no mix.exs and no rebar.config"):
+        _build.project_tool(str(tmp_path / "empty"))
+
+
+def test_relxs_start_script_naming_its_own_version_is_not_a_cold_reason(tmp_path):
+    fps = []
+    for vsn in ("1.0.0", "1.1.0"):
+        rel = _release(tmp_path / vsn / "rel", vsn, {"kernel": "8.5.3"})
+        _write(Path(rel), "bin/sample", b'#!/bin/sh\nREL_VSN="%s"\nexport RELEASE_VSN="%s"\n' % (vsn.encode(), vsn.encode()))
+        fps.append(_build.release_fingerprint(rel, "sample", vsn))
+    assert fps[0]["files"]["bin/sample"] == fps[1]["files"]["bin/sample"]
+    _write(Path(tmp_path / "1.1.0" / "rel"), "bin/sample", b'#!/bin/sh\nREL_VSN="1.1.0"\nexec other\n')
+    assert _build.release_fingerprint(str(tmp_path / "1.1.0" / "rel"), "sample", "1.1.0")["files"]["bin/sample"] != \
+        fps[0]["files"]["bin/sample"]
+
+
+def test_the_version_of_a_built_application_is_read_from_its_app_file(tmp_path):
+    app = _write(tmp_path, "ebin/cowboy.app", b"{application, 'cowboy', [{description, \"x\"}, {vsn, \"2.12.0\"}]}.\n")
+    assert _build._app_vsn(str(app)) == "2.12.0"
+    assert _build._app_vsn(str(tmp_path / "missing.app")) is None

@@ -224,3 +224,17 @@ def test_move_in_across_filesystems_copies_without_following(tmp_path, monkeypat
     else:
         assert got.is_symlink() and os.readlink(got) == "../decoy"
     assert decoy.read_text() == "d" and decoy.stat().st_uid == os.geteuid()
+
+
+def test_an_upgrade_package_brings_its_start_scripts_which_the_agent_keeps_root_owned_not_in_the_root(tmp_path):
+    from hotswap_testlib.agent_artifact import _root_v1, _upgrade_pkg
+    root, h = _root_v1(tmp_path)
+    pkg = tmp_path / "p.tar.gz"
+    sha = _upgrade_pkg(pkg, extra=(("bin/demo", b'REL_VSN="2.0.0"\n'), ("bin/demo-2.0.0", b'REL_VSN="2.0.0"\n')))
+    prep = ag.prepare_unpack(h, str(pkg), sha, "2.0.0", False)
+    assert prep["changed"]
+    kept = hs_dir(root) / "bin" / "2.0.0"
+    assert sorted(os.listdir(kept)) == ["demo", "demo-2.0.0"]
+    assert (kept / "demo").read_text() == 'REL_VSN="2.0.0"\n' and os.stat(kept / "demo").st_uid == os.geteuid()
+    assert not (root / "bin" / "demo-2.0.0").exists()          # ROOT/bin changes only when 2.0.0 boots
+    assert not [n for n in os.listdir(hs_dir(root)) if n.startswith("staging")]
