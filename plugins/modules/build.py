@@ -104,7 +104,7 @@ options:
     elements: str
   build_env:
     description:
-      - Environment variables for mix on the build host, over the build user's own environment. mix runs as
+      - Environment variables for mix (or rebar3) on the build host, over the build user's own environment. mix runs as
         the build user with that user's Mix and Hex homes (C(~/.mix), C(~/.hex)), so the Hex repositories and
         mirror configured with C(mix hex.repo) are used; set C(HEX_MIRROR), C(HEX_HOME), C(MIX_HOME),
         C(HEX_CACERTS_PATH) or C(HEX_HTTP_TIMEOUT) here when the build user's login environment would.
