@@ -22,7 +22,7 @@ from ansible_collections.beam.hotswap.plugins.module_utils._agent_client import 
 from ansible_collections.beam.hotswap.plugins.module_utils._agent.files import sha256_file
 from ansible_collections.beam.hotswap.plugins.plugin_utils._agent_direct import run_agent
 
-AGENT_FILES = (("hotswap_agent.py", "agent.py", "0700"), ("hotswap_node.exs", "node.exs", "0600"))
+AGENT_FILES = (("hotswap_agent.py", "agent.py", "0700"), ("hotswap_node.erl", "node.erl", "0600"))
 AGENT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                          "roles", "agent", "files")
 

@@ -134,6 +134,9 @@ def install_agent(module, root, files):
         module.atomic_move(tmp, os.path.join(hs, name))
         # atomic_move gives a new file the default mode (0666 & ~umask) and an existing one its old mode
         os.chmod(os.path.join(hs, name), mode)
+    # an agent before 1.3.0 ran node.exs (Elixir) in the node; its successor reads node.erl only
+    if os.path.lexists(os.path.join(hs, "node.exs")):
+        os.unlink(os.path.join(hs, "node.exs"))
     return stale
 
 

@@ -29,7 +29,7 @@ from hotswap_testlib.layout import agent_dir
 
 REPO = Path(__file__).resolve().parents[2]
 AGENT = REPO / "roles" / "agent" / "files" / "hotswap_agent.py"
-NODE_EXS = REPO / "roles" / "agent" / "files" / "hotswap_node.exs"
+NODE_ERL = REPO / "roles" / "agent" / "files" / "hotswap_node.erl"
 APP = "demo"
 
 pytestmark = pytest.mark.integration

@@ -5,11 +5,12 @@
 Commands: status, facts, unpack, install, health, commit, revert, rollback, hot, cold, first-install,
 prune, start, stop.
 Prints exactly one JSON object on stdout.  Exit 0 ok, 1 operation failed, 2 bad input.
-Python 3.9+ standard library only.  The node-side code lives in node.exs (installed next to
+Python 3.9+ standard library only.  The node-side code lives in node.erl (installed next to
 this file, in the agent's root-only directory PARENT/.hotswap/NAME beside the release root;
-`hotswap_node.exs` in the repository); the agent runs its phases on the live node through
-`erl_call` (shipped with every ERTS), run as the node's user: nothing from the release tree
-ever runs as root.
+`hotswap_node.erl` in the repository): an Erlang expression sequence that erl_eval evaluates in
+the node, needing only kernel, stdlib and sasl (mix and relx releases alike).  The agent runs its
+phases on the live node through `erl_call` (shipped with every ERTS), run as the node's user:
+nothing from the release tree ever runs as root.
 
 Before a hot install the node rehearses every code_change of the relup edge on a copy of
 the live state in a scratch peer node; if one raises, the install is refused (nothing is

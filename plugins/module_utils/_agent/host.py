@@ -1,6 +1,6 @@
 """One release root on one host (`Host`): its paths and records (RELEASES, start_erl.data, releases/),
-the run user, and the node transport: erl_call (or the `bin/APP rpc` fallback) running node.exs
-phases on the live node, with values passed as Elixir literals.
+the run user, and the node transport: erl_call running node.erl (an erl_eval expression sequence) on
+the live node, with values passed as Erlang literals.
 """
 
 import base64
@@ -20,8 +20,9 @@ from .layout import check_parents, legacy_file, migrate_legacy, mkdir_private
 from .relx import is_relx, vm_args
 
 
-def ex_lit(v):
-    """Python value -> Elixir literal (str/int/bool/None/list/dict with str keys)."""
+def erl_lit(v):
+    """Python value -> Erlang literal: str as a UTF-8 binary (the text stays ASCII: every other character
+    is escaped), None as the atom nil, bool, int, list, dict (keys as binaries)."""
     if v is None:
         return "nil"
     if isinstance(v, bool):
@@ -29,25 +30,21 @@ def ex_lit(v):
     if isinstance(v, int):
         return str(v)
     if isinstance(v, str):
-        out = ['"']
+        out = ['<<"']
         for ch in v:
             o = ord(ch)
-            if ch in '"\\#':
+            if ch in '"\\':
                 out.append("\\" + ch)
-            elif ch == "\n":
-                out.append("\\n")
-            elif ch == "\t":
-                out.append("\\t")
-            elif o < 0x20 or o == 0x7F or 0xD800 <= o <= 0xDFFF:
-                out.append("\\u{%x}" % (o if not 0xD800 <= o <= 0xDFFF else 0xFFFD))
-            else:
+            elif 0x20 <= o < 0x7F:
                 out.append(ch)
-        out.append('"')
+            else:
+                out.append("\\x{%X}" % (0xFFFD if 0xD800 <= o <= 0xDFFF else o))
+        out.append('"/utf8>>')
         return "".join(out)
     if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(ex_lit(x) for x in v) + "]"
+        return "[" + ", ".join(erl_lit(x) for x in v) + "]"
     if isinstance(v, dict):
-        return "%{" + ", ".join(ex_lit(str(k)) + " => " + ex_lit(x) for k, x in v.items()) + "}"
+        return "#{" + ", ".join(erl_lit(str(k)) + " => " + erl_lit(x) for k, x in v.items()) + "}"
     raise BadInput(f"cannot pass {type(v).__name__} to the node")
 
 
@@ -345,14 +342,16 @@ class Host:
                 boot = m.group(1) if m and valid_version(m.group(1)) else None
         return pid, boot
 
-    def node_exs(self):
+    def node_erl(self):
+        """The node-side script (an erl_eval expression sequence): node.erl beside the agent (a node.exs left
+        there by an agent before 1.3.0 is never read), or hotswap_node.erl in the repository."""
         here = os.path.dirname(os.path.abspath(__file__))
-        for n in ("node.exs", "hotswap_node.exs"):
+        for n in ("node.erl", "hotswap_node.erl"):
             f = os.path.join(here, n)
             if os.path.exists(f):
                 with open(f, encoding="utf-8") as fh:
                     return fh.read()
-        raise OpFailed(f"node.exs is missing next to {__file__}: reinstall the agent (role beam.hotswap.agent)")
+        raise OpFailed(f"node.erl is missing next to {__file__}: reinstall the agent (role beam.hotswap.agent)")
 
     def _erl_call_target(self):
         """(erl_call, name flag, node, cookie) to reach the running node directly, or None.
@@ -423,7 +422,8 @@ class Host:
         os.replace(tmp, f)
 
     def _run_erl_call(self, target, code, timeout):
-        """Evaluate Elixir `code` in the node through erl_call; None when it could not connect.
+        """Evaluate the Erlang expression sequence `code` in the node through erl_call (erl_eval: nothing
+        compiled, no Elixir needed).
         The cookie goes in a private ~/.erlang.cookie, never on a command line."""
         erl_call, flag, node, cookie = target
         kw = {"env": {"HOME": self.hs, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}, "cwd": "/"}
@@ -435,10 +435,11 @@ class Host:
             self._cookie_for(cookie, pw.pw_uid, pw.pw_gid)
         else:
             self._cookie_for(cookie, None, None)
-        # the JSON comes back base64-encoded as a charlist: plain ASCII whatever erl_call's term printer does
-        expr = ("{R, _} = 'Elixir.Code':eval_string(base64:decode(<<\"%s\">>)), "
-                "binary_to_list(base64:encode(R)).\n"
-                % base64.b64encode((code + "\nhs_out\n").encode("utf-8")).decode("ascii"))
+        # the JSON comes back base64-encoded as a charlist: plain ASCII whatever erl_call's term printer does;
+        # exprs/3 skips erl_eval's erl_lint pass over the whole script (most of the time of a short op)
+        expr = ("{ok, HsT, _} = erl_scan:string(unicode:characters_to_list(base64:decode(<<\"%s\">>))), "
+                "{ok, HsE} = erl_parse:parse_exprs(HsT), {value, HsR, _} = erl_eval:exprs(HsE, [], none), "
+                "binary_to_list(base64:encode(HsR)).\n" % base64.b64encode(code.encode("utf-8")).decode("ascii"))
         # a client node name of our own: two erl_calls on one host must not collide
         p = subprocess.run([erl_call, flag, node, "-h", f"hotswap_{os.getpid()}_{os.urandom(3).hex()}",
                             "-e", "-timeout", str(int(timeout))],
@@ -453,12 +454,12 @@ class Host:
         return p
 
     def rpc(self, op, timeout=120, **args):
-        """Evaluate node.exs with hs = args inside the running node; returns the node's result map.
+        """Evaluate node.erl with Hs = args inside the running node; returns the node's result map.
 
         Transport: erl_call, run as the node's user with the cookie in a file (never `bin/APP rpc`, which
         puts the cookie on a command line every user of the host can read)."""
         args = dict(args, op=op, app=self.app)
-        code = "hs = " + ex_lit(args) + "\n" + self.node_exs()
+        code = "Hs = " + erl_lit(args) + ",\n" + self.node_erl()
         t0 = now_ms()
         self.rpc_calls += 1
         try:

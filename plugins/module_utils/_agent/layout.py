@@ -88,7 +88,7 @@ def legacy_file(legacy, parts):
     return None
 
 
-_NOT_STATE = ("agent.py", "node.exs", "__pycache__", "lock", "VERSION")
+_NOT_STATE = ("agent.py", "node.erl", "node.exs", "__pycache__", "lock", "VERSION")
 
 
 def _copy_private(src_fd, dst):

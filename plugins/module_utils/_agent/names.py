@@ -9,7 +9,7 @@ import re
 from .errors import BadInput
 
 
-AGENT_VERSION = "1.2.0"
+AGENT_VERSION = "1.3.0"
 
 # a release version: letters, digits and . _ + - (never "..": versions become paths)
 VSN_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}\Z")

@@ -93,7 +93,7 @@ def cmd_facts(h, a):
     res["fingerprint"] = gather_fingerprint()
     here = os.path.dirname(os.path.abspath(__file__))
     files = {}
-    for name in ("agent.py", "node.exs"):
+    for name in ("agent.py", "node.erl"):
         f = os.path.join(here, name)
         files[name] = sha256_file(f) if os.path.isfile(f) else None
     res["agent_files"] = files
@@ -102,7 +102,7 @@ def cmd_facts(h, a):
         for item in a.expect_agent.split(","):
             name, sep, sha = item.partition("=")
             if not sep or name not in files:
-                raise BadInput(f"--expect-agent wants NAME=SHA256 pairs for agent.py, node.exs (got {item!r})")
+                raise BadInput(f"--expect-agent wants NAME=SHA256 pairs for agent.py, node.erl (got {item!r})")
             want[name] = sha
         res["agent_current"] = all(files.get(n) == sha for n, sha in want.items())
     return res

@@ -5,11 +5,12 @@
 Commands: status, facts, unpack, install, health, commit, revert, rollback, hot, cold, first-install,
 prune, start, stop.
 Prints exactly one JSON object on stdout.  Exit 0 ok, 1 operation failed, 2 bad input.
-Python 3.9+ standard library only.  The node-side code lives in node.exs (installed next to
+Python 3.9+ standard library only.  The node-side code lives in node.erl (installed next to
 this file, in the agent's root-only directory PARENT/.hotswap/NAME beside the release root;
-`hotswap_node.exs` in the repository); the agent runs its phases on the live node through
-`erl_call` (shipped with every ERTS), run as the node's user: nothing from the release tree
-ever runs as root.
+`hotswap_node.erl` in the repository): an Erlang expression sequence that erl_eval evaluates in
+the node, needing only kernel, stdlib and sasl (mix and relx releases alike).  The agent runs its
+phases on the live node through `erl_call` (shipped with every ERTS), run as the node's user:
+nothing from the release tree ever runs as root.
 
 Before a hot install the node rehearses every code_change of the relup edge on a copy of
 the live state in a scratch peer node; if one raises, the install is refused (nothing is
@@ -149,7 +150,7 @@ def add_agent_options(parser):
 # the modules and the agent all use these), the agent's own version, and the order of release versions.
 # ==================================================================================================
 
-AGENT_VERSION = "1.2.0"
+AGENT_VERSION = "1.3.0"
 
 # a release version: letters, digits and . _ + - (never "..": versions become paths)
 VSN_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}\Z")
@@ -1272,7 +1273,7 @@ def legacy_file(legacy, parts):
     return None
 
 
-_NOT_STATE = ("agent.py", "node.exs", "__pycache__", "lock", "VERSION")
+_NOT_STATE = ("agent.py", "node.erl", "node.exs", "__pycache__", "lock", "VERSION")
 
 
 def _copy_private(src_fd, dst):
@@ -1402,12 +1403,13 @@ def daemon_env(root, relx):
 # ==================================================================================================
 # host.py
 # One release root on one host (`Host`): its paths and records (RELEASES, start_erl.data, releases/),
-# the run user, and the node transport: erl_call (or the `bin/APP rpc` fallback) running node.exs
-# phases on the live node, with values passed as Elixir literals.
+# the run user, and the node transport: erl_call running node.erl (an erl_eval expression sequence) on
+# the live node, with values passed as Erlang literals.
 # ==================================================================================================
 
-def ex_lit(v):
-    """Python value -> Elixir literal (str/int/bool/None/list/dict with str keys)."""
+def erl_lit(v):
+    """Python value -> Erlang literal: str as a UTF-8 binary (the text stays ASCII: every other character
+    is escaped), None as the atom nil, bool, int, list, dict (keys as binaries)."""
     if v is None:
         return "nil"
     if isinstance(v, bool):
@@ -1415,25 +1417,21 @@ def ex_lit(v):
     if isinstance(v, int):
         return str(v)
     if isinstance(v, str):
-        out = ['"']
+        out = ['<<"']
         for ch in v:
             o = ord(ch)
-            if ch in '"\\#':
+            if ch in '"\\':
                 out.append("\\" + ch)
-            elif ch == "\n":
-                out.append("\\n")
-            elif ch == "\t":
-                out.append("\\t")
-            elif o < 0x20 or o == 0x7F or 0xD800 <= o <= 0xDFFF:
-                out.append("\\u{%x}" % (o if not 0xD800 <= o <= 0xDFFF else 0xFFFD))
-            else:
+            elif 0x20 <= o < 0x7F:
                 out.append(ch)
-        out.append('"')
+            else:
+                out.append("\\x{%X}" % (0xFFFD if 0xD800 <= o <= 0xDFFF else o))
+        out.append('"/utf8>>')
         return "".join(out)
     if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(ex_lit(x) for x in v) + "]"
+        return "[" + ", ".join(erl_lit(x) for x in v) + "]"
     if isinstance(v, dict):
-        return "%{" + ", ".join(ex_lit(str(k)) + " => " + ex_lit(x) for k, x in v.items()) + "}"
+        return "#{" + ", ".join(erl_lit(str(k)) + " => " + erl_lit(x) for k, x in v.items()) + "}"
     raise BadInput(f"cannot pass {type(v).__name__} to the node")
 
 
@@ -1731,14 +1729,16 @@ class Host:
                 boot = m.group(1) if m and valid_version(m.group(1)) else None
         return pid, boot
 
-    def node_exs(self):
+    def node_erl(self):
+        """The node-side script (an erl_eval expression sequence): node.erl beside the agent (a node.exs left
+        there by an agent before 1.3.0 is never read), or hotswap_node.erl in the repository."""
         here = os.path.dirname(os.path.abspath(__file__))
-        for n in ("node.exs", "hotswap_node.exs"):
+        for n in ("node.erl", "hotswap_node.erl"):
             f = os.path.join(here, n)
             if os.path.exists(f):
                 with open(f, encoding="utf-8") as fh:
                     return fh.read()
-        raise OpFailed(f"node.exs is missing next to {__file__}: reinstall the agent (role beam.hotswap.agent)")
+        raise OpFailed(f"node.erl is missing next to {__file__}: reinstall the agent (role beam.hotswap.agent)")
 
     def _erl_call_target(self):
         """(erl_call, name flag, node, cookie) to reach the running node directly, or None.
@@ -1809,7 +1809,8 @@ class Host:
         os.replace(tmp, f)
 
     def _run_erl_call(self, target, code, timeout):
-        """Evaluate Elixir `code` in the node through erl_call; None when it could not connect.
+        """Evaluate the Erlang expression sequence `code` in the node through erl_call (erl_eval: nothing
+        compiled, no Elixir needed).
         The cookie goes in a private ~/.erlang.cookie, never on a command line."""
         erl_call, flag, node, cookie = target
         kw = {"env": {"HOME": self.hs, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}, "cwd": "/"}
@@ -1821,10 +1822,11 @@ class Host:
             self._cookie_for(cookie, pw.pw_uid, pw.pw_gid)
         else:
             self._cookie_for(cookie, None, None)
-        # the JSON comes back base64-encoded as a charlist: plain ASCII whatever erl_call's term printer does
-        expr = ("{R, _} = 'Elixir.Code':eval_string(base64:decode(<<\"%s\">>)), "
-                "binary_to_list(base64:encode(R)).\n"
-                % base64.b64encode((code + "\nhs_out\n").encode("utf-8")).decode("ascii"))
+        # the JSON comes back base64-encoded as a charlist: plain ASCII whatever erl_call's term printer does;
+        # exprs/3 skips erl_eval's erl_lint pass over the whole script (most of the time of a short op)
+        expr = ("{ok, HsT, _} = erl_scan:string(unicode:characters_to_list(base64:decode(<<\"%s\">>))), "
+                "{ok, HsE} = erl_parse:parse_exprs(HsT), {value, HsR, _} = erl_eval:exprs(HsE, [], none), "
+                "binary_to_list(base64:encode(HsR)).\n" % base64.b64encode(code.encode("utf-8")).decode("ascii"))
         # a client node name of our own: two erl_calls on one host must not collide
         p = subprocess.run([erl_call, flag, node, "-h", f"hotswap_{os.getpid()}_{os.urandom(3).hex()}",
                             "-e", "-timeout", str(int(timeout))],
@@ -1839,12 +1841,12 @@ class Host:
         return p
 
     def rpc(self, op, timeout=120, **args):
-        """Evaluate node.exs with hs = args inside the running node; returns the node's result map.
+        """Evaluate node.erl with Hs = args inside the running node; returns the node's result map.
 
         Transport: erl_call, run as the node's user with the cookie in a file (never `bin/APP rpc`, which
         puts the cookie on a command line every user of the host can read)."""
         args = dict(args, op=op, app=self.app)
-        code = "hs = " + ex_lit(args) + "\n" + self.node_exs()
+        code = "Hs = " + erl_lit(args) + ",\n" + self.node_erl()
         t0 = now_ms()
         self.rpc_calls += 1
         try:
@@ -2341,7 +2343,7 @@ def cmd_facts(h, a):
     res["fingerprint"] = gather_fingerprint()
     here = os.path.dirname(os.path.abspath(__file__))
     files = {}
-    for name in ("agent.py", "node.exs"):
+    for name in ("agent.py", "node.erl"):
         f = os.path.join(here, name)
         files[name] = sha256_file(f) if os.path.isfile(f) else None
     res["agent_files"] = files
@@ -2350,7 +2352,7 @@ def cmd_facts(h, a):
         for item in a.expect_agent.split(","):
             name, sep, sha = item.partition("=")
             if not sep or name not in files:
-                raise BadInput(f"--expect-agent wants NAME=SHA256 pairs for agent.py, node.exs (got {item!r})")
+                raise BadInput(f"--expect-agent wants NAME=SHA256 pairs for agent.py, node.erl (got {item!r})")
             want[name] = sha
         res["agent_current"] = all(files.get(n) == sha for n, sha in want.items())
     return res

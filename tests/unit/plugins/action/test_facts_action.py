@@ -52,7 +52,7 @@ def test_facts_action_paths(case, args, answer, check, results, runs, content):
     if runs:
         assert "install_agent" not in a.module_calls[-1]["args"] or args.get("install_agent")
         files = a.module_calls[-1]["args"]["agent_files"]
-        assert set(files) == {"agent.py", "node.exs"} and all(len(f["sha256"]) == 64 for f in files.values())
+        assert set(files) == {"agent.py", "node.erl"} and all(len(f["sha256"]) == 64 for f in files.values())
         assert all(("content" in f) == content for f in files.values()), case
 
 
@@ -61,7 +61,7 @@ def test_direct_read_asks_the_agent_to_compare_its_own_checksums():
     with mock.patch.object(action_mod, "run_agent", return_value=(0, dict(STATUS, agent_current=True), "")) as agent:
         run_action(a)
     command, extra = agent.call_args[0][5], agent.call_args[0][6]
-    assert command == "facts" and extra[0] == "--expect-agent" and "agent.py=" in extra[1] and "node.exs=" in extra[1]
+    assert command == "facts" and extra[0] == "--expect-agent" and "agent.py=" in extra[1] and "node.erl=" in extra[1]
 
 
 @pytest.mark.parametrize("check", [False, True], ids=["files at once", "check mode: nothing sent"])
