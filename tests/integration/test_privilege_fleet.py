@@ -403,7 +403,7 @@ with open("{rec}", "a") as f:
 
 
 def test_agent_planted_in_the_release_root_never_runs_as_root(fleet, env):
-    """Item 2: the app user makes ROOT/.hotswap/ of its own (agent.py, node.exs, env, cookie) and tries to write
+    """Item 2: the app user makes ROOT/.hotswap/ of its own (agent.py, node.erl, node.exs, env, cookie) and tries to write
     into the agent's directory beside ROOT; status.yml, deploy --check and a deploy run.  The planted agent.py
     never runs as root, and the real agent's files are unchanged."""
     t = "target2"
@@ -415,6 +415,7 @@ def test_agent_planted_in_the_release_root_never_runs_as_root(fleet, env):
     attacks.as_user(fleet, t, USER, f"[ -e {legacy} ] && mv {legacy} {ROOT}/.hotswap-moved-away; true")
     body = PLANTED_AGENT.format(rec=REC + "/agent")
     r1 = attacks.write_as(fleet, t, USER, legacy + "/agent.py", body)
+    attacks.write_as(fleet, t, USER, legacy + "/node.erl", "io:format(\"planted~n\").\n", mode="644")
     attacks.write_as(fleet, t, USER, legacy + "/node.exs", "IO.puts(:planted)\n", mode="644")
     attacks.write_as(fleet, t, USER, legacy + "/env", "LD_PRELOAD=/opt/hsp-rec/evil.so\n", mode="600")
     attacks.write_as(fleet, t, USER, legacy + "/VERSION", "9.9.9\n", mode="644")
@@ -1098,7 +1099,7 @@ def test_old_layout_agent_dir_replaced_by_the_app_user_is_never_run_as_root(flee
     r = attacks.as_user(fleet, t, USER, f"mv {legacy} {MIG2_ROOT}/.hotswap-away")
     moved = r.returncode == 0
     w = attacks.write_as(fleet, t, USER, legacy + "/agent.py", PLANTED_AGENT.format(rec=REC + "/agent2"))
-    for n, body in (("node.exs", "IO.puts(:planted)\n"), ("env", "LD_PRELOAD=/opt/hsp-rec/evil.so\n"),
+    for n, body in (("node.erl", "io:format(\"planted~n\").\n"), ("node.exs", "IO.puts(:planted)\n"), ("env", "LD_PRELOAD=/opt/hsp-rec/evil.so\n"),
                     ("journal.jsonl", "{}\n"), ("VERSION", "1.1.0\n")):
         attacks.write_as(fleet, t, USER, legacy + "/" + n, body, mode="644")
     try:

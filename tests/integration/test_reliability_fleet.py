@@ -192,7 +192,7 @@ def test_files_on_hosts_have_the_owner_and_mode_of_operations_md(fleet, env):
         _check(a("/.."), "root", 0o711, mismatches, t + " PARENT/.hotswap/")
         _check(a(""), "root", 0o711, mismatches, t + " PARENT/.hotswap/NAME/")
         _check(a("/agent.py"), "root", 0o700, mismatches, t + " agent.py")
-        _check(a("/node.exs"), "root", 0o600, mismatches, t + " node.exs")
+        _check(a("/node.erl"), "root", 0o600, mismatches, t + " node.erl")
         _check(a("/env"), "root", 0o600, mismatches, t + " env")
         _check(a("/cookie"), "root", 0o400, mismatches, t + " cookie")
         _check(a("/.erlang.cookie"), APP, 0o400, mismatches, t + " .erlang.cookie")

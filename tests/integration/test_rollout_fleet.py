@@ -118,7 +118,7 @@ def _report(env_vars):
 
 # left out of "nothing changed": node logs, the journal, the lock, and the agent itself (the agent role
 # re-installs it when the collection's copy changed, before any plan is made)
-NOT_STATE = ("tmp", ".hotswap/journal.jsonl", ".hotswap/lock", ".hotswap/agent.py", ".hotswap/node.exs",
+NOT_STATE = ("tmp", ".hotswap/journal.jsonl", ".hotswap/lock", ".hotswap/agent.py", ".hotswap/node.erl",
              ".hotswap/VERSION")
 
 
