@@ -275,7 +275,7 @@ def test_status_v1(node):
     assert st["node_up"] is True
     assert st["running"] == "1.0.0" and st["permanent"] == "1.0.0"
     assert isinstance(st["os_pid"], int) and st["os_pid"] > 0
-    assert st["agent_version"] == "1.2.0"
+    assert st["agent_version"] == "1.3.0"
 
 
 def test_hot_keeps_state_then_revert(node):
