@@ -103,3 +103,30 @@ def test_the_module_names_an_older_installed_agent(tmp_path):
     st = module_mod.read_status(AgentClient(mock.MagicMock(check_mode=False), str(tmp_path / "demo"), "demo"))
     assert st["agent_installed"] is True and st["installed_agent_version"] == "0.9.0" and st["agent_outdated"]
     assert sorted(p.name for p in hs.iterdir()) == ["agent.py"]
+
+
+def test_installing_the_agent_replaces_an_older_agents_node_exs(tmp_path):
+    """An agent before 1.3.0 left node.exs (Elixir) beside agent.py: installing this one writes node.erl and
+    removes node.exs, which nothing reads any more."""
+    import base64
+    import hashlib
+    import shutil
+    from ansible_collections.beam.hotswap.plugins.modules import facts as module_mod
+    hs = hs_dir(tmp_path / "demo")
+    hs.mkdir(parents=True)
+    (hs / "agent.py").write_text('"""old"""\nAGENT_VERSION = "1.2.0"\n')
+    (hs / "node.exs").write_text("hs_out = 1\n")
+    files = {}
+    for src, dest, mode in action_mod.AGENT_FILES:
+        with open(action_mod.AGENT_DIR + "/" + src, "rb") as f:
+            body = f.read()
+        files[dest] = {"sha256": hashlib.sha256(body).hexdigest(), "mode": mode,
+                       "content": base64.b64encode(body).decode("ascii")}
+    module = mock.MagicMock(check_mode=False)
+    module.atomic_move.side_effect = lambda a, b: shutil.move(a, b)
+    with mock.patch.object(module_mod, "check_parents"), mock.patch.object(module_mod, "mkdir_private"):
+        written = module_mod.install_agent(module, str(tmp_path / "demo"), files)
+    assert written == ["agent.py", "node.erl"]
+    assert sorted(p.name for p in hs.iterdir()) == ["agent.py", "node.erl"]
+    assert oct((hs / "node.erl").stat().st_mode & 0o777) == "0o600"
+    assert module_mod.agent_current(str(tmp_path / "demo"), files) is True
