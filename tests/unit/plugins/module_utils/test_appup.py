@@ -290,3 +290,71 @@ def test_load_and_update_post_purge_is_soft_so_release_handler_never_kills_at_ma
     for ins in e.up + e.down:
         if ins[0] in ("load_module", "update"):
             assert ins[-3:] == (A("brutal_purge"), A("soft_purge"), []), ins
+
+
+# --------------------------------------------------------------------------- appups that applications ship
+
+# (from-version key, version): binaries are regular expressions; systools_relup decides with
+# re:run(Vsn, Re, [unicode, {capture, first, list}]) =:= {match, [Vsn]}
+VSN_CASES = [
+    ("1.0.0", "1.0.0"), ("1.0.0", "1.0.1"), (b"1\\.0\\.[0-9]+.*", "1.0.3"), (b"1\\.0\\.[0-9]+.*", "1.0.3-rc.1"),
+    (b"1\\.0\\.[0-9]+.*", "1.1.0"), (b"1\\.0\\.[0-9]+.*", "11.0.3"), (b"1\\.0", "1.0.1"), (b"0\\.1", "10.1"),
+    (b".*", "2.3.4"), (b"1\\.0|1\\.0\\.1", "1.0.1"), (b"1\\.0\\.1|1\\.0", "1.0.1"), (b"2\\.[0-9]+\\.[0-9]+", "2.12.0"),
+    (b"1.0.0", "1x0y0"), (b"^1\\.0\\.0$", "1.0.0"), (b"0\\.1\\.0", "0.1.0\n"),
+]
+
+
+def test_from_version_matching_is_the_one_systools_uses(tmp_path):
+    """Every case is decided the same by OTP's own systools_relup:appup_search_for_version/2 (run here)."""
+    require("erl")
+    ours = [_appup.vsn_matches(k, v) for k, v in VSN_CASES]
+    terms = "[" + ",".join("{%s,%s}" % (erlterms.format_term(k), erlterms.format_term(v)) for k, v in VSN_CASES) + "]"
+    (tmp_path / "cases").write_text(terms + ".\n")
+    code = ('{ok, [Cases]} = file:consult("%s"), '
+            'R = [case systools_relup:appup_search_for_version(V, [{K, x}]) of {ok, x} -> 1; error -> 0 end '
+            '|| {K, V} <- Cases], io:format("~w", [R]), halt().' % (tmp_path / "cases"))
+    out = subprocess.run(["erl", "-noshell", "-eval", code], capture_output=True, text=True, check=True)
+    theirs = [bool(int(x)) for x in out.stdout.strip().strip("[]").split(",")]
+    assert ours == theirs, list(zip(VSN_CASES, ours, theirs))
+    assert _appup.vsn_matches(b"1\\.0\\.[0-9]+.*", "1.0.3") and not _appup.vsn_matches(b"1\\.0", "1.0.1")
+
+
+def test_a_regular_expression_python_cannot_read_is_a_value_error():
+    with pytest.raises(ValueError, match="cannot be read"):
+        _appup.vsn_matches(b"1\\.0(", "1.0")
+
+
+UP1 = [(A("load_module"), A("mylib"))]
+UP2 = [(A("apply"), (A("mylib"), A("stop_all"), [])), (A("load_module"), A("mylib"))]
+
+
+def test_find_edge_takes_the_first_entry_that_selects_the_version():
+    appup = [("1.1.0", [("1.0.0", UP1), (b"1\\.0\\..*", UP2)], [(b"1\\.0\\..*", [])])]
+    assert _appup.find_edge(appup, "1.0.0") == (UP1, [])
+    assert _appup.find_edge(appup, "1.0.7") == (UP2, [])
+    assert _appup.find_edge(appup, "0.9.0") == (None, None)
+    assert _appup.find_edge([("1.1.0", [("1.0.0", UP1)], [])], "1.0.0") == (UP1, None)
+
+
+def test_an_appup_with_several_terms_is_read_like_file_consult_first_term_wins():
+    text = ('{"1.1.0", [{<<"1\\\\.0\\\\.[0-9]+.*">>, [{load_module, mylib}]}], [{<<"1\\\\.0\\\\.[0-9]+.*">>, []}]}.\n'
+            '{"1.0.5", [{"0.9.0", []}], [{"0.9.0", []}]}.\n')
+    terms = erlterms.parse_terms(text)
+    assert len(terms) == 2
+    up, down = _appup.find_edge(terms, "1.0.2")
+    assert up == [(A("load_module"), A("mylib"))] and down == []
+    assert _appup.find_edge(terms, "0.9.0") == (None, None)      # only the first term counts
+
+
+@pytest.mark.parametrize("terms", [[], [("1.0", [])], ["x"], [("1.0", "up", [])]])
+def test_an_appup_whose_first_term_is_not_vsn_up_down_is_refused(terms):
+    with pytest.raises(ValueError):
+        _appup.find_edge(terms, "1.0")
+
+
+def test_describe_summarises_what_an_appup_written_by_others_does():
+    e = _appup.AppEdge("mylib", "1.0.0", "1.1.0")
+    e.up = [(A("add_module"), A("n")), (A("update"), A("s"), A("supervisor")), (A("update"), A("g"), (A("advanced"), [])),
+            (A("load_module"), A("l")), (A("delete_module"), A("d")), (A("apply"), (A("m"), A("f"), []))]
+    _appup.describe(e)
+    assert (e.added, e.supervisors, e.updated, e.loaded, e.deleted) == (["n"], ["s"], ["g"], ["l"], ["d"])
