@@ -447,6 +447,45 @@ def verdict(old, new):
     return reasons
 
 
+def _short(mod):
+    return mod[len("Elixir."):] if mod.startswith("Elixir.") else mod
+
+
+def state_checks(app, new_vsn, old, new, changed, old_state, new_state):
+    """What a generated appup would break in processes whose state the new code reads differently: for each changed
+    process module (gen_server, gen_statem, gen_event, GenServer) whose new ``code_change`` is missing or returns
+    the state unchanged (``use GenServer``'s default), from the modules' debug info (``old_state``/``new_state``:
+    {module: :class:`_beam.StateInfo`}, read from the compiled, unstripped modules; a module without one is never
+    judged).
+
+    Returns (reasons, warnings): a reason when ``init/1`` returns literally a state of another shape (a map's keys, a
+    record's or struct's fields): the upgraded process would run the new code on the old state; a warning when only
+    ``init/1`` changed (what it sets up, the state or an ETS table or a persistent_term, may no longer be what the new
+    code expects)."""
+    from ansible_collections.beam.hotswap.plugins.module_utils._beam import PROCESS_BEHAVIOURS
+    reasons, warnings = [], []
+    for m in sorted(changed):
+        if m not in old or m not in new or not (new[m].behaviours & PROCESS_BEHAVIOURS) or new[m].is_supervisor:
+            continue
+        o, n = old_state.get(m), new_state.get(m)
+        if o is None or n is None or n.code_change == "custom" or n.init is None:
+            continue
+        how = ("it has no code_change" if n.code_change == "absent"
+               else "its code_change returns the old state unchanged")
+        if o.shapes and n.shapes and o.shapes != n.shapes:
+            reasons.append("%s: %s's init/1 now returns a state of another shape (%s -> %s) and %s: after a hot "
+                           "upgrade a running %s process would run the new code on its old state and fail; deploy "
+                           "cold (hotswap_mode=cold), or add rel/appups/%s/%s.appup that restarts it"
+                           % (app, _short(m), " | ".join(sorted(o.shapes)), " | ".join(sorted(n.shapes)), how,
+                              _short(m), app, new_vsn))
+        elif o.init != n.init:
+            warnings.append("%s: %s's init/1 changed and %s: a running %s process keeps the state (and any ETS "
+                            "table or persistent_term) its old init/1 set up; if the new code expects what the new "
+                            "init/1 sets up, the process fails after a hot upgrade (check the library's changes, or "
+                            "deploy with hotswap_mode=cold)" % (app, _short(m), how, _short(m)))
+    return reasons, warnings
+
+
 def application_module_notes(app, old_mod, new_mod, old, new):
     """What a hot upgrade of ``app`` leaves undone because its Application callback module changed.
 

@@ -406,6 +406,36 @@ def shipped_appup(ebin_dir, name):
         return None, "is not a list of Erlang terms file:consult reads (%s)" % e
 
 
+STATE_INFO = "state-info.json"
+
+
+def save_state_infos(lib_dir, rel_dir, vdir):
+    """Write ``vdir/state-info.json``: what the debug info of each application's process modules says about their
+    state (:func:`_beam.state_infos`), read from the build's ``lib_dir`` (``_build/prod/lib``: the release's copies are
+    stripped), for the application versions the release ``rel_dir`` holds. Later edges from or to this version
+    compare them."""
+    out = {}
+    for name, (vsn, _d) in sorted(_app_dirs(rel_dir).items()):
+        if name in _appup.SYSTEM_APPS:
+            continue
+        infos = _beam.state_infos(os.path.join(lib_dir, name, "ebin"))
+        if infos:
+            out[name] = {"vsn": vsn, "modules": dict((m, i.to_json()) for m, i in sorted(infos.items()))}
+    write_private(os.path.join(vdir, STATE_INFO), json.dumps(out, indent=1, sort_keys=True))
+
+
+def load_state_infos(vdir, name, vsn):
+    """{module: StateInfo} of application ``name`` at ``vsn`` from ``vdir/state-info.json`` ({} when absent)."""
+    try:
+        with open(os.path.join(vdir, STATE_INFO)) as f:
+            entry = json.load(f).get(name) or {}
+    except (OSError, ValueError):
+        return {}
+    if entry.get("vsn") != vsn:
+        return {}
+    return dict((m, _beam.StateInfo.from_json(d)) for m, d in (entry.get("modules") or {}).items())
+
+
 def plan_edge(store, app, new_vsn, new_dir, base, user_appups, children_of=None):
     """Work out one edge ``base -> new_vsn``: verdict, reasons and per-app instructions.
 
@@ -487,6 +517,14 @@ def plan_edge(store, app, new_vsn, new_dir, base, user_appups, children_of=None)
                 continue
             edge.up, edge.down = up, down
             _appup.describe(edge)
+        if edge.appup == _appup.GENERATED:
+            # processes whose state the new code reads differently: a generated appup would break them
+            state_reasons, state_warnings = _appup.state_checks(
+                name, nv, old_mods, new_mods, _appup.changed_modules(old_mods, new_mods),
+                load_state_infos(os.path.dirname(base_dir.rstrip("/")), name, ov),
+                load_state_infos(os.path.dirname(new_dir.rstrip("/")), name, nv))
+            plan.reasons.extend(state_reasons)
+            plan.warnings.extend(state_warnings)
         gaps = _appup.coverage_gaps(old_mods, new_mods, edge.up, skip=skip)
         if gaps and edge.appup == _appup.SHIPPED:
             # the library's own file is used as written: say what it leaves on the old code, never go hot silently
@@ -812,6 +850,9 @@ class Builder(object):
             }
             # keep a copy of user appups with the version: edges may be extended later without the source
             self.save_user_appups(src, stage)
+            # and what the unstripped modules' debug info says about process state (the release's are stripped)
+            save_state_infos(os.path.join(os.path.dirname(os.path.dirname(rel)), "lib"), os.path.join(stage, "release"),
+                             stage)
             manifest = self.make_edges(vsn, stage, manifest, wanted)
             vdir = self.store.vdir(vsn)
             if os.path.lexists(vdir):

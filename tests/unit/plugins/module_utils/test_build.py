@@ -518,6 +518,40 @@ def test_changed_protocols_with_only_shipped_appups_to_carry_them_go_cold(tmp_pa
     assert any("every changed application uses the appup it ships (dep)" in r for r in plan.reasons), plan.reasons
 
 
+WORKER = Path(__file__).resolve().parents[3] / "fixtures" / "shipped_appup_app"
+
+
+def _built(tmp_path, vsn, dep_vsn, worker_src):
+    """A mix build's layout: _build/prod/rel/sample (the release, its modules stripped of debug info as mix release
+    strips them) and _build/prod/lib/dep/ebin (the compiled modules, with it)."""
+    require("erlc")
+    prod = tmp_path / ("b" + vsn) / "_build" / "prod"
+    rel = prod / "rel" / "sample"
+    _release(rel, vsn, {"dep": dep_vsn})
+    lib = prod / "lib" / "dep" / "ebin"
+    lib.mkdir(parents=True)
+    subprocess.run(["erlc", "+debug_info", "-o", str(lib), str(worker_src)], check=True, capture_output=True)
+    ebin = rel / "lib" / ("dep-" + dep_vsn) / "ebin"
+    subprocess.run(["erlc", "-o", str(ebin), str(worker_src)], check=True, capture_output=True)
+    return str(rel)
+
+
+def test_a_process_whose_init_changed_without_code_change_is_warned_about_from_the_builds_debug_info(tmp_path):
+    builder = _build.Builder(FakeErl(), str(tmp_path / "store"), "sample")
+    (tmp_path / "src").mkdir()
+    src = WORKER / "base" / "vendor" / "mylib" / "src" / "mylib_worker.erl"
+    builder.publish(_built(tmp_path, "1.0.0", "0.1.0", src), "1.0.0", "sha256:1", [], str(tmp_path / "src"))
+    info = json.loads(open(os.path.join(builder.store.vdir("1.0.0"), "state-info.json")).read())
+    assert info["dep"]["vsn"] == "0.1.0" and info["dep"]["modules"]["mylib_worker"]["code_change"] == "absent"
+    src = WORKER / "versions" / "1.1.0" / "vendor" / "mylib" / "src" / "mylib_worker.erl"
+    m = builder.publish(_built(tmp_path, "2.0.0", "0.2.0", src), "2.0.0", "sha256:2", ["1.0.0"], str(tmp_path / "src"))
+    (e,) = m["edges"]
+    assert e["verdict"] == "hot" and e["appups"]["dep"] == "generated", e
+    (w,) = e["warnings"]
+    assert w.startswith("dep: mylib_worker's init/1 changed and it has no code_change: a running mylib_worker process "
+                        "keeps the state"), w
+
+
 def test_app_mod_reads_the_application_module(tmp_path):
     root = _release(tmp_path / "r", "1.0.0", {"dep": "0.1.0"})
     assert _build.app_mod(os.path.join(root, "lib", "sample-1.0.0", "ebin"), "sample") == "Elixir.Sample.Application"
