@@ -377,8 +377,8 @@ def _ex_state(defs, module, struct):
             st = node[2][1]
         if not isinstance(st, tuple) or len(st) != 3:
             continue
-        if st[0] == "%{}" and isinstance(st[2], list) and all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], Atom)
-                                                               for p in st[2]):
+        pairs = st[2] if isinstance(st[2], list) else []
+        if st[0] == "%{}" and all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], Atom) for p in pairs):
             shapes.add("%%{%s}" % ", ".join(sorted(str(p[0]) for p in st[2])))
         elif st[0] == "%" and isinstance(st[2], list) and len(st[2]) == 2 and isinstance(st[2][0], Atom):
             fields = [str(f.get("field")) for f in struct or [] if isinstance(f, dict)] if st[2][0] == module else ["..."]
