@@ -52,7 +52,7 @@ _value:
       C(versions) (the versions that run), per row C(state_lost) (the node was restarted, by plan or after a failure),
       C(not_applied) (what a hot upgrade left as it was), C(notes) (what it did besides loading code - open
       connections finishing on the previous code, a dependency's supervision tree reconciled) and C(appups)
-      (application to V(project), V(shipped) or V(generated): where the appup of each application a hot upgrade
+      (application to V(project), V(shipped) or V(generated) - where the appup of each application a hot upgrade
       changed came from),
       the host names that are C(down), C(unreachable), C(not_run) and
       C(unread) (state V(unknown)), and C(verdict) (one sentence per kind - down, unreachable, outdated agent,

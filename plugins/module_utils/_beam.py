@@ -317,8 +317,7 @@ def _walk(t):
     yield t
     if isinstance(t, (tuple, list)):
         for x in t:
-            for y in _walk(x):
-                yield y
+            yield from _walk(x)
 
 
 def _erl_state(forms):
