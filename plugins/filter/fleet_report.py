@@ -50,8 +50,10 @@ _value:
     - C(rows) (list of dicts, one per host, with C(state) and C(result)), C(lines) (the table and a line per
       kind of host without a version), C(spread) (state to host count), C(mixed) (more than one version runs),
       C(versions) (the versions that run), per row C(state_lost) (the node was restarted, by plan or after a failure),
-      C(not_applied) (what a hot upgrade left as it was) and C(notes) (what it did besides loading code - open
-      connections finishing on the previous code, a dependency's supervision tree reconciled),
+      C(not_applied) (what a hot upgrade left as it was), C(notes) (what it did besides loading code - open
+      connections finishing on the previous code, a dependency's supervision tree reconciled) and C(appups)
+      (application to V(project), V(shipped) or V(generated) - where the appup of each application a hot upgrade
+      changed came from),
       the host names that are C(down), C(unreachable), C(not_run) and
       C(unread) (state V(unknown)), and C(verdict) (one sentence per kind - down, unreachable, outdated agent,
       not installed, unread - with the count and the names; empty when every host runs a version with a current agent).
@@ -124,6 +126,8 @@ def _row(hv):
                            or (res.get("changed") and not res.get("failed") and plan.get("loses_state"))),
         "not_applied": list(res.get("not_applied") or []),
         "notes": list(res.get("notes") or []),
+        # which appup each changed application used over a hot edge: the project's, the one it ships, or generated
+        "appups": dict(plan.get("appups") or {}),
         "install_ms": agent.get("install_ms"),
         "downtime_ms": agent.get("downtime_ms"),
         "total_ms": agent.get("total_ms"),

@@ -256,3 +256,179 @@ def read_ebin(ebin_dir):
             info = read_beam(os.path.join(ebin_dir, fn))
             out[info.name] = info
     return out
+
+
+# --- what a process module's debug info tells about its state ------------------------------------
+
+PROCESS_BEHAVIOURS = frozenset(["gen_server", "gen_statem", "gen_event", "Elixir.GenServer"])
+
+
+class StateInfo(object):
+    """What the debug info of a process module says about the state its processes hold.
+
+    ``init``: a digest of ``init/1`` with line numbers and other metadata left out (None: no init/1);
+    ``code_change``: ``"absent"``, ``"passthrough"`` (every clause returns the state it was given, as the default
+    of ``use GenServer`` does) or ``"custom"``; ``shapes``: the state shapes ``init/1`` returns literally
+    (``{ok, #{k => ...}}``, ``{ok, #rec{}}``, ``{:ok, %{k: ...}}``, ``{:ok, %Struct{}}``), as readable strings."""
+
+    __slots__ = ("init", "code_change", "shapes")
+
+    def __init__(self, init, code_change, shapes):
+        self.init, self.code_change, self.shapes = init, code_change, frozenset(shapes)
+
+    def to_json(self):
+        return {"init": self.init, "code_change": self.code_change, "shapes": sorted(self.shapes)}
+
+    @classmethod
+    def from_json(cls, d):
+        return cls(d.get("init"), d.get("code_change"), d.get("shapes") or ())
+
+
+def state_infos(ebin_dir):
+    """{module: :class:`StateInfo`} of the process modules (gen_server, gen_statem, gen_event, GenServer) compiled
+    into ``ebin_dir`` with debug info (a release's own copies are stripped of it: read the build's)."""
+    out = {}
+    for name, info in read_ebin(ebin_dir).items():
+        if info.behaviours & PROCESS_BEHAVIOURS and not info.is_supervisor:
+            st = read_state_info(info.path)
+            if st is not None:
+                out[name] = st
+    return out
+
+
+def _is_anno(x):
+    return isinstance(x, int) or (isinstance(x, tuple) and len(x) == 2 and all(isinstance(i, int) for i in x)) or (
+        isinstance(x, list) and all(isinstance(i, tuple) and len(i) == 2 and isinstance(i[0], Atom) for i in x))
+
+
+def _strip(t):
+    """A term without its metadata (Erlang annotations, Elixir AST metadata), so that two compilations of the same
+    code compare equal."""
+    if isinstance(t, tuple):
+        if len(t) >= 3 and isinstance(t[0], Atom) and _is_anno(t[1]):
+            return (t[0], None) + tuple(_strip(x) for x in t[2:])          # an Erlang form {Tag, Anno, ...}
+        if len(t) == 3 and isinstance(t[1], list) and _is_anno(t[1]):
+            return (_strip(t[0]), None, _strip(t[2]))                     # Elixir AST {Form, Meta, Args}
+        if len(t) == 4 and isinstance(t[0], list) and _is_anno(t[0]):
+            return (None,) + tuple(_strip(x) for x in t[1:])              # an Elixir clause {Meta, Args, Guards, Body}
+        return tuple(_strip(x) for x in t)
+    if isinstance(t, list):
+        return [_strip(x) for x in t]
+    if isinstance(t, dict):
+        return sorted((repr(k), _strip(v)) for k, v in t.items())
+    return t
+
+
+def _walk(t):
+    yield t
+    if isinstance(t, (tuple, list)):
+        for x in t:
+            yield from _walk(x)
+
+
+def _erl_state(forms):
+    funs = dict(((f[2], f[3]), f[4]) for f in forms
+                if isinstance(f, tuple) and len(f) == 5 and f[0] == "function")
+    records = dict((f[3][0], [_erl_field(x) for x in f[3][1]]) for f in forms
+                   if isinstance(f, tuple) and len(f) == 4 and f[0] == "attribute" and f[2] == "record"
+                   and isinstance(f[3], tuple) and len(f[3]) == 2)
+    init = funs.get(("init", 1))
+    shapes = set()
+    for node in _walk(init or []):
+        if isinstance(node, tuple) and len(node) == 3 and node[0] == "tuple" and isinstance(node[2], list) \
+                and len(node[2]) >= 2 and node[2][0][:1] == ("atom",) and node[2][0][2] == "ok":
+            st = node[2][1]
+            if isinstance(st, tuple) and st[:1] == ("record",) and len(st) == 4:
+                shapes.add("#%s{%s}" % (st[2], ", ".join(records.get(st[2], ["?"]))))
+            elif isinstance(st, tuple) and st[:1] == ("map",) and len(st) == 3:
+                keys = [f[2][2] for f in st[2] if isinstance(f, tuple) and len(f) == 4 and f[2][:1] == ("atom",)]
+                if len(keys) == len(st[2]):
+                    shapes.add("#{%s}" % ", ".join(sorted(keys)))
+    cc = funs.get(("code_change", 3)) or funs.get(("code_change", 4))
+    return (_digest(init), _erl_code_change(cc), shapes)
+
+
+def _erl_field(f):
+    if isinstance(f, tuple) and f[:1] == ("typed_record_field",):
+        f = f[1]
+    return str(f[2][2]) if isinstance(f, tuple) and len(f) >= 3 and isinstance(f[2], tuple) else "?"
+
+
+def _erl_code_change(clauses):
+    if clauses is None:
+        return "absent"
+    for c in clauses:
+        pats, body = c[2], c[4]
+        if len(body) != 1 or not isinstance(body[0], tuple) or body[0][:1] != ("tuple",):
+            return "custom"
+        want = [("atom", "ok")] + [("var", p[2]) for p in pats[1:len(pats) - 1]
+                                   if isinstance(p, tuple) and p[:1] == ("var",)]
+        got = [(e[0], e[2]) for e in body[0][2] if isinstance(e, tuple) and len(e) == 3]
+        if len(want) != len(pats) - 1 or got != want:
+            return "custom"
+    return "passthrough"
+
+
+def _ex_state(defs, module, struct):
+    fns = dict((d[0], d[3]) for d in defs if isinstance(d, tuple) and len(d) == 4 and isinstance(d[0], tuple))
+    init = fns.get(("init", 1))
+    shapes = set()
+    for node in _walk(init or []):
+        st = None
+        if isinstance(node, tuple) and len(node) == 2 and node[0] == "ok":
+            st = node[1]
+        elif isinstance(node, tuple) and len(node) == 3 and node[0] == "{}" and isinstance(node[2], list) \
+                and len(node[2]) >= 2 and node[2][0] == "ok":
+            st = node[2][1]
+        if not isinstance(st, tuple) or len(st) != 3:
+            continue
+        pairs = st[2] if isinstance(st[2], list) else []
+        if st[0] == "%{}" and all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], Atom) for p in pairs):
+            shapes.add("%%{%s}" % ", ".join(sorted(str(p[0]) for p in st[2])))
+        elif st[0] == "%" and isinstance(st[2], list) and len(st[2]) == 2 and isinstance(st[2][0], Atom):
+            fields = [str(f.get("field")) for f in struct or [] if isinstance(f, dict)] if st[2][0] == module else ["..."]
+            shapes.add("%%%s{%s}" % (str(st[2][0]).replace("Elixir.", ""), ", ".join(sorted(fields))))
+    cc = fns.get(("code_change", 3))
+    return (_digest(init), _ex_code_change(cc), shapes)
+
+
+def _ex_code_change(clauses):
+    if clauses is None:
+        return "absent"
+    for c in clauses:
+        if not (isinstance(c, tuple) and len(c) == 4 and isinstance(c[1], list) and len(c[1]) == 3):
+            return "custom"
+        var, body = c[1][1], c[3]
+        if not (isinstance(var, tuple) and len(var) == 3 and isinstance(body, tuple) and len(body) == 2
+                and body[0] == "ok" and isinstance(body[1], tuple) and len(body[1]) == 3
+                and (body[1][0], body[1][2]) == (var[0], var[2])):
+            return "custom"
+    return "passthrough"
+
+
+def _digest(code):
+    if code is None:
+        return None
+    return hashlib.sha256(repr(_strip(code)).encode("utf-8")).hexdigest()
+
+
+def read_state_info(path):
+    """:class:`StateInfo` of the module in ``path`` from its debug info (Erlang abstract code or Elixir's), or None
+    when it has none this reader understands (then nothing is claimed about it)."""
+    try:
+        with open(path, "rb") as f:
+            chunks = _chunks(f.read(), path)
+        if "Dbgi" not in chunks:
+            return None
+        dbgi = decode_term(chunks["Dbgi"])
+        if not (isinstance(dbgi, tuple) and len(dbgi) == 3 and dbgi[0] == "debug_info_v1"):
+            return None
+        if dbgi[1] == "erl_abstract_code" and isinstance(dbgi[2], tuple) and isinstance(dbgi[2][0], list):
+            return StateInfo(*_erl_state(dbgi[2][0]))
+        if dbgi[1] == "elixir_erl" and isinstance(dbgi[2], tuple) and len(dbgi[2]) >= 2 and isinstance(dbgi[2][1], dict):
+            meta = dbgi[2][1]
+            return StateInfo(*_ex_state(meta.get(Atom("definitions")) or [], meta.get(Atom("module")),
+                                        meta.get(Atom("struct"))))
+    except (BeamError, IndexError, TypeError, ValueError, KeyError, OSError, zlib.error, struct.error, RecursionError):
+        return None
+    return None

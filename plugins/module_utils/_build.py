@@ -424,14 +424,70 @@ class EdgePlan(object):
         self.consolidated_down = []
         self.not_applied = []     # what a hot upgrade over this edge leaves undone (human strings)
         self.notes = []           # what it does beyond loading code (human strings)
+        self.warnings = []        # what may go wrong although the edge is hot (human strings)
+        self.appups = {}          # {app: "project" | "shipped" | "generated"}: where each changed app's appup comes from
 
     @property
     def hot(self):
         return not self.reasons
 
 
+def shipped_appup(ebin_dir, name):
+    """The appup application ``name`` ships in ``ebin_dir`` (``NAME.appup`` that beam.hotswap did not write), as
+    (parsed terms or None, error or None); (None, None) when it ships none."""
+    path = os.path.join(ebin_dir, name + ".appup")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None, None
+    except (OSError, UnicodeDecodeError) as e:
+        return None, "cannot be read (%s)" % e
+    if text.startswith(_appup.GENERATED_MARK):
+        return None, None
+    try:
+        return erlterms.parse_terms(text), None
+    except erlterms.TermError as e:
+        return None, "is not a list of Erlang terms file:consult reads (%s)" % e
+
+
+STATE_INFO = "state-info.json"
+
+
+def save_state_infos(lib_dir, rel_dir, vdir):
+    """Write ``vdir/state-info.json``: what the debug info of each application's process modules says about their
+    state (:func:`_beam.state_infos`), read from the build's ``lib_dir`` (``_build/prod/lib``: the release's copies are
+    stripped), for the application versions the release ``rel_dir`` holds. Later edges from or to this version
+    compare them."""
+    out = {}
+    for name, (vsn, _d) in sorted(_app_dirs(rel_dir).items()):
+        if name in _appup.SYSTEM_APPS:
+            continue
+        infos = _beam.state_infos(os.path.join(lib_dir, name, "ebin"))
+        if infos:
+            out[name] = {"vsn": vsn, "modules": dict((m, i.to_json()) for m, i in sorted(infos.items()))}
+    write_private(os.path.join(vdir, STATE_INFO), json.dumps(out, indent=1, sort_keys=True))
+
+
+def load_state_infos(vdir, name, vsn):
+    """{module: StateInfo} of application ``name`` at ``vsn`` from ``vdir/state-info.json`` ({} when absent)."""
+    try:
+        with open(os.path.join(vdir, STATE_INFO)) as f:
+            entry = json.load(f).get(name) or {}
+    except (OSError, ValueError):
+        return {}
+    if entry.get("vsn") != vsn:
+        return {}
+    return dict((m, _beam.StateInfo.from_json(d)) for m, d in (entry.get("modules") or {}).items())
+
+
 def plan_edge(store, app, new_vsn, new_dir, base, user_appups, children_of=None):
     """Work out one edge ``base -> new_vsn``: verdict, reasons and per-app instructions.
+
+    Each changed application's appup is, in this order: the project's own ``rel/appups/APP/VSN.appup``
+    (``user_appups``), the ``ebin/APP.appup`` the application ships in the new release (used as written), or the
+    one generated from the compiled code. A project or shipped appup without an entry for the base's version of
+    the application makes the edge cold, naming it.
 
     ``children_of(rel_dir, apps)`` -> {app: child specs text or None, "why:" + app: reason}: the children
     each application's start/2 starts in that release (learned in a scratch VM); used to reconcile a
@@ -463,9 +519,14 @@ def plan_edge(store, app, new_vsn, new_dir, base, user_appups, children_of=None)
                                  % (name, ", ".join(differ[:5]) or "modules added/removed", nv, name))
             continue
         edge = _appup.app_edge(name, ov, nv, old_mods, new_mods, skip=skip)
+        user = user_appups.get(name)
+        shipped, shipped_err = (None, None) if user is not None else shipped_appup(os.path.join(ndir, "ebin"), name)
+        edge.appup = _appup.PROJECT if user is not None else \
+            _appup.SHIPPED if (shipped is not None or shipped_err) else _appup.GENERATED
+        plan.appups[name] = edge.appup
         o_mod, n_mod = app_mod(os.path.join(odir, "ebin"), name), app_mod(os.path.join(ndir, "ebin"), name)
         notes = _appup.application_module_notes(name, o_mod, n_mod, old_mods, new_mods)
-        if notes and name != app and o_mod and n_mod and children_of is not None and name not in user_appups:
+        if notes and name != app and o_mod and n_mod and children_of is not None and edge.appup == _appup.GENERATED:
             # a dependency's Application module changed: its top supervisor gets the children the new
             # start/2 starts (and the old ones back on the way down), learned from both releases
             new_kids, old_kids = children_of(new_dir, (name,)), children_of(base_dir, (name,))
@@ -480,33 +541,66 @@ def plan_edge(store, app, new_vsn, new_dir, base, user_appups, children_of=None)
                 why = new_kids.get("why:" + name) or old_kids.get("why:" + name) or "unknown"
                 notes = [n + " (its children could not be learned: %s)" % why for n in notes]
         plan.not_applied.extend(notes)
-        user = user_appups.get(name)
-        if user is not None:
-            up, down = _appup.find_user_edge(user, ov)
+        if edge.appup != _appup.GENERATED:
+            where = "the project's appup rel/appups/%s/%s.appup" % (name, nv) if user is not None else \
+                "the appup %s %s ships (lib/%s-%s/ebin/%s.appup)" % (name, nv, name, nv, name)
+            if shipped_err:
+                plan.reasons.append("%s %s: systools cannot use it, and an appup an application ships is never "
+                                    "regenerated; override it with rel/appups/%s/%s.appup" % (where, shipped_err, name, nv))
+                continue
+            try:
+                up, down = _appup.find_edge(user if user is not None else shipped, ov)
+            except ValueError as e:
+                plan.reasons.append("%s: %s" % (where, e))
+                continue
             if up is None or down is None:
-                plan.reasons.append("user appup rel/appups/%s/%s.appup has no entry for %s" % (name, nv, ov))
+                plan.reasons.append("%s has no %s for %s %s (the version the base runs)%s" % (
+                    where, "entry" if up is None and down is None else "up entry" if up is None else "down entry",
+                    name, ov, "" if user is not None else
+                    ": the library does not support a hot upgrade from it; add rel/appups/%s/%s.appup to the "
+                    "project to upgrade it hot anyway" % (name, nv)))
                 continue
             edge.up, edge.down = up, down
+            _appup.describe(edge)
+        if edge.appup == _appup.GENERATED:
+            # processes whose state the new code reads differently: a generated appup would break them
+            state_reasons, state_warnings = _appup.state_checks(
+                name, nv, old_mods, new_mods, _appup.changed_modules(old_mods, new_mods),
+                load_state_infos(os.path.dirname(base_dir.rstrip("/")), name, ov),
+                load_state_infos(os.path.dirname(new_dir.rstrip("/")), name, nv))
+            plan.reasons.extend(state_reasons)
+            plan.warnings.extend(state_warnings)
         gaps = _appup.coverage_gaps(old_mods, new_mods, edge.up, skip=skip)
-        if gaps:
+        if gaps and edge.appup == _appup.SHIPPED:
+            # the library's own file is used as written: say what it leaves on the old code, never go hot silently
+            plan.warnings.append("%s: the appup %s %s ships does not name changed modules %s: a hot upgrade leaves "
+                                 "them on their old code; add rel/appups/%s/%s.appup to the project, or deploy with "
+                                 "hotswap_mode=cold" % (name, name, nv, ", ".join(gaps), name, nv))
+        elif gaps:
             plan.reasons.append("appup for %s does not cover changed modules: %s" % (name, ", ".join(gaps)))
         plan.app_edges.append(edge)
     plan.consolidated_up = sorted(m for m in new_cons if m not in old_cons or old_cons[m].digest != new_cons[m].digest)
     plan.consolidated_down = sorted(m for m in old_cons if m not in new_cons or old_cons[m].digest != new_cons[m].digest)
     if (plan.consolidated_up or plan.consolidated_down) and not plan.app_edges:
         plan.reasons.append("consolidated protocols changed but no application version did")
+    elif (plan.consolidated_up or plan.consolidated_down) and \
+            all(e.appup == _appup.SHIPPED for e in plan.app_edges):
+        plan.reasons.append("consolidated protocols changed but every changed application uses the appup it ships "
+                            "(%s), which beam.hotswap never rewrites: no appup can reload them"
+                            % ", ".join(e.app for e in plan.app_edges))
     return plan
 
 
 def write_appups(new_dir, new_vsn, app_order, plans):
-    """Write one ``.appup`` per changed application, holding an entry for every hot base."""
+    """Write one ``.appup`` per changed application, holding an entry for every hot base; an application that uses
+    the appup it ships keeps it as it is (never written)."""
     by_app = {}
     for plan in plans:
         if not plan.hot:
             continue
-        last = max(plan.app_edges, key=lambda e: app_order.index(e.app) if e.app in app_order else -1,
-                   default=None)
-        for edge in plan.app_edges:
+        ours = [e for e in plan.app_edges if e.appup != _appup.SHIPPED]
+        last = max(ours, key=lambda e: app_order.index(e.app) if e.app in app_order else -1, default=None)
+        for edge in ours:
             up, down = list(edge.up), list(edge.down)
             if edge is last:
                 if plan.consolidated_up:
@@ -524,7 +618,7 @@ def write_appups(new_dir, new_vsn, app_order, plans):
         downs = list(dict(downs).items())
         path = os.path.join(apps[name][1], "ebin", name + ".appup")
         with open(path, "w") as f:
-            f.write("%% generated by beam.hotswap\n" + erlterms.format_term((vsn, ups, downs)) + ".\n")
+            f.write(_appup.GENERATED_MARK + "\n" + erlterms.format_term((vsn, ups, downs)) + ".\n")
         written.append(path)
     return written
 
@@ -889,6 +983,9 @@ class Builder(object):
             }
             # keep a copy of user appups with the version: edges may be extended later without the source
             self.save_user_appups(src, stage)
+            # and what the unstripped modules' debug info says about process state (the release's are stripped)
+            save_state_infos(os.path.join(os.path.dirname(os.path.dirname(rel)), "lib"), os.path.join(stage, "release"),
+                             stage)
             manifest = self.make_edges(vsn, stage, manifest, wanted)
             vdir = self.store.vdir(vsn)
             if os.path.lexists(vdir):
@@ -986,7 +1083,7 @@ class Builder(object):
             p = os.path.join(d, "ebin", name + ".appup")
             if os.path.exists(p) and name not in user:
                 with open(p) as f:
-                    if f.readline().startswith("%% generated by beam.hotswap"):
+                    if f.readline().startswith(_appup.GENERATED_MARK):
                         os.unlink(p)
         write_appups(new_dir, vsn, order, plans)
         relup = os.path.join(new_dir, "releases", vsn, "relup")
@@ -1001,6 +1098,11 @@ class Builder(object):
                  "not_applied": list(p.not_applied) if p.hot else []}
             if p.hot and p.notes:
                 e["notes"] = list(p.notes)
+            if p.appups:
+                # which appup each changed application uses (a cold edge too: check mode shows why)
+                e["appups"] = dict(p.appups)
+            if p.hot and p.warnings:
+                e["warnings"] = list(p.warnings)
             if p.hot:
                 e["changed_apps"] = sorted(a.app for a in p.app_edges)
                 e["modules"] = {

@@ -90,6 +90,14 @@ def deploy(status, manifest, mode="auto", allow_downgrade=False):
         return dict(_result(COLD, frm, to, ["hotswap_mode=cold"], "release"), loses_state=True)
     if edge is not None and edge.get("verdict") == "hot" and "upgrade" in manifest.get("artifacts", {}):
         plan = _result(HOT, frm, to, ["relup has a hot edge from %s" % frm], "upgrade")
+        if edge.get("appups"):
+            # which appup each changed application uses: the project's, the one it ships, or generated
+            plan["appups"] = dict(edge["appups"])
+            if set(edge["appups"].values()) - {"generated"}:
+                plan["reasons"].append("appups: %s" % appups_line(edge["appups"]))
+        if edge.get("warnings"):
+            # what the build knows may go wrong although the edge is hot (e.g. a shipped appup missing modules)
+            plan["warnings"] = list(edge["warnings"])
         if edge.get("not_applied"):
             # what the build knows a hot upgrade leaves as it was (e.g. an Application module's children)
             plan["not_applied"] = list(edge["not_applied"])
@@ -138,6 +146,11 @@ def rollback(status, target=None, mode="auto"):
     if mode == "hot":
         raise PlanError("hotswap_mode=hot but %s -> %s can only be cold: %s" % (frm, target, "; ".join(reasons)))
     return dict(_result(COLD, frm, target, reasons, direction="down"), loses_state=up)
+
+
+def appups_line(appups):
+    """``cowboy shipped, sample generated``: where each changed application's appup comes from."""
+    return ", ".join("%s %s" % (a, appups[a]) for a in sorted(appups))
 
 
 def describe(plan):

@@ -154,6 +154,8 @@ def carry_out(plan, p, package, call, expect_state=None, diff=False):
                     msg="%s failed on this host: %s" % (result["summary"], msg))
     notes = list(plan.get("not_applied") or []) + not_applied(out)
     extra = {"not_applied": notes, "warnings": list(notes)} if notes else {}
+    if plan.get("warnings"):
+        extra.setdefault("warnings", []).extend(plan["warnings"])
     killed = out.get("old_code_killed") or []
     if killed:
         extra["old_code_killed"] = killed

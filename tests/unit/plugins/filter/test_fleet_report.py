@@ -162,3 +162,12 @@ def test_a_rollout_says_which_hosts_lost_their_in_memory_state_and_what_was_not_
     assert [x["state_lost"] for x in r["rows"]] == [False, True, True]
     assert "in-memory state lost (node restarted) on: b, c" in r["lines"]
     assert "a: not applied: app: the Application module changed" in r["lines"]
+
+
+def test_each_row_says_which_appup_each_changed_application_used():
+    plan = dict(HOT, appups={"mylib": "shipped", "demo": "generated"},
+                reasons=HOT["reasons"] + ["appups: demo generated, mylib shipped"])
+    rep = fleet_report([hv("t1", UP_V1, {"changed": True, "plan": plan, "host_version": "2.0.0"}),
+                        hv("t2", UP_V1, {"changed": True, "plan": HOT, "host_version": "2.0.0"})], app="demo")
+    assert [r["appups"] for r in rep["rows"]] == [{"mylib": "shipped", "demo": "generated"}, {}]
+    assert "t1: hot because relup has a hot edge from 1.0.0; appups: demo generated, mylib shipped" in rep["lines"]

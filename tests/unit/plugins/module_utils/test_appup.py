@@ -1,6 +1,8 @@
 """Appup generation from two sets of real compiled modules (compiled here with elixirc)."""
+import json
 import subprocess
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -290,3 +292,182 @@ def test_load_and_update_post_purge_is_soft_so_release_handler_never_kills_at_ma
     for ins in e.up + e.down:
         if ins[0] in ("load_module", "update"):
             assert ins[-3:] == (A("brutal_purge"), A("soft_purge"), []), ins
+
+
+# --------------------------------------------------------------------------- appups that applications ship
+
+# (from-version key, version): binaries are regular expressions; systools_relup decides with
+# re:run(Vsn, Re, [unicode, {capture, first, list}]) =:= {match, [Vsn]}
+VSN_CASES = [
+    ("1.0.0", "1.0.0"), ("1.0.0", "1.0.1"), (b"1\\.0\\.[0-9]+.*", "1.0.3"), (b"1\\.0\\.[0-9]+.*", "1.0.3-rc.1"),
+    (b"1\\.0\\.[0-9]+.*", "1.1.0"), (b"1\\.0\\.[0-9]+.*", "11.0.3"), (b"1\\.0", "1.0.1"), (b"0\\.1", "10.1"),
+    (b".*", "2.3.4"), (b"1\\.0|1\\.0\\.1", "1.0.1"), (b"1\\.0\\.1|1\\.0", "1.0.1"), (b"2\\.[0-9]+\\.[0-9]+", "2.12.0"),
+    (b"1.0.0", "1x0y0"), (b"^1\\.0\\.0$", "1.0.0"), (b"0\\.1\\.0", "0.1.0\n"),
+]
+
+
+def test_from_version_matching_is_the_one_systools_uses(tmp_path):
+    """Every case is decided the same by OTP's own systools_relup:appup_search_for_version/2 (run here)."""
+    require("erl")
+    ours = [_appup.vsn_matches(k, v) for k, v in VSN_CASES]
+    terms = "[" + ",".join("{%s,%s}" % (erlterms.format_term(k), erlterms.format_term(v)) for k, v in VSN_CASES) + "]"
+    (tmp_path / "cases").write_text(terms + ".\n")
+    code = ('{ok, [Cases]} = file:consult("%s"), '
+            'R = [case systools_relup:appup_search_for_version(V, [{K, x}]) of {ok, x} -> 1; error -> 0 end '
+            '|| {K, V} <- Cases], io:format("~w", [R]), halt().' % (tmp_path / "cases"))
+    out = subprocess.run(["erl", "-noshell", "-eval", code], capture_output=True, text=True, check=True)
+    theirs = [bool(int(x)) for x in out.stdout.strip().strip("[]").split(",")]
+    assert ours == theirs, list(zip(VSN_CASES, ours, theirs))
+    assert _appup.vsn_matches(b"1\\.0\\.[0-9]+.*", "1.0.3") and not _appup.vsn_matches(b"1\\.0", "1.0.1")
+
+
+def test_a_regular_expression_python_cannot_read_is_a_value_error():
+    with pytest.raises(ValueError, match="cannot be read"):
+        _appup.vsn_matches(b"1\\.0(", "1.0")
+
+
+UP1 = [(A("load_module"), A("mylib"))]
+UP2 = [(A("apply"), (A("mylib"), A("stop_all"), [])), (A("load_module"), A("mylib"))]
+
+
+def test_find_edge_takes_the_first_entry_that_selects_the_version():
+    appup = [("1.1.0", [("1.0.0", UP1), (b"1\\.0\\..*", UP2)], [(b"1\\.0\\..*", [])])]
+    assert _appup.find_edge(appup, "1.0.0") == (UP1, [])
+    assert _appup.find_edge(appup, "1.0.7") == (UP2, [])
+    assert _appup.find_edge(appup, "0.9.0") == (None, None)
+    assert _appup.find_edge([("1.1.0", [("1.0.0", UP1)], [])], "1.0.0") == (UP1, None)
+
+
+def test_an_appup_with_several_terms_is_read_like_file_consult_first_term_wins():
+    text = ('{"1.1.0", [{<<"1\\\\.0\\\\.[0-9]+.*">>, [{load_module, mylib}]}], [{<<"1\\\\.0\\\\.[0-9]+.*">>, []}]}.\n'
+            '{"1.0.5", [{"0.9.0", []}], [{"0.9.0", []}]}.\n')
+    terms = erlterms.parse_terms(text)
+    assert len(terms) == 2
+    up, down = _appup.find_edge(terms, "1.0.2")
+    assert up == [(A("load_module"), A("mylib"))] and down == []
+    assert _appup.find_edge(terms, "0.9.0") == (None, None)      # only the first term counts
+
+
+@pytest.mark.parametrize("terms", [[], [("1.0", [])], ["x"], [("1.0", "up", [])]])
+def test_an_appup_whose_first_term_is_not_vsn_up_down_is_refused(terms):
+    with pytest.raises(ValueError):
+        _appup.find_edge(terms, "1.0")
+
+
+def test_describe_summarises_what_an_appup_written_by_others_does():
+    e = _appup.AppEdge("mylib", "1.0.0", "1.1.0")
+    e.up = [(A("add_module"), A("n")), (A("update"), A("s"), A("supervisor")), (A("update"), A("g"), (A("advanced"), [])),
+            (A("load_module"), A("l")), (A("delete_module"), A("d")), (A("apply"), (A("m"), A("f"), []))]
+    _appup.describe(e)
+    assert (e.added, e.supervisors, e.updated, e.loaded, e.deleted) == (["n"], ["s"], ["g"], ["l"], ["d"])
+
+
+# --------------------------------------------------------------------------- library processes whose state changes
+# Real libraries (shared/thirdparty), compiled here with debug info as Mix and rebar3 compile them.
+
+THIRDPARTY = Path("/work/shared/thirdparty")
+
+
+def _erlc(tmp, name, src_dir, files):
+    out = tmp / name
+    out.mkdir()
+    subprocess.run(["erlc", "+debug_info", "-I", str(src_dir), "-o", str(out)] + [str(src_dir / f) for f in files],
+                   check=True, capture_output=True)
+    return out
+
+
+def _elixirc(tmp, name, src_dir, files):
+    out = tmp / name
+    out.mkdir()
+    subprocess.run(["elixirc", "--ignore-module-conflict", "-o", str(out)] + [str(src_dir / f) for f in files],
+                   check=True, capture_output=True, cwd=str(tmp))
+    return out
+
+
+def _check(app, vsn, old_dir, new_dir):
+    old, new = _beam.read_ebin(str(old_dir)), _beam.read_ebin(str(new_dir))
+    return _appup.state_checks(app, vsn, old, new, _appup.changed_modules(old, new),
+                               _beam.state_infos(str(old_dir)), _beam.state_infos(str(new_dir)))
+
+
+@pytest.fixture(scope="module")
+def libs(tmp_path_factory):
+    require("erlc", "elixirc")
+    if not THIRDPARTY.is_dir():
+        pytest.fail("shared/thirdparty is missing at %s" % THIRDPARTY, pytrace=False)
+    tmp = tmp_path_factory.mktemp("libs")
+    ti = ["server_config.ex", "listener.ex"]
+    return {
+        "ti_old": _elixirc(tmp, "ti_old", THIRDPARTY / "thousand_island-1.3.14/lib/thousand_island", ti),
+        "ti_new": _elixirc(tmp, "ti_new", THIRDPARTY / "thousand_island-1.5.0/lib/thousand_island", ti),
+        "tel_old": _erlc(tmp, "tel_old", THIRDPARTY / "telemetry-1.3.0/src", ["telemetry_handler_table.erl"]),
+        "tel_new": _erlc(tmp, "tel_new", THIRDPARTY / "telemetry-1.4.1/src", ["telemetry_handler_table.erl"]),
+    }
+
+
+def test_a_library_process_whose_state_changes_shape_without_code_change_is_a_cold_reason(libs):
+    """thousand_island 1.3.14 -> 1.5.0: the Listener's state map trades listener_socket for listener_sockets, and
+    `use GenServer`'s code_change hands the old map to the new code (its next acceptor_info call raises)."""
+    reasons, warnings = _check("thousand_island", "1.5.0", libs["ti_old"], libs["ti_new"])
+    (r,) = reasons
+    assert r.startswith("thousand_island: ThousandIsland.Listener's init/1 now returns a state of another shape "
+                        "(%{listener_socket, listener_span, local_info} -> %{listener_sockets, listener_span, local_info}) "
+                        "and its code_change returns the old state unchanged"), r
+    assert "hotswap_mode=cold" in r and "rel/appups/thousand_island/1.5.0.appup" in r
+    assert warnings == []
+
+
+def test_a_library_process_whose_init_changed_without_code_change_is_a_warning(libs):
+    """telemetry 1.3.0 -> 1.4.1: the handler table's new init/1 also puts the backend in a persistent_term that the
+    new lookups read; the running process never runs it (its state, [], keeps its shape: only a warning)."""
+    reasons, warnings = _check("telemetry", "1.4.1", libs["tel_old"], libs["tel_new"])
+    assert reasons == []
+    (w,) = warnings
+    assert w.startswith("telemetry: telemetry_handler_table's init/1 changed and its code_change returns the old state "
+                        "unchanged: a running telemetry_handler_table process keeps the state (and any ETS table or "
+                        "persistent_term) its old init/1 set up"), w
+
+
+STATE_V1 = """
+defmodule S.Counter do
+  use GenServer
+  def init(n), do: {:ok, %{n: n}}
+  def handle_call(:get, _f, s), do: {:reply, s.n, s}
+end
+"""
+
+
+@pytest.mark.parametrize("v2, expect", [
+    # the same code a few lines lower: nothing changed that matters
+    ("\n\n" + STATE_V1.replace("{:reply, s.n, s}", "{:reply, s.n + 0, s}"), ([], [])),
+    # a code_change of its own: the library converts its state itself
+    (STATE_V1.replace("%{n: n}", "%{n: n, at: 0}").replace(
+        "def handle_call", "def code_change(_, s, _), do: {:ok, Map.put(s, :at, 0)}\n  def handle_call"), ([], [])),
+    # the shape changes and the default code_change keeps the old one
+    (STATE_V1.replace("%{n: n}", "%{count: n}").replace("s.n", "s.count"), (1, [])),
+    # init/1 changed, same shape
+    (STATE_V1.replace("{:ok, %{n: n}}", "{:ok, %{n: n + 1}}").replace("s.n", "s.n + 0"), ([], 1)),
+])
+def test_state_checks_judge_only_what_the_debug_info_shows(tmp_path, v2, expect):
+    require("elixirc")
+    old = _elixirc(tmp_path, "old", _src(tmp_path, "a", STATE_V1), ["c.ex"])
+    new = _elixirc(tmp_path, "new", _src(tmp_path, "b", v2), ["c.ex"])
+    reasons, warnings = _check("s", "2", old, new)
+    got = tuple(len(x) if isinstance(e, int) else x for x, e in zip((reasons, warnings), expect))
+    assert got == expect, (reasons, warnings)
+
+
+def _src(tmp, name, text):
+    d = tmp / name
+    d.mkdir()
+    (d / "c.ex").write_text(textwrap.dedent(text))
+    return d
+
+
+def test_modules_without_debug_info_are_never_judged(libs, tmp_path):
+    """A release's own modules are stripped of their debug info (mix release): nothing is claimed from them."""
+    old, new = _beam.read_ebin(str(libs["ti_old"])), _beam.read_ebin(str(libs["ti_new"]))
+    assert _appup.state_checks("thousand_island", "1.5.0", old, new, _appup.changed_modules(old, new), {}, {}) == ([], [])
+    info = _beam.state_infos(str(libs["ti_new"]))["Elixir.ThousandIsland.Listener"]
+    back = _beam.StateInfo.from_json(json.loads(json.dumps(info.to_json())))
+    assert (back.init, back.code_change, back.shapes) == (info.init, info.code_change, info.shapes)

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from ansible_collections.beam.hotswap.plugins.module_utils import _build
 from ansible_collections.beam.hotswap.plugins.module_utils._agent import erlterms
+from hotswap_testlib.requirements import require
 
 A = erlterms.Atom
 
@@ -367,6 +368,188 @@ def test_a_real_cold_reason_stays_a_cold_edge(tmp_path, published):
     assert e["verdict"] == "cold" and e["not_applied"] == []
     assert any("vm.args changed" in r for r in e["reasons"]), e
     assert "upgrade" not in m["artifacts"]
+
+
+# --------------------------------------------------------------------------- appups that applications ship
+
+SHIPPED = (b'%% upstream appup, the way libraries write them (Ranch 2.x style)\n'
+           b'{"0.2.0",\n [{<<"0\\\\.1\\\\.[0-9]+.*">>, [{apply, {dep, stop_all, []}}, {load_module, dep_mod},'
+           b' {apply, {dep, restart_all, []}}]}],\n [{<<"0\\\\.1\\\\.[0-9]+.*">>, [{load_module, dep_mod}]}]}.\n'
+           b'{"0.1.9", [], []}.\n')
+
+
+def _erl_module(root, ebin, mod, body):
+    """Compile a real Erlang module ``mod`` into ``root/ebin`` (erlc) and list it in the .app's modules."""
+    require("erlc")
+    d = root / ebin
+    d.mkdir(parents=True, exist_ok=True)
+    (d / (mod + ".erl")).write_text("-module(%s).\n-export([f/0]).\n%s\n" % (mod, body))
+    subprocess.run(["erlc", "-o", str(d), str(d / (mod + ".erl"))], check=True, capture_output=True)
+    (d / (mod + ".erl")).unlink()
+
+
+def _publish_with(tmp_path, builder, vsn, apps, bases=(), files=None, beams=None):
+    """Like _publish, with extra files (relative path -> bytes) and Erlang modules ((ebin, mod) -> body) in the tree."""
+    root = tmp_path / "rel" / vsn
+    _release(root, vsn, apps)
+    for rel, data in (files or {}).items():
+        _write(root, rel, data)
+    for (ebin, mod), body in (beams or {}).items():
+        _erl_module(root, ebin, mod, body)
+    (tmp_path / "src").mkdir(exist_ok=True)
+    return builder.publish(str(root), vsn, "sha256:" + vsn, bases, str(tmp_path / "src"))
+
+
+@pytest.fixture
+def shipped(tmp_path):
+    """1.0.0 with dep 0.1.3 published; dep 0.2.0 ships SHIPPED (a regex from-version, two terms)."""
+    builder = _build.Builder(FakeErl(), str(tmp_path / "store"), "sample")
+    _publish_with(tmp_path, builder, "1.0.0", {"dep": "0.1.3"}, beams={("lib/dep-0.1.3/ebin", "dep_mod"): "f() -> 1."})
+    return builder
+
+
+def test_a_shipped_appup_is_used_as_written_and_the_edge_says_so(tmp_path, shipped):
+    m = _publish_with(tmp_path, shipped, "2.0.0", {"dep": "0.2.0"}, ["1.0.0"],
+                      files={"lib/dep-0.2.0/ebin/dep.appup": SHIPPED},
+                      beams={("lib/dep-0.2.0/ebin", "dep_mod"): "f() -> 2."})
+    (e,) = m["edges"]
+    assert e["verdict"] == "hot" and e["appups"] == {"dep": "shipped", "sample": "generated"}, e
+    assert "warnings" not in e and e["modules"]["loaded"] == ["dep_mod"]
+    appup = os.path.join(shipped.store.release_dir("2.0.0"), "lib", "dep-0.2.0", "ebin", "dep.appup")
+    assert open(appup, "rb").read() == SHIPPED            # never regenerated, byte for byte
+    # systools finds it: the new release's dep dir comes first on the relup path
+    paths = shipped.run.calls[-1]["paths"]
+    assert [p for p in paths if "/dep-" in p][0].endswith("/lib/dep-0.2.0/ebin")
+    # and the upgrade package carries it
+    with tarfile.open(os.path.join(shipped.store.vdir("2.0.0"), m["artifacts"]["upgrade"]["file"])) as t:
+        assert t.extractfile("lib/dep-0.2.0/ebin/dep.appup").read() == SHIPPED
+    # a later extension (a new base) still sees the shipped file, not a generated one
+    _publish_with(tmp_path, shipped, "1.5.0", {"dep": "0.1.5"}, beams={("lib/dep-0.1.5/ebin", "dep_mod"): "f() -> 5."})
+    changed, m = shipped.extend_edges("2.0.0", ["1.0.0", "1.5.0"])
+    assert changed and [(x["from"], x["verdict"], x["appups"]["dep"]) for x in m["edges"]] == [
+        ("1.0.0", "hot", "shipped"), ("1.5.0", "hot", "shipped")]
+    assert open(appup, "rb").read() == SHIPPED
+
+
+def test_a_shipped_appup_without_an_entry_for_the_running_version_is_a_named_cold_reason(tmp_path, shipped):
+    from ansible_collections.beam.hotswap.plugins.module_utils import _plan
+    text = b'{"0.2.0", [{<<"0\\\\.0\\\\..*">>, []}], [{<<"0\\\\.0\\\\..*">>, []}]}.\n'
+    m = _publish_with(tmp_path, shipped, "2.0.0", {"dep": "0.2.0"}, ["1.0.0"],
+                      files={"lib/dep-0.2.0/ebin/dep.appup": text},
+                      beams={("lib/dep-0.2.0/ebin", "dep_mod"): "f() -> 2."})
+    (e,) = m["edges"]
+    assert e["verdict"] == "cold" and e["appups"]["dep"] == "shipped", e
+    (why,) = e["reasons"]
+    assert "the appup dep 0.2.0 ships (lib/dep-0.2.0/ebin/dep.appup) has no entry for dep 0.1.3" in why, why
+    assert "rel/appups/dep/0.2.0.appup" in why
+    assert "upgrade" not in m["artifacts"]
+    status = {"installed": True, "node_up": True, "running": "1.0.0", "permanent": "1.0.0",
+              "releases": [{"version": "1.0.0"}]}
+    with pytest.raises(_plan.PlanError, match="hotswap_mode=hot but 1.0.0 -> 2.0.0 can only be cold: the appup dep"):
+        _plan.deploy(status, m, "hot")
+    assert _plan.deploy(status, m, "auto")["action"] == "cold"
+
+
+def test_the_projects_appup_wins_over_the_shipped_one_and_may_use_a_regex(tmp_path, shipped):
+    _write(tmp_path, "src/rel/appups/dep/0.2.0.appup",
+           b'{"0.2.0", [{<<"0\\\\.1\\\\..*">>, [{load_module, dep_mod}]}], [{<<"0\\\\.1\\\\..*">>, [{load_module, dep_mod}]}]}.\n')
+    m = _publish_with(tmp_path, shipped, "2.0.0", {"dep": "0.2.0"}, ["1.0.0"],
+                      files={"lib/dep-0.2.0/ebin/dep.appup": SHIPPED},
+                      beams={("lib/dep-0.2.0/ebin", "dep_mod"): "f() -> 2."})
+    (e,) = m["edges"]
+    assert e["verdict"] == "hot" and e["appups"] == {"dep": "project", "sample": "generated"}, e
+    appup = os.path.join(shipped.store.release_dir("2.0.0"), "lib", "dep-0.2.0", "ebin", "dep.appup")
+    vsn, ups, _downs = erlterms.parse_terms(open(appup).read())[0]
+    assert (vsn, ups) == ("0.2.0", [("0.1.3", [(A("load_module"), A("dep_mod"))])])
+
+
+def test_a_shipped_appup_that_misses_a_changed_module_is_used_with_a_warning(tmp_path, shipped):
+    m = _publish_with(tmp_path, shipped, "2.0.0", {"dep": "0.2.0"}, ["1.0.0"],
+                      files={"lib/dep-0.2.0/ebin/dep.appup": SHIPPED},
+                      beams={("lib/dep-0.2.0/ebin", "dep_mod"): "f() -> 2.",
+                             ("lib/dep-0.2.0/ebin", "dep_new"): "f() -> 0."})
+    (e,) = m["edges"]
+    assert e["verdict"] == "hot" and e["reasons"] == [], e
+    (w,) = e["warnings"]
+    assert w.startswith("dep: the appup dep 0.2.0 ships does not name changed modules dep_new") and "hotswap_mode=cold" in w
+    from ansible_collections.beam.hotswap.plugins.module_utils import _plan
+    status = {"installed": True, "node_up": True, "running": "1.0.0", "permanent": "1.0.0",
+              "releases": [{"version": "1.0.0"}]}
+    plan = _plan.deploy(status, m, "auto")
+    assert plan["action"] == "hot" and plan["warnings"] == [w] and plan["appups"]["dep"] == "shipped"
+    assert "appups: dep shipped, sample generated" in _plan.describe(plan)
+
+
+@pytest.mark.parametrize("text, needle", [
+    (b'{"0.2.0", [{"0.1.3", []}]', "is not a list of Erlang terms"),
+    (b'[{"0.1.3", []}].\n', "first term of an .appup must be {Vsn, UpFrom, DownTo}"),
+    (b'{"0.2.0", [{<<"0\\\\.1(">>, []}], []}.\n', "cannot be read"),
+])
+def test_a_shipped_appup_systools_cannot_use_is_a_cold_reason_never_regenerated(tmp_path, shipped, text, needle):
+    m = _publish_with(tmp_path, shipped, "2.0.0", {"dep": "0.2.0"}, ["1.0.0"], files={"lib/dep-0.2.0/ebin/dep.appup": text})
+    (e,) = m["edges"]
+    assert e["verdict"] == "cold" and any(needle in r and "dep 0.2.0 ships" in r for r in e["reasons"]), e
+    appup = os.path.join(shipped.store.release_dir("2.0.0"), "lib", "dep-0.2.0", "ebin", "dep.appup")
+    assert open(appup, "rb").read() == text
+
+
+def test_an_appup_beam_hotswap_wrote_is_never_taken_for_a_shipped_one(tmp_path, shipped):
+    m = _publish_with(tmp_path, shipped, "2.0.0", {"dep": "0.2.0"}, ["1.0.0"],
+                      files={"lib/dep-0.2.0/ebin/dep.appup": b'%% generated by beam.hotswap\n{"0.2.0", [], []}.\n'},
+                      beams={("lib/dep-0.2.0/ebin", "dep_mod"): "f() -> 2."})
+    (e,) = m["edges"]
+    assert e["verdict"] == "hot" and e["appups"] == {"dep": "generated", "sample": "generated"}, e
+
+
+def test_changed_protocols_with_only_shipped_appups_to_carry_them_go_cold(tmp_path):
+    """Only dep changed (the release's own application kept its version) and the consolidated protocols changed:
+    the reload step would have to go into the shipped appup, which is never rewritten."""
+    builder = _build.Builder(FakeErl(), str(tmp_path / "store"), "sample")
+    old, new = tmp_path / "old", tmp_path / "new"
+    _release(old, "1.0.0", {"dep": "0.1.3"})
+    _erl_module(old, "releases/1.0.0/consolidated", "proto", "f() -> 1.")
+    (tmp_path / "src").mkdir()
+    builder.publish(str(old), "1.0.0", "sha256:a", [], str(tmp_path / "src"))
+    _release(new, "1.0.0", {"dep": "0.2.0"})
+    _write(new, "lib/dep-0.2.0/ebin/dep.appup", SHIPPED)
+    _erl_module(new, "releases/1.0.0/consolidated", "proto", "f() -> 2.")
+    plan = _build.plan_edge(builder.store, "sample", "1.0.0", str(new), "1.0.0", {})
+    assert [e.app for e in plan.app_edges] == ["dep"] and plan.consolidated_up == ["proto"]
+    assert any("every changed application uses the appup it ships (dep)" in r for r in plan.reasons), plan.reasons
+
+
+WORKER = Path(__file__).resolve().parents[3] / "fixtures" / "shipped_appup_app"
+
+
+def _built(tmp_path, vsn, dep_vsn, worker_src):
+    """A mix build's layout: _build/prod/rel/sample (the release, its modules stripped of debug info as mix release
+    strips them) and _build/prod/lib/dep/ebin (the compiled modules, with it)."""
+    require("erlc")
+    prod = tmp_path / ("b" + vsn) / "_build" / "prod"
+    rel = prod / "rel" / "sample"
+    _release(rel, vsn, {"dep": dep_vsn})
+    lib = prod / "lib" / "dep" / "ebin"
+    lib.mkdir(parents=True)
+    subprocess.run(["erlc", "+debug_info", "-o", str(lib), str(worker_src)], check=True, capture_output=True)
+    ebin = rel / "lib" / ("dep-" + dep_vsn) / "ebin"
+    subprocess.run(["erlc", "-o", str(ebin), str(worker_src)], check=True, capture_output=True)
+    return str(rel)
+
+
+def test_a_process_whose_init_changed_without_code_change_is_warned_about_from_the_builds_debug_info(tmp_path):
+    builder = _build.Builder(FakeErl(), str(tmp_path / "store"), "sample")
+    (tmp_path / "src").mkdir()
+    src = WORKER / "base" / "vendor" / "mylib" / "src" / "mylib_worker.erl"
+    builder.publish(_built(tmp_path, "1.0.0", "0.1.0", src), "1.0.0", "sha256:1", [], str(tmp_path / "src"))
+    info = json.loads(open(os.path.join(builder.store.vdir("1.0.0"), "state-info.json")).read())
+    assert info["dep"]["vsn"] == "0.1.0" and info["dep"]["modules"]["mylib_worker"]["code_change"] == "absent"
+    src = WORKER / "versions" / "1.1.0" / "vendor" / "mylib" / "src" / "mylib_worker.erl"
+    m = builder.publish(_built(tmp_path, "2.0.0", "0.2.0", src), "2.0.0", "sha256:2", ["1.0.0"], str(tmp_path / "src"))
+    (e,) = m["edges"]
+    assert e["verdict"] == "hot" and e["appups"]["dep"] == "generated", e
+    (w,) = e["warnings"]
+    assert w.startswith("dep: mylib_worker's init/1 changed and it has no code_change: a running mylib_worker process "
+                        "keeps the state"), w
 
 
 def test_app_mod_reads_the_application_module(tmp_path):

@@ -103,6 +103,12 @@ def test_carry_out_success_passes_settings_and_expect_state():
     assert settings == {"env": {"A": "1"}, "cookie": "c"}
 
 
+def test_carry_out_passes_on_what_the_build_warned_about_the_edge():
+    w = "mylib: the appup mylib 1.1.0 ships does not name changed modules mylib_util: ..."
+    res = _release.carry_out(dict(HOT, warnings=[w]), params(), None, _call(0, {"host_version": "2.0.0"}, []))
+    assert res["changed"] is True and res["warnings"] == [w]
+
+
 def test_carry_out_stale_facts_is_none_so_the_module_plans_again():
     assert _release.carry_out(HOT, params(), None, _call(1, {"stale_facts": True}, [])) is None
 
