@@ -5,7 +5,7 @@ Ranch from shared/thirdparty, put into ``_checkouts/`` as rebar3 takes local dep
 """
 from __future__ import annotations
 
-import http.client
+import http.client as httpc
 import re
 import shutil
 from pathlib import Path
@@ -56,7 +56,7 @@ def materialise(dest, version: str, port: int | None = None) -> Path:
 
 def http(host: str, port: int, method: str, path: str, body: bytes | None = None, conn=None, timeout: float = 5.0):
     """(status, headers dict, body bytes); ``conn`` reuses a keep-alive connection."""
-    c = conn or http.client.HTTPConnection(host, port, timeout=timeout)
+    c = conn or httpc.HTTPConnection(host, port, timeout=timeout)
     c.request(method, path, body=body)
     r = c.getresponse()
     data = r.read()
