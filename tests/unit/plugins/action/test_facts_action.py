@@ -123,7 +123,7 @@ def test_installing_the_agent_replaces_an_older_agents_node_exs(tmp_path):
         files[dest] = {"sha256": hashlib.sha256(body).hexdigest(), "mode": mode,
                        "content": base64.b64encode(body).decode("ascii")}
     module = mock.MagicMock(check_mode=False)
-    module.atomic_move.side_effect = lambda a, b: shutil.move(a, b)
+    module.atomic_move.side_effect = shutil.move
     with mock.patch.object(module_mod, "check_parents"), mock.patch.object(module_mod, "mkdir_private"):
         written = module_mod.install_agent(module, str(tmp_path / "demo"), files)
     assert written == ["agent.py", "node.erl"]
