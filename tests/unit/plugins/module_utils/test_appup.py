@@ -405,6 +405,7 @@ def libs(tmp_path_factory):
     }
 
 
+@pytest.mark.integration   # compiles real libraries from shared/thirdparty (not in `make unit`)
 def test_a_library_process_whose_state_changes_shape_without_code_change_is_a_cold_reason(libs):
     """thousand_island 1.3.14 -> 1.5.0: the Listener's state map trades listener_socket for listener_sockets, and
     `use GenServer`'s code_change hands the old map to the new code (its next acceptor_info call raises)."""
@@ -417,6 +418,7 @@ def test_a_library_process_whose_state_changes_shape_without_code_change_is_a_co
     assert warnings == []
 
 
+@pytest.mark.integration   # compiles real libraries from shared/thirdparty (not in `make unit`)
 def test_a_library_process_whose_init_changed_without_code_change_is_a_warning(libs):
     """telemetry 1.3.0 -> 1.4.1: the handler table's new init/1 also puts the backend in a persistent_term that the
     new lookups read; the running process never runs it (its state, [], keeps its shape: only a warning)."""
@@ -464,6 +466,7 @@ def _src(tmp, name, text):
     return d
 
 
+@pytest.mark.integration   # compiles real libraries from shared/thirdparty (not in `make unit`)
 def test_modules_without_debug_info_are_never_judged(libs, tmp_path):
     """A release's own modules are stripped of their debug info (mix release): nothing is claimed from them."""
     old, new = _beam.read_ebin(str(libs["ti_old"])), _beam.read_ebin(str(libs["ti_new"]))
