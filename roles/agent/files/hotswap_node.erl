@@ -651,21 +651,10 @@ HsResult =
 
             IsFinisher = fun(FP, #{conns_sups := FCS}) -> map_size(FCS) > 0 andalso Below(FP, DictOf(FP), FCS) end,
 
-            %% a connection process: a child of a Ranch connection supervisor (which reports it to release_handler,
-            %% as a supervisor for Cowboy: release_handler asks it with sys:get_status during install_release)
-            IsConn = fun(CP, CD, CSet) ->
-                case KwGet(CD, '$ancestors', []) of
-                    [CA | _] when is_pid(CA) -> maps:is_key(CA, CSet);
-                    _ -> case ParentOf(CP) of nil -> false; CQ -> maps:is_key(CQ, CSet) end
-                end
-            end,
-
-            %% the listener processes that may run during the load (never a supervisor nor a connection process:
-            %% release_handler asks them; their request processes, which run the handlers' code, are held)
-            Serving = fun(#{listener_sups := SLS, conns_sups := SCS}) ->
+            %% the listener processes that may run during the load (never a supervisor: release_handler asks them)
+            Serving = fun(#{listener_sups := SLS}) ->
                 Me = self(),
                 [SP || SP <- erlang:processes(), SP =/= Me, SD <- [DictOf(SP)], Below(SP, SD, SLS),
-                       not IsConn(SP, SD, SCS),
                        case InitialOf(SP, SD) of
                            {supervisor, _, _} -> false;
                            {ranch_conns_sup, _, _} -> false;
