@@ -74,6 +74,7 @@ class _Load:
         self.conn = http.client.HTTPConnection(self.addr, PORT, timeout=10)
         status, _h, body = erlang_app.http(self.addr, PORT, "GET", "/version", conn=self.conn)
         assert status == 200, (status, body)
+        self.conn.close()
         # the keep-alive client is left out: with a Cowboy connection held open on a relx node, release_handler
         # times out asking it for its status while the agent holds the listener's processes (the host is then
         # reverted and says that state was lost); a known limit, docs/writing-upgradable-code.md
