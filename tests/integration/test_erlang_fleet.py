@@ -64,12 +64,12 @@ def _play(fleet, playbook, extra, **kw):
 
 
 class _Load:
-    """On one target: PUTs on fresh connections (every acknowledged key remembered) and one keep-alive
-    connection, opened before the deploy, asked for /version every 50 ms."""
+    """On one target: PUTs on fresh connections (every acknowledged key remembered), after one /version
+    answered by the release that runs before the deploy."""
 
     def __init__(self, fleet, host, tag):
         self.addr, self.tag = fleet.host(host).address, tag
-        self.acked, self.failed, self.versions, self.keepalive_errors, self.reconnects = [], [], [], [], 0
+        self.acked, self.failed = [], []
         self.stop_ev = threading.Event()
         self.conn = http.client.HTTPConnection(self.addr, PORT, timeout=10)
         status, _h, body = erlang_app.http(self.addr, PORT, "GET", "/version", conn=self.conn)
@@ -92,25 +92,6 @@ class _Load:
             i += 1
             time.sleep(0.01)
 
-    def _keepalive(self):
-        """A client's keep-alive: a GET the server closed the connection under is asked again on a new one
-        (idempotent, as HTTP clients do); a second failure in a row is an error."""
-        while not self.stop_ev.is_set():
-            try:
-                status, headers, body = erlang_app.http(self.addr, PORT, "GET", "/version", conn=self.conn)
-                self.versions.append((status, body.decode(), headers.get("x-kv"), self.reconnects))
-            except (OSError, http.client.HTTPException) as e:
-                self.conn.close()
-                self.conn = http.client.HTTPConnection(self.addr, PORT, timeout=10)
-                self.reconnects += 1
-                try:
-                    status, headers, body = erlang_app.http(self.addr, PORT, "GET", "/version", conn=self.conn)
-                    self.versions.append((status, body.decode(), headers.get("x-kv"), self.reconnects))
-                except (OSError, http.client.HTTPException) as e2:
-                    self.keepalive_errors.append(f"{e!r}, then {e2!r}")
-                    return
-            time.sleep(0.05)
-
     def __enter__(self):
         for th in self.threads:
             th.start()
@@ -120,8 +101,7 @@ class _Load:
         self.stop_ev.set()
         for th in self.threads:
             th.join(15)
-        print(f"load {self.tag}: {len(self.acked)} acked, {len(self.failed)} failed, "
-              f"{len(self.versions)} keep-alive answers, {self.reconnects} reconnects, errors {self.keepalive_errors}")
+        print(f"load {self.tag}: {len(self.acked)} acked, {len(self.failed)} failed")
 
 
 def _bin_version(fleet, host):
