@@ -177,13 +177,13 @@ def test_v3_manifest_edges_modules_and_artifacts(builds):
             assert local.stat().st_size == art["size"]
     assert m["artifacts"]["upgrade"]["bases"] == ["1.0.0", "2.0.0"]
 
-    # the upgrade package: releases/ plus only the new lib/sample-3.0.0, a relup with both edges
+    # the upgrade package: bin/, releases/ plus only the new lib/sample-3.0.0, a relup with both edges
     with tarfile.open(builds.artifacts / APP / "3.0.0" / m["artifacts"]["upgrade"]["file"]) as t:
         names = t.getnames()
         relup = t.extractfile("releases/3.0.0/relup").read().decode()
         appup = t.extractfile("lib/sample-3.0.0/ebin/sample.appup").read().decode()
     tops = {"/".join(n.split("/")[:2]) for n in names}
-    assert tops == {"lib/sample-3.0.0", "releases/3.0.0", "releases/sample-3.0.0.rel"}, sorted(tops)
+    assert tops == {"bin", "bin/sample", "lib/sample-3.0.0", "releases/3.0.0", "releases/sample-3.0.0.rel"}, sorted(tops)
     assert "releases/3.0.0/sample.rel" in names and "lib/sample-3.0.0/ebin/Elixir.Sample.Audit.beam" in names
     from ansible_collections.beam.hotswap.plugins.module_utils._agent import erlterms
     [(vsn, ups, downs)] = erlterms.parse_terms(relup)
