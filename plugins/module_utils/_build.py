@@ -623,6 +623,46 @@ def write_appups(new_dir, new_vsn, app_order, plans):
     return written
 
 
+# After make_relup: with Paths (the code path) and Out (the relup's directory) bound, and Good the bases
+# it made edges from, rewrites Out/relup.
+RELUP_DEFER_ERL = r"""
+%% A module that runs a process of its own with sys (it exports system_continue/3: Cowboy's connection
+%% processes, Ranch's connections supervisor) and that no instruction suspends moves to new code with its
+%% old state whenever it answers a system message after its load -- and release_handler sends one to
+%% every process a supervisor lists as a supervisor each time it looks for the processes to suspend or
+%% stop.  Such loads go after the script's last suspend/stop/code_change/resume/start: those processes
+%% stay on the code they started with and end on it.
+Beam = fun(M) -> [F || P <- Paths, F <- [filename:join(P, atom_to_list(M) ++ ".beam")], filelib:is_regular(F)] end,
+Special = fun(M) ->
+    case Beam(M) of
+        [F | _] -> case beam_lib:chunks(F, [exports]) of
+                       {ok, {_, [{exports, Es}]}} -> lists:member({system_continue, 3}, Es);
+                       _ -> false
+                   end;
+        [] -> false
+    end
+end,
+Defer = fun(Is) ->
+    Susp = [case S of {SM, _} -> SM; SM -> SM end || {suspend, Ss} <- Is, S <- Ss],
+    Idx = lists:zip(lists:seq(1, length(Is)), Is),
+    Last = lists:max([0 | [N || {N, I} <- Idx, is_tuple(I), lists:member(element(1, I), [suspend, stop, code_change, resume, start])]]),
+    Moved = [N || {N, {load, {M, _, _}}} <- Idx, N < Last, not lists:member(M, Susp), Special(M)],
+    case Moved of
+        [] -> Is;
+        _ -> [I || {N, I} <- Idx, N =< Last, not lists:member(N, Moved)] ++ [lists:nth(N, Is) || N <- Moved]
+             ++ [I || {N, I} <- Idx, N > Last]
+    end
+end,
+case Good of
+    [] -> ok;
+    _ ->
+        RelupFile = filename:join(Out, "relup"),
+        {ok, [{RV, Ups, Downs}]} = file:consult(RelupFile),
+        Fix = fun(Es) -> [{V, D, Defer(Is)} || {V, D, Is} <- Es] end,
+        ok = file:write_file(RelupFile, io_lib:format("~p.~n", [{RV, Fix(Ups), Fix(Downs)}]))
+end,
+"""
+
 RELUP_ERL = r"""
 {ok, [{New, Bases, Paths, Out}]} = file:consult(os:getenv("HOTSWAP_RELUP_ARGS")),
 Try = fun(Bs) -> catch systools:make_relup(New, Bs, Bs, [{path, Paths}, {outdir, Out}, silent, no_warn_sasl]) end,
@@ -634,7 +674,7 @@ Res = case Try(Bases) of
 end,
 Good = [B || {B, ok} <- Res],
 case Good of [] -> ok; Bases -> ok; _ -> {ok, _, _, _} = Try(Good) end,
-[case R of
+""" + RELUP_DEFER_ERL + r"""[case R of
    {B, ok} -> io:format("RELUP\t~s\tok~n", [B]);
    {B, {error, S}} -> io:format("RELUP\t~s\terror\t~ts~n", [B, S])
  end || R <- Res],

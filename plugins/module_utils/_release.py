@@ -176,6 +176,12 @@ def carry_out(plan, p, package, call, expect_state=None, diff=False):
         extra.setdefault("warnings", []).append("children of a dependency's supervision tree: %s" % "; ".join(failed_kids))
     if kids:
         extra.setdefault("notes", []).extend("children: %s" % k for k in kids if k not in failed_kids)
+    closed = out.get("conns_closed") or []
+    if closed:
+        extra.setdefault("notes", []).append(
+            "%d idle connection(s) still on code an earlier upgrade replaced were closed before the install "
+            "(release_handler would have moved them onto the current code with their old state; clients reopen "
+            "them): %s" % (len(closed), ", ".join(sorted(set(c.get("initial_call") or "?" for c in closed)))))
     finishing = out.get("old_code_finishing_count") or 0
     if finishing:
         extra["old_code_finishing"] = finishing

@@ -9,6 +9,7 @@ The tests run in file order on one fleet root (/opt/kv_web): each starts from wh
 import json
 import os
 import re
+import tarfile
 import threading
 import time
 import http.client
@@ -64,21 +65,52 @@ def _play(fleet, playbook, extra, **kw):
 
 
 class _Load:
-    """On one target: PUTs on fresh connections (every acknowledged key remembered), after one /version
-    answered by the release that runs before the deploy."""
+    """On one target: PUTs on fresh connections (every acknowledged key remembered; ``writes=False``: none) and
+    one keep-alive connection, opened before the deploy, asked for /version every ``pace`` s."""
 
-    def __init__(self, fleet, host, tag):
-        self.addr, self.tag = fleet.host(host).address, tag
-        self.acked, self.failed = [], []
+    def __init__(self, fleet, host, tag, writes=True, pace=0.05):
+        self.addr, self.tag, self.pace = fleet.host(host).address, tag, pace
+        self.acked, self.failed, self.versions, self.keepalive_errors, self.reconnects = [], [], [], [], 0
         self.stop_ev = threading.Event()
         self.conn = http.client.HTTPConnection(self.addr, PORT, timeout=10)
-        status, _h, body = erlang_app.http(self.addr, PORT, "GET", "/version", conn=self.conn)
-        assert status == 200, (status, body)
-        self.conn.close()
-        # the keep-alive client is left out: with a Cowboy connection held open on a relx node, release_handler
-        # times out asking it for its status while the agent holds the listener's processes (the host is then
-        # reverted and says that state was lost); a known limit, docs/writing-upgradable-code.md
-        self.threads = [threading.Thread(target=self._writes, daemon=True)]
+        self.versions.append(self._get())
+        assert self.versions[0][0] == 200, self.versions[0]
+        self.threads = [threading.Thread(target=self._keepalive, daemon=True)]
+        if writes:
+            self.threads.append(threading.Thread(target=self._writes, daemon=True))
+
+    def _get(self):
+        """(status, body, x-kv header, local port of the connection that carried it, reconnects so far)"""
+        self.conn.request("GET", "/version")
+        port = self.conn.sock.getsockname()[1]
+        r = self.conn.getresponse()
+        body = r.read().decode()
+        return r.status, body, r.getheader("x-kv"), port, self.reconnects
+
+    def _keepalive(self):
+        """A client's keep-alive: a GET the server closed the connection under is asked again on a new one
+        (idempotent, as HTTP clients do); a second failure in a row is an error."""
+        while not self.stop_ev.is_set():
+            try:
+                self.versions.append(self._get())
+            except (OSError, http.client.HTTPException) as e:
+                self.conn.close()
+                self.conn = http.client.HTTPConnection(self.addr, PORT, timeout=10)
+                self.reconnects += 1
+                try:
+                    self.versions.append(self._get())
+                except (OSError, http.client.HTTPException) as e2:
+                    self.keepalive_errors.append(f"{e!r}, then {e2!r}")
+                    return
+            time.sleep(self.pace)
+
+    def ports(self):
+        """the local ports of the connections that carried the answers, in order, each once"""
+        out = []
+        for v in self.versions:
+            if not out or out[-1] != v[3]:
+                out.append(v[3])
+        return out
 
     def _writes(self):
         i = 0
@@ -101,7 +133,9 @@ class _Load:
         self.stop_ev.set()
         for th in self.threads:
             th.join(15)
-        print(f"load {self.tag}: {len(self.acked)} acked, {len(self.failed)} failed")
+        self.conn.close()
+        print(f"load {self.tag}: {len(self.acked)} acked, {len(self.failed)} failed, "
+              f"{len(self.versions)} keep-alive answers, {self.reconnects} reconnects, errors {self.keepalive_errors}")
 
 
 def _bin_version(fleet, host):
@@ -142,6 +176,8 @@ def test_a_hot_upgrade_of_every_library_under_load_keeps_state_and_an_open_conne
             _http(fleet, t, "PUT", f"/kv/seed{i}", body=b"x")
         before[t] = _status(fleet, t)
     loads = {t: _Load(fleet, t, "hot-" + t) for t in TARGETS}
+    # a second keep-alive client on target1, slower, left running into the rollback test
+    carry = env["carry"] = _Load(fleet, "target1", "carry", writes=False, pace=0.2).__enter__()
     for ld in loads.values():
         ld.__enter__()
     try:
@@ -151,14 +187,29 @@ def test_a_hot_upgrade_of_every_library_under_load_keeps_state_and_an_open_conne
         for ld in loads.values():
             ld.__exit__(None, None, None)
     assert rc == 0, out[-4000:]
+    # the relup loads Cowboy's protocol modules (their processes answer release_handler with sys) after the
+    # last instruction that makes release_handler look at the tree, both ways
+    from ansible_collections.beam.hotswap.plugins.module_utils._agent import erlterms
+    manifest = json.loads((env["tmp"] / "artifacts" / APP / "1.1.0" / "manifest.json").read_text())
+    with tarfile.open(env["tmp"] / "artifacts" / APP / "1.1.0" / manifest["artifacts"]["upgrade"]["file"]) as tar:
+        [(_vsn, ups, downs)] = erlterms.parse_terms(tar.extractfile("releases/1.1.0/relup").read().decode())
+    for _from, _descr, instrs in ups + downs:
+        kinds = [i[0] if isinstance(i, tuple) else i for i in instrs]
+        last_walk = max(n for n, k in enumerate(kinds) if k in ("suspend", "resume", "code_change"))
+        cb_loads = [n for n, i in enumerate(instrs) if isinstance(i, tuple) and i[0] == "load" and i[1][0] == "cowboy_http"]
+        assert cb_loads and cb_loads[0] > last_walk, (cb_loads, last_walk)
     for t in TARGETS:
         ld, st = loads[t], _status(fleet, t)
         assert st["node_up"] and st["running"] == st["permanent"] == "1.1.0", (t, st)
         assert st["os_pid"] == before[t]["os_pid"], (t, "the node was restarted")
         assert not ld.failed and len(ld.acked) > 20, (t, ld.failed[:5], len(ld.acked))
-        # the keep-alive client never lost a request: its connection, opened on 1.0.0, is answered by 1.1.0's code
-        # after the deploy, or was closed by the server between requests (a Cowboy connection process still in
-        # the old cowboy_http code when it is purged; docs/writing-upgradable-code.md) and the GET asked again
+        # the keep-alive connection opened on 1.0.0 was never closed and never failed; after the deploy the same
+        # connection is answered by 1.1.0's handler (its Cowboy process stays on the code it started with)
+        for k in (ld, carry) if t == "target1" else (ld,):
+            assert not k.keepalive_errors and k.reconnects == 0 and len(k.ports()) == 1, \
+                (t, k.tag, k.keepalive_errors, k.reconnects, k.ports())
+            assert all(v[0] == 200 for v in k.versions), (t, [v for v in k.versions if v[0] != 200][:3])
+            assert k.versions[0][1] == "1.0.0" and k.versions[-1][1:3] == ("1.1.0", "1.1.0"), (t, k.versions[-1])
         assert _http(fleet, t, "GET", "/version")[1].get("x-kv") == "1.1.0"
         status, _h, body = _http(fleet, t, "GET", "/stats")
         keys, writes = re.fullmatch(rb"(\d+) keys, (\d+) writes", body).groups()
@@ -181,8 +232,21 @@ def test_a_restart_after_the_hot_upgrade_boots_the_committed_release(fleet, env)
 def test_rollback_goes_back_hot_with_state_and_status_reports_it(fleet, env):
     before = {t: _status(fleet, t) for t in TARGETS}
     keys = {t: _http(fleet, t, "GET", "/stats")[2].split()[0] for t in TARGETS}
-    rc, out = _play(fleet, ROLLBACK, {"hotswap_app": APP, "hotswap_root": ROOT, "hotswap_service_manager": "daemon"})
+    carry = env.pop("carry")
+    assert carry.ports()[-1] == carry.ports()[0] and carry.versions[-1][1] == "1.1.0", (carry.ports(), carry.versions[-1])
+    try:
+        rc, out = _play(fleet, ROLLBACK, {"hotswap_app": APP, "hotswap_root": ROOT, "hotswap_service_manager": "daemon"})
+        time.sleep(0.5)
+    finally:
+        carry.__exit__(None, None, None)
     assert rc == 0, out[-4000:]
+    # the keep-alive connection opened on 1.0.0 and kept through the hot upgrade still runs the cowboy_http
+    # that 1.1.0 replaced: release_handler's look at the tree would move it onto other code with its old
+    # state, so the rollback closed it between requests (and said so); the client asked again, never failed
+    assert not carry.keepalive_errors and all(v[0] == 200 for v in carry.versions), carry.keepalive_errors
+    assert carry.reconnects == 1 and len(carry.ports()) == 2, (carry.reconnects, carry.ports())
+    assert carry.versions[-1][1:3] == ("1.0.0", None), carry.versions[-1]
+    assert "idle connection(s) still on code an earlier upgrade replaced were closed" in out, out[-3000:]
     for t in TARGETS:
         st = _status(fleet, t)
         assert st["running"] == st["permanent"] == "1.0.0", (t, st)

@@ -150,6 +150,13 @@ def _procs_text(procs, limit=5, total=None):
 def _old_code_refusal_msg(vsn, r, wait_s):
     procs = r.get("old_code_procs") or []
     count = r.get("old_code_count") or len(procs)
+    if r.get("old_code_conns"):
+        return (f"hot upgrade to {vsn} refused: {count} connection process(es) still run code an earlier upgrade "
+                f"replaced and were still serving a request after {wait_s:g} s: {_procs_text(procs, total=count)}. release_handler asks "
+                f"such a process (a Cowboy connection) for its status, which moves it onto the current code with "
+                f"its old state; idle ones are closed, a busy one is not -- nothing was installed; the host keeps "
+                f"{r.get('running')} and its state. Deploy again when its request is done, or set "
+                f"hotswap_old_code=kill to close it")
     return (f"hot upgrade to {vsn} refused: {count} process(es) execute code of modules this upgrade replaces and "
             f"did not leave within {wait_s:g} s, so purging the old code would kill them: {_procs_text(procs, total=count)} -- "
             f"nothing was installed; the host keeps {r.get('running')} and its state. Make such loops leave the "
@@ -269,7 +276,7 @@ def do_revert(h, old, timeout, mode="hot", old_code=None):
             h.set_installed_record(None)
             return {"changed": r.get("changed", True), "mode": "hot", "reverted": True,
                     "host_version": r.get("running"), "from": r.get("from"),
-                    "install_ms": r.get("revert_install_ms")}
+                    "install_ms": r.get("revert_install_ms"), "conns_closed": r.get("revert_conns_closed") or []}
         hot_err = r.get("error") or "; ".join(_verify_committed(h, old))
     except OpFailed as e:
         hot_err = e.msg
@@ -352,7 +359,7 @@ def cmd_hot(h, a):
         base = {"version": vsn, "from": old, "install_ms": r.get("install_ms"), "unpack_ms": unpack_ms,
                 "runtime_keys": r.get("runtime_keys"), "os_pid": r.get("os_pid"), **_rehearsal_fields(r)}
         for k in ("old_code_killed", "old_code_waited", "old_code_ms", "old_code_finishing", "old_code_finishing_count",
-                  "supervisors_kept", "children_changed", "paused"):
+                  "supervisors_kept", "children_changed", "paused", "quieted", "conns_closed"):
             if r.get(k):
                 base[k] = r[k]
         if not r.get("ok") and r.get("stage") == "install":

@@ -670,6 +670,93 @@ HsResult =
                 lists:foreach(fun(RP) -> try erlang:resume_process(RP) catch _:_ -> ok end end, RPids)
             end,
 
+            %% the connection processes a connections supervisor reports as supervisors (Cowboy started with
+            %% cowboy:start_clear/start_tls): release_handler asks each of them sys:get_status and which_children
+            %% while it walks the tree, so they must keep answering -- a suspended one times the install out
+            Asked = fun(#{conns_sups := ACS}) ->
+                maps:from_list([{CP, true} || CS <- maps:keys(ACS),
+                                              {_, CP, supervisor, _} <- (try supervisor:which_children(CS)
+                                                                         catch _:_ -> [] end),
+                                              is_pid(CP)])
+            end,
+
+            %% instead of holding such a process, its TCP sockets stop delivering data: it stays idle and
+            %% answers, and no new request starts.  [{Port, ActiveBefore}] of the sockets quieted now.
+            QuietSockets = fun(QPids) ->
+                [{QPort, QPrev} || QP <- QPids,
+                                   {links, QLs} <- [try erlang:process_info(QP, links) catch _:_ -> undefined end],
+                                   QPort <- QLs, is_port(QPort),
+                                   erlang:port_info(QPort, name) =:= {name, "tcp_inet"},
+                                   {ok, [{active, QPrev}]} <- [try inet:getopts(QPort, [active]) catch _:_ -> error end],
+                                   QPrev =/= false,
+                                   ok =:= (try inet:setopts(QPort, [{active, false}]) catch _:_ -> error end)]
+            end,
+
+            LoudSockets = fun(LQuiet) ->
+                lists:foreach(fun({LPort, LPrev}) -> try inet:setopts(LPort, [{active, LPrev}]) catch _:_ -> ok end end,
+                              LQuiet)
+            end,
+
+            %% data the quieted processes already hold in their mailboxes (up to 200 ms) is let through first:
+            %% a request it starts is a process like any other request's, held by the second pass
+            Drain = fun(DPids) ->
+                (fun DL(0) -> ok;
+                     DL(N) ->
+                         Busy = [DP || DP <- DPids,
+                                       {messages, DMs} <- [try erlang:process_info(DP, messages) catch _:_ -> undefined end],
+                                       lists:any(fun(DM) -> is_tuple(DM) andalso tuple_size(DM) =:= 3
+                                                                andalso element(1, DM) =:= tcp end, DMs)],
+                         case Busy of
+                             [] -> ok;
+                             _ -> Sleep(5), DL(N - 1)
+                         end
+                 end)(40)
+            end,
+
+            %% A connection release_handler asks (above) that still runs code an earlier upgrade replaced
+            %% would answer with that code and continue in the current one (sys calls Mod:system_continue),
+            %% its state shaped for the old -- on the rehearsal's or the install's look at the tree.  Before
+            %% either, its socket is quieted, the request in flight may end (old_code_wait_ms), and the connection
+            %% is closed: an idle HTTP keep-alive connection, which clients reopen.  #{closed, busy}: busy
+            %% ones (a request still running) are closed too when `all`, else left to refuse the install.
+            CloseJumpers = fun(JAll) ->
+                JAsked = Asked(Listeners()),
+                JOlds = case map_size(JAsked) of
+                            0 -> [];
+                            _ -> [OM || {OM, _} <- code:all_loaded(), erlang:check_old_code(OM)]
+                        end,
+                Jumpers = case JOlds of
+                              [] -> [];
+                              _ -> Holders(JOlds, maps:keys(JAsked), true)
+                          end,
+                JQuiet = QuietSockets([JP || {JP, _} <- Jumpers]),
+                Busy = fun() -> [JE || {JP, _} = JE <- Jumpers, is_process_alive(JP),
+                                       (try supervisor:which_children(JP) catch _:_ -> [] end) =/= []] end,
+                JDeadline = Now(millisecond) + Or(Get(<<"old_code_wait_ms">>), 5000),
+                JBusy = case Jumpers of
+                            [] -> [];
+                            _ -> (fun JL() ->
+                                      case {Busy(), Now(millisecond) >= JDeadline} of
+                                          {[], _} -> [];
+                                          {JB, true} -> JB;
+                                          _ -> Sleep(20), JL()
+                                      end
+                                  end)()
+                        end,
+                Closed = [JE || {JP, _} = JE <- Jumpers, is_process_alive(JP), JAll orelse not lists:keymember(JP, 1, JBusy)],
+                ClosedDescr = [DescribeProc(JP, JH) || {JP, JH} <- lists:sublist(Closed, 20)],
+                lists:foreach(fun({JP, _}) -> exit(JP, kill) end, Closed),
+                LoudSockets(JQuiet),
+                #{closed => ClosedDescr, busy => case JAll of true -> []; false -> JBusy end}
+            end,
+
+            %% the policy for a busy one: refuse while old-code checks are on and do not kill
+            JumpAll = fun() -> not (Truthy(Get(<<"old_code">>)) andalso Get(<<"old_code">>) =/= <<"kill">>) end,
+            JumperRefusal = fun(JB) ->
+                #{<<"ok">> => false, <<"old_code_conns">> => true, <<"old_code_count">> => length(JB),
+                  <<"old_code_procs">> => [DescribeProc(JP, JH) || {JP, JH} <- lists:sublist(JB, 20)], seen => #{}}
+            end,
+
             %% before install, for the modules the edge replaces: #{"ok" => true, ...} or a refusal naming the processes
             OldCodeCheck = fun(CMods) ->
                 TO = Now(microsecond),
@@ -939,11 +1026,28 @@ HsResult =
                                                   || {suspend, UMs} <- UInstrs, UM <- UMs]);
                               nil -> #{}
                           end,
-                Paused = SuspendAll([SP || SP <- Serving(ILs),
-                                           case InitialOf(SP, DictOf(SP)) of
-                                               {SM, _, _} -> not maps:is_key(SM, Updated);
-                                               _ -> true
-                                           end]),
+                IAsked = Asked(ILs),
+                Holdable = fun(HPids) ->
+                    [SP || SP <- HPids, not maps:is_key(SP, IAsked),
+                           case InitialOf(SP, DictOf(SP)) of
+                               {SM, _, _} -> not maps:is_key(SM, Updated);
+                               _ -> true
+                           end]
+                end,
+                Paused0 = SuspendAll(Holdable(Serving(ILs))),
+                Quiet = case map_size(IAsked) of
+                            0 -> [];
+                            _ ->
+                                Q1 = QuietSockets(maps:keys(IAsked)),
+                                Drain(maps:keys(IAsked)),
+                                %% a process that read its mailbox may have asked for data again
+                                Q1 ++ [QE || {QPort, _} = QE <- QuietSockets(maps:keys(IAsked)),
+                                             not lists:keymember(QPort, 1, Q1)]
+                        end,
+                Paused = case map_size(IAsked) of
+                             0 -> Paused0;
+                             _ -> Paused0 ++ SuspendAll(Holdable(Serving(ILs) -- Paused0))
+                         end,
                 %% the last look, with the listeners held: a process that entered the replaced code since the
                 %% check (a connection opened meanwhile is a finisher; anything else is refused) stops the install
                 Late = case IHeld =:= [] orelse Get(<<"old_code">>) =:= <<"kill">> of
@@ -957,7 +1061,8 @@ HsResult =
                             _ -> {0, {late_old_code, Late}}
                         end
                     after
-                        ResumeAll(Paused)
+                        ResumeAll(Paused),
+                        LoudSockets(Quiet)
                     end,
                 Kept = persistent_term:get({beam_hotswap, kept_supervisors}, []),
                 persistent_term:erase({beam_hotswap, kept_supervisors}),
@@ -967,6 +1072,7 @@ HsResult =
                     {ok, From, _Descr} ->
                         {ok, #{<<"from">> => Chars(From), <<"install_ms">> => (Us div 100) / 10, <<"runtime_keys">> => Keys,
                                <<"consolidated_reloaded">> => ReloadConsolidated(IVsn), <<"paused">> => length(Paused),
+                               <<"quieted">> => length(Quiet),
                                <<"supervisors_kept">> => Kept, <<"children_changed">> => Kids}};
                     {late_old_code, LateProcs} ->
                         {late, [DescribeProc(P, H) || {P, H} <- lists:sublist(LateProcs, 20)]};
@@ -1054,14 +1160,20 @@ HsResult =
                         #{<<"reverted">> => VR =:= ok, <<"revert_error">> => case VR of ok -> nil; _ -> Inspect(VR) end,
                           <<"revert_noop">> => true};
                     false ->
-                        Rh = case Truthy(Get(<<"rehearse">>)) of
+                        %% an explicit rollback honours old_code like a deploy (a revert after a failure does not ask)
+                        RJ = CloseJumpers(Get(<<"op">>) =/= <<"revert">> orelse JumpAll()),
+                        Rh = case Truthy(Get(<<"rehearse">>)) andalso maps:get(busy, RJ) =:= [] of
                                  true -> Rehearse(Old);
                                  false -> #{<<"ok">> => true}
                              end,
-                        %% an explicit rollback honours old_code like a deploy (a revert after a failure does not ask)
-                        Oc = case maps:get(<<"ok">>, Rh) andalso Get(<<"op">>) =:= <<"revert">> andalso Truthy(Get(<<"old_code">>)) of
-                                 true -> OldCodeCheck(EdgeModules(VRunning, Old));
-                                 false -> #{<<"ok">> => true}
+                        Oc = case maps:get(busy, RJ) of
+                                 [_ | _] = RB ->
+                                     JumperRefusal(RB);
+                                 [] ->
+                                     case maps:get(<<"ok">>, Rh) andalso Get(<<"op">>) =:= <<"revert">> andalso Truthy(Get(<<"old_code">>)) of
+                                         true -> OldCodeCheck(EdgeModules(VRunning, Old));
+                                         false -> #{<<"ok">> => true}
+                                     end
                              end,
                         case {maps:get(<<"ok">>, Rh), maps:get(<<"ok">>, Oc)} of
                             {false, _} ->
@@ -1073,12 +1185,16 @@ HsResult =
                                 #{<<"reverted">> => false, <<"old_code_procs">> => maps:get(<<"old_code_procs">>, Oc),
                                   <<"old_code_count">> => maps:get(<<"old_code_count">>, Oc),
                                   <<"revert_error">> => ProcsLine(maps:get(<<"old_code_procs">>, Oc),
-                                                                  "execute code the rollback replaces")};
+                                                                  case maps:get(<<"old_code_conns">>, Oc, false) of
+                                                                      true -> "are connections still serving a request on code an earlier upgrade replaced";
+                                                                      false -> "execute code the rollback replaces"
+                                                                  end)};
                             _ ->
                                 case DoInstall(Old, [], #{}) of
                                     {ok, RInfo} ->
                                         {RR, _} = Commit(Old),
                                         #{<<"reverted">> => RR =:= ok, <<"revert_install_ms">> => maps:get(<<"install_ms">>, RInfo),
+                                          <<"revert_conns_closed">> => maps:get(closed, RJ),
                                           <<"revert_error">> => case RR of ok -> nil; _ -> Inspect(RR) end};
                                     {error, RInfo} ->
                                         #{<<"reverted">> => false, <<"revert_error">> => maps:get(<<"error">>, RInfo)};
@@ -1099,8 +1215,14 @@ HsResult =
                     {Running0, Perm0} = RunningOf(Rels0),
                     Old = Or(Get(<<"old">>), Running0),
 
+                    %% connections on superseded code, before anything looks at the tree
+                    IJ = case Running0 =/= Vsn of
+                             true -> CloseJumpers(JumpAll());
+                             false -> #{closed => [], busy => []}
+                         end,
+
                     %% rehearse BEFORE registering the release: a refusal leaves release_handler untouched
-                    Rh = case Truthy(Get(<<"rehearse">>)) andalso Running0 =/= Vsn of
+                    Rh = case Truthy(Get(<<"rehearse">>)) andalso Running0 =/= Vsn andalso maps:get(busy, IJ) =:= [] of
                              true -> Rehearse(Vsn);
                              false -> #{<<"ok">> => true, <<"warnings">> => [], <<"rehearsed">> => []}
                          end,
@@ -1111,7 +1233,11 @@ HsResult =
                     %% the modules the edge loads or removes, read once for the checks before and after the load
                     OldCodeOn = Truthy(Get(<<"old_code">>)),
                     Mods = case OldCodeOn of true -> EdgeModules(Running0, Vsn); false -> [] end,
-                    Oc = case RhOk andalso OldCodeOn of true -> OldCodeCheck(Mods); false -> #{<<"ok">> => true} end,
+                    Oc = case {maps:get(busy, IJ), RhOk andalso OldCodeOn} of
+                             {[_ | _] = IB, _} -> JumperRefusal(IB);
+                             {[], true} -> OldCodeCheck(Mods);
+                             {[], false} -> #{<<"ok">> => true}
+                         end,
                     OcOk = maps:get(<<"ok">>, Oc),
 
                     Present = [E || E <- Rels0, maps:get(<<"version">>, E) =:= Vsn] =/= [],
@@ -1131,7 +1257,8 @@ HsResult =
                               <<"old_code_count">> => maps:get(<<"old_code_count">>, Oc, nil),
                               <<"old_code_procs">> => maps:get(<<"old_code_procs">>, Oc, nil)},
                     IState = fun(Extra) -> State(maps:put(<<"rh_pid_before">>, Rh0, maps:merge(RInfo, Extra))) end,
-                    Base = #{<<"created_releases">> => Created, <<"old">> => Old},
+                    Base = #{<<"created_releases">> => Created, <<"old">> => Old, <<"conns_closed">> => maps:get(closed, IJ),
+                             <<"old_code_conns">> => maps:get(<<"old_code_conns">>, Oc, false)},
                     UnpackErr = IsError(Unpack),
                     NoChange = Running0 =:= Vsn andalso (not Truthy(Get(<<"commit">>)) orelse Perm0 =:= Vsn),
 

@@ -942,3 +942,39 @@ def test_the_version_of_a_built_application_is_read_from_its_app_file(tmp_path):
     app = _write(tmp_path, "ebin/cowboy.app", b"{application, 'cowboy', [{description, \"x\"}, {vsn, \"2.12.0\"}]}.\n")
     assert _build._app_vsn(str(app)) == "2.12.0"
     assert _build._app_vsn(str(tmp_path / "missing.app")) is None
+
+
+def test_relup_loads_of_sys_process_modules_go_after_the_last_look_at_the_tree(tmp_path):
+    """A module that runs a sys process of its own (exports system_continue/3, like cowboy_http) and that no
+    instruction suspends is loaded after the last suspend/stop/code_change/resume/start, both ways; a module
+    that is suspended for its code_change, and an ordinary one, keep their place."""
+    require("erlc", "erl")
+    ebin = tmp_path / "ebin"
+    ebin.mkdir()
+    (tmp_path / "conn.erl").write_text("-module(conn).\n-export([system_continue/3]).\nsystem_continue(_, _, _) -> ok.\n")
+    (tmp_path / "srv.erl").write_text("-module(srv).\n-export([system_continue/3]).\nsystem_continue(_, _, _) -> ok.\n")
+    (tmp_path / "plain.erl").write_text("-module(plain).\n-export([f/0]).\nf() -> ok.\n")
+    subprocess.run(["erlc", "-o", str(ebin)] + [str(tmp_path / m) for m in ("conn.erl", "srv.erl", "plain.erl")], check=True)
+    script = ["point_of_no_return", ("load", ("conn", "brutal_purge", "soft_purge")),
+              ("load", ("plain", "brutal_purge", "soft_purge")),
+              ("suspend", ["srv"]), ("load", ("srv", "brutal_purge", "soft_purge")), ("code_change", "up", [("srv", [])]),
+              ("resume", ["srv"]), ("load", ("other", "brutal_purge", "soft_purge"))]
+
+    def term(x):
+        if isinstance(x, tuple):
+            return tuple(term(y) for y in x)
+        if isinstance(x, list):
+            return [term(y) for y in x]
+        return erlterms.Atom(x)
+    relup = ("2", [("1", [], term(script))], [("1", [], term(script))])
+    (tmp_path / "relup").write_text(erlterms.format_term(relup) + ".\n")
+    code = 'Paths = ["%s"], Out = "%s", Good = [x],\n%s\nhalt(0).' % (ebin, tmp_path, _build.RELUP_DEFER_ERL)
+    r = subprocess.run(["erl", "-noshell", "-noinput", "-boot", "start_clean", "-eval", code],
+                       capture_output=True, text=True, check=False, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    [(vsn, ups, downs)] = erlterms.parse_terms((tmp_path / "relup").read_text())
+    assert vsn == "2"
+    for _from, _d, instrs in ups + downs:
+        names = [i if isinstance(i, str) else (i[0], i[1][0] if i[0] == "load" else None) for i in instrs]
+        assert names == ["point_of_no_return", ("load", "plain"), ("suspend", None), ("load", "srv"),
+                         ("code_change", None), ("resume", None), ("load", "conn"), ("load", "other")], names
