@@ -454,16 +454,27 @@ def shipped_appup(ebin_dir, name):
 STATE_INFO = "state-info.json"
 
 
-def save_state_infos(lib_dir, rel_dir, vdir):
+def built_ebin(lib_dirs, name, vsn):
+    """The ebin directory of application ``name`` at ``vsn`` in the first of the build's ``lib_dirs`` that holds
+    that version (mix: ``_build/prod/lib``; rebar3: its profiles' lib and checkouts directories), or None."""
+    for lib_dir in lib_dirs:
+        ebin = os.path.join(lib_dir, name, "ebin")
+        if os.path.isfile(os.path.join(ebin, name + ".app")) and _app_vsn(os.path.join(ebin, name + ".app")) == vsn:
+            return ebin
+    return None
+
+
+def save_state_infos(lib_dirs, rel_dir, vdir):
     """Write ``vdir/state-info.json``: what the debug info of each application's process modules says about their
-    state (:func:`_beam.state_infos`), read from the build's ``lib_dir`` (``_build/prod/lib``: the release's copies are
-    stripped), for the application versions the release ``rel_dir`` holds. Later edges from or to this version
-    compare them."""
+    state (:func:`_beam.state_infos`), read from what the build compiled (:func:`built_ebin`; the release's copies
+    are stripped), for the application versions the release ``rel_dir`` holds. Later edges from or to this
+    version compare them."""
     out = {}
     for name, (vsn, _d) in sorted(_app_dirs(rel_dir).items()):
         if name in _appup.SYSTEM_APPS:
             continue
-        infos = _beam.state_infos(os.path.join(lib_dir, name, "ebin"))
+        ebin = built_ebin(lib_dirs, name, vsn)
+        infos = _beam.state_infos(ebin) if ebin else {}
         if infos:
             out[name] = {"vsn": vsn, "modules": dict((m, i.to_json()) for m, i in sorted(infos.items()))}
     write_private(os.path.join(vdir, STATE_INFO), json.dumps(out, indent=1, sort_keys=True))
@@ -678,6 +689,23 @@ case Good of [] -> ok; Bases -> ok; _ -> {ok, _, _, _} = Try(Good) end,
    {B, ok} -> io:format("RELUP\t~s\tok~n", [B]);
    {B, {error, S}} -> io:format("RELUP\t~s\terror\t~ts~n", [B, S])
  end || R <- Res],
+halt(0).
+"""
+
+
+# Evaluates each project application's src/APP.appup.src (file:script, no bindings) into the release's ebin.
+APPUP_SRC_ERL = r"""
+{ok, [Todo]} = file:consult(os:getenv("HOTSWAP_APPUP_SRC")),
+Txt = fun(S) -> re:replace(unicode:characters_to_list(S), "\\s+", " ", [global, {return, list}, unicode]) end,
+Line = fun(T) -> Txt(io_lib:format("~tP", [T, 12])) end,
+[case catch file:script(Src) of
+   {ok, {V, Up, Down} = T} when is_list(V), is_list(Up), is_list(Down) ->
+     ok = file:write_file(Dst, io_lib:format("~p.~n", [T])),
+     io:format("APPUP\t~s\tok~n", [Src]);
+   {ok, Other} -> io:format("APPUP\t~s\terror\t~ts~n", [Src, Line(Other)]);
+   {error, Why} -> io:format("APPUP\t~s\terror\t~ts~n", [Src, Txt(file:format_error(Why))]);
+   Crash -> io:format("APPUP\t~s\terror\t~ts~n", [Src, Line(Crash)])
+ end || {Src, Dst} <- Todo],
 halt(0).
 """
 
@@ -924,12 +952,46 @@ class Builder(object):
                                  % (self.app, text[-4000:]))
             raise BuildError("`rebar3 %s` failed (exit %d):\n%s" % (" ".join(args), rc, text[-4000:]))
         self.keep_attributes(src, rel)
+        self.compile_appup_srcs(src, rel)
         outside = [os.path.relpath(os.path.join(d, n), rel) for d, dns, fns in os.walk(rel)
                    for n in dns + fns if os.path.islink(os.path.join(d, n))]
         if outside:
             raise BuildError("the relx release holds symbolic links (%s): it must be self-contained; drop "
                              "{dev_mode, true} from the prod profile" % ", ".join(sorted(outside)[:5]))
         return rel
+
+    def compile_appup_srcs(self, src, rel):
+        """rebar3 does not compile a project application's ``src/APP.appup.src`` itself (rebar3_appup_plugin's
+        ``appup compile`` does): its value, evaluated as ``file:script/1`` does, becomes the release's
+        ``ebin/APP.appup``, where the build reads an application's own appup (used as written)."""
+        found = {}
+        for pattern in ("src/*.appup.src", "apps/*/src/*.appup.src"):
+            for path in sorted(glob.glob(os.path.join(src, pattern))):
+                found[os.path.basename(path)[:-len(".appup.src")]] = path
+        dirs = dict((name, d) for name, (_v, d) in _app_dirs(rel).items())
+        todo = [(path, os.path.join(dirs[name], "ebin", name + ".appup")) for name, path in sorted(found.items())
+                if name in dirs]
+        if not todo:
+            return
+        fd, argf = tempfile.mkstemp(suffix=".config")
+        with os.fdopen(fd, "w") as f:
+            f.write(erlterms.format_term(todo) + ".\n")
+        try:
+            rc, out, err = self.run(["erl", "-noshell", "-noinput", "-boot", "start_clean", "-eval", APPUP_SRC_ERL],
+                                    env={"HOTSWAP_APPUP_SRC": argf})
+        finally:
+            os.unlink(argf)
+        done = dict((parts[1], parts[3] if len(parts) > 3 else None)
+                    for parts in (line.split("\t") for line in (out or "").splitlines()) if parts[0] == "APPUP" and len(parts) >= 3)
+        for path, _dst in todo:
+            rel_path = os.path.relpath(path, src)
+            if path not in done:
+                raise BuildError("evaluating %s failed (erl exited %s): %s" % (rel_path, rc, (err or out).strip()[-500:]))
+            if done[path] is not None:
+                raise BuildError("%s does not evaluate to an appup {Vsn, UpFrom, DownTo}: %s -- it is evaluated as "
+                                 "file:script/1 does, with no bindings (rebar3_appup_plugin's STATE is not there): "
+                                 "make it a plain term, or put the appup in rel/appups/APP/VSN.appup"
+                                 % (rel_path, done[path].split(" and stacktrace")[0][:400]))
 
     def keep_attributes(self, src, rel):
         """relx's prod mode strips every module to the chunks the loader needs, dropping the attributes (the
@@ -940,11 +1002,8 @@ class Builder(object):
         for app_dir in sorted(glob.glob(os.path.join(rel, "lib", "*-*"))):
             name, vsn = os.path.basename(app_dir).rsplit("-", 1)
             ebin = os.path.join(app_dir, "ebin")
-            for cand in ("prod/lib", "prod/checkouts", "default/lib", "default/checkouts"):
-                built = os.path.join(src, "_build", cand, name, "ebin")
-                if os.path.isfile(os.path.join(built, name + ".app")) and _app_vsn(os.path.join(built, name + ".app")) == vsn:
-                    break
-            else:
+            built = built_ebin(self.built_lib_dirs(src, rel), name, vsn)
+            if built is None:
                 continue
             for fn in os.listdir(ebin):
                 if fn.endswith(".beam") and os.path.isfile(os.path.join(built, fn)):
@@ -964,6 +1023,12 @@ class Builder(object):
             if rc != 0:
                 raise BuildError("stripping the release's modules (keeping their attributes) failed: %s"
                                  % (err or out).strip()[-500:])
+
+    def built_lib_dirs(self, src, rel):
+        """Where the build left each application's compiled (unstripped) modules."""
+        if self.tool == "rebar3":
+            return [os.path.join(src, "_build", c) for c in ("prod/lib", "prod/checkouts", "default/lib", "default/checkouts")]
+        return [os.path.join(os.path.dirname(os.path.dirname(rel)), "lib")]
 
     def note_cookie(self, rel_dir):
         """Hand the release's default cookie (``releases/COOKIE``, in the full tarball) to ``secret``: it must
@@ -1024,8 +1089,7 @@ class Builder(object):
             # keep a copy of user appups with the version: edges may be extended later without the source
             self.save_user_appups(src, stage)
             # and what the unstripped modules' debug info says about process state (the release's are stripped)
-            save_state_infos(os.path.join(os.path.dirname(os.path.dirname(rel)), "lib"), os.path.join(stage, "release"),
-                             stage)
+            save_state_infos(self.built_lib_dirs(src, rel), os.path.join(stage, "release"), stage)
             manifest = self.make_edges(vsn, stage, manifest, wanted)
             vdir = self.store.vdir(vsn)
             if os.path.lexists(vdir):

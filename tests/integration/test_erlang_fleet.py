@@ -163,6 +163,8 @@ def test_a_rebar3_project_is_built_with_relx_and_first_installed_on_every_target
 def test_check_mode_shows_the_hot_edge_and_changes_nothing(fleet, env):
     rc, out = _play(fleet, DEPLOY, env["extra"]("1.1.0"), check=True, diff=True)
     assert rc == 0, out[-4000:]
+    # kv_web's own src/kv_web.appup.src (a regex from-version) is used as written; the libraries' are generated
+    assert re.search(r"appups: [^)]*kv_web shipped", out) and re.search(r"appups: [^)]*cowboy generated", out), out[-3000:]
     for t in TARGETS:
         assert re.search(t + r"\s+1\.0\.0\s+1\.1\.0\s+hot\s", out), out[-3000:]
         st = _status(fleet, t)

@@ -532,6 +532,7 @@ def _built(tmp_path, vsn, dep_vsn, worker_src):
     lib.mkdir(parents=True)
     subprocess.run(["erlc", "+debug_info", "-o", str(lib), str(worker_src)], check=True, capture_output=True)
     ebin = rel / "lib" / ("dep-" + dep_vsn) / "ebin"
+    (lib / "dep.app").write_bytes((ebin / "dep.app").read_bytes())
     subprocess.run(["erlc", "-o", str(ebin), str(worker_src)], check=True, capture_output=True)
     return str(rel)
 
@@ -978,3 +979,48 @@ def test_relup_loads_of_sys_process_modules_go_after_the_last_look_at_the_tree(t
         names = [i if isinstance(i, str) else (i[0], i[1][0] if i[0] == "load" else None) for i in instrs]
         assert names == ["point_of_no_return", ("load", "plain"), ("suspend", None), ("load", "srv"),
                          ("code_change", None), ("resume", None), ("load", "conn"), ("load", "other")], names
+
+
+def test_built_ebin_takes_the_first_build_dir_holding_that_version(tmp_path):
+    """rebar3 leaves the project's apps in _build/prod/lib and local dependencies in _build/*/checkouts: the
+    compiled (unstripped) modules of an application are read from the directory that holds its version."""
+    def app(where, name, vsn):
+        ebin = tmp_path / where / name / "ebin"
+        ebin.mkdir(parents=True)
+        (ebin / (name + ".app")).write_text('{application, %s, [{vsn, "%s"}, {modules, []}]}.\n' % (name, vsn))
+        return str(ebin)
+    dirs = [str(tmp_path / d) for d in ("prod/lib", "prod/checkouts", "default/lib")]
+    app("prod/lib", "ranch", "1.8.0")
+    want = app("prod/checkouts", "ranch", "1.8.1")
+    assert _build.built_ebin(dirs, "ranch", "1.8.1") == want
+    assert _build.built_ebin(dirs, "ranch", "2.0.0") is None
+    assert _build.built_ebin(dirs, "cowboy", "2.17.0") is None
+
+
+def _real_run(argv, cwd=None, env=None):
+    r = subprocess.run(argv, cwd=cwd, env=dict(os.environ, **(env or {})), capture_output=True, text=True,
+                       check=False, timeout=120)
+    return r.returncode, r.stdout, r.stderr
+
+
+def test_a_rebar3_projects_appup_src_becomes_the_applications_own_appup(tmp_path):
+    """rebar3 leaves src/APP.appup.src alone: the build evaluates it (file:script, as rebar3_appup_plugin does,
+    without its STATE binding) into the release's ebin/APP.appup, read later as the application's own appup."""
+    require("erl")
+    rel = _release(tmp_path / "rel", "1.1.0", {"dep": "0.1.0"})
+    src = tmp_path / "src"
+    (src / "src").mkdir(parents=True)
+    (src / "src" / "sample.appup.src").write_text(
+        'Old = "1\\\\.0\\\\..*",\n{"1.1.0", [{Old, [{load_module, kv_handler}]}], [{Old, [{load_module, kv_handler}]}]}.\n')
+    (src / "src" / "other.appup.src").write_text('{"9", [], []}.\n')     # no such application in the release
+    builder = _build.Builder(_real_run, str(tmp_path / "store"), "sample")
+    builder.compile_appup_srcs(str(src), rel)
+    [appup] = erlterms.parse_terms((tmp_path / "rel" / "lib" / "sample-1.1.0" / "ebin" / "sample.appup").read_text())
+    assert appup[0] == "1.1.0" and appup[1][0][0] == "1\\.0\\..*" and appup[1][0][1][0][0] == "load_module"
+    assert not (tmp_path / "rel" / "lib" / "dep-0.1.0" / "ebin" / "other.appup").exists()
+    (src / "src" / "sample.appup.src").write_text('rebar_state:get(STATE, relx, []).\n')
+    with pytest.raises(_build.BuildError, match=r"src/sample.appup.src does not evaluate to an appup .*no bindings"):
+        builder.compile_appup_srcs(str(src), rel)
+    (src / "src" / "sample.appup.src").write_text('{"1.1.0", [], [].\n')
+    with pytest.raises(_build.BuildError, match=r"src/sample.appup.src does not evaluate to an appup"):
+        builder.compile_appup_srcs(str(src), rel)
