@@ -960,6 +960,17 @@ class Builder(object):
                              "{dev_mode, true} from the prod profile" % ", ".join(sorted(outside)[:5]))
         return rel
 
+    def run_erl(self, script, term, var):
+        """Run the Erlang expressions ``script`` in a fresh VM, ``term`` in a file that the environment variable
+        ``var`` names (``file:consult`` reads it); returns (rc, stdout, stderr)."""
+        fd, argf = tempfile.mkstemp(suffix=".config")
+        with os.fdopen(fd, "w") as f:
+            f.write(erlterms.format_term(term) + ".\n")
+        try:
+            return self.run(["erl", "-noshell", "-noinput", "-boot", "start_clean", "-eval", script], env={var: argf})
+        finally:
+            os.unlink(argf)
+
     def compile_appup_srcs(self, src, rel):
         """rebar3 does not compile a project application's ``src/APP.appup.src`` itself (rebar3_appup_plugin's
         ``appup compile`` does): its value, evaluated as ``file:script/1`` does, becomes the release's
@@ -973,14 +984,7 @@ class Builder(object):
                 if name in dirs]
         if not todo:
             return
-        fd, argf = tempfile.mkstemp(suffix=".config")
-        with os.fdopen(fd, "w") as f:
-            f.write(erlterms.format_term(todo) + ".\n")
-        try:
-            rc, out, err = self.run(["erl", "-noshell", "-noinput", "-boot", "start_clean", "-eval", APPUP_SRC_ERL],
-                                    env={"HOTSWAP_APPUP_SRC": argf})
-        finally:
-            os.unlink(argf)
+        rc, out, err = self.run_erl(APPUP_SRC_ERL, todo, "HOTSWAP_APPUP_SRC")
         done = dict((parts[1], parts[3] if len(parts) > 3 else None)
                     for parts in (line.split("\t") for line in (out or "").splitlines()) if parts[0] == "APPUP" and len(parts) >= 3)
         for path, _dst in todo:
@@ -1010,16 +1014,8 @@ class Builder(object):
                     shutil.copyfile(os.path.join(built, fn), os.path.join(ebin, fn))
                     stripped.append(os.path.join(ebin, fn))
         if stripped:
-            fd, argf = tempfile.mkstemp(suffix=".config")
-            with os.fdopen(fd, "w") as f:
-                f.write(erlterms.format_term(stripped) + ".\n")
-            try:
-                rc, out, err = self.run(["erl", "-noshell", "-noinput", "-eval",
-                                         '{ok, [Fs]} = file:consult(os:getenv("HOTSWAP_STRIP")), '
-                                         '{ok, _} = beam_lib:strip_files(Fs, ["Attr"]), halt(0).'],
-                                        env={"HOTSWAP_STRIP": argf})
-            finally:
-                os.unlink(argf)
+            rc, out, err = self.run_erl('{ok, [Fs]} = file:consult(os:getenv("HOTSWAP_STRIP")), '
+                                        '{ok, _} = beam_lib:strip_files(Fs, ["Attr"]), halt(0).', stripped, "HOTSWAP_STRIP")
             if rc != 0:
                 raise BuildError("stripping the release's modules (keeping their attributes) failed: %s"
                                  % (err or out).strip()[-500:])
@@ -1246,14 +1242,7 @@ class Builder(object):
         rel_of = dict((p.base, os.path.join(self.store.release_dir(p.base), "releases", p.base, self.app)) for p in plans)
         args = (os.path.join(new_dir, "releases", vsn, self.app), [rel_of[p.base] for p in plans],
                 paths, os.path.join(new_dir, "releases", vsn))
-        fd, argf = tempfile.mkstemp(suffix=".config")
-        with os.fdopen(fd, "w") as f:
-            f.write(erlterms.format_term(args) + ".\n")
-        try:
-            rc, out, err = self.run(["erl", "-noshell", "-noinput", "-boot", "start_clean", "-eval", RELUP_ERL],
-                                    env={"HOTSWAP_RELUP_ARGS": argf})
-        finally:
-            os.unlink(argf)
+        rc, out, err = self.run_erl(RELUP_ERL, args, "HOTSWAP_RELUP_ARGS")
         results = {}
         for line in out.splitlines():
             parts = line.split("\t")

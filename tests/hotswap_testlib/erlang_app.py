@@ -10,6 +10,7 @@ import re
 import shutil
 from pathlib import Path
 
+from .fixture_tree import overlay
 from .hexrepo import THIRDPARTY
 
 SRC = Path(__file__).resolve().parent.parent / "fixtures" / "erlang_app"
@@ -24,14 +25,7 @@ COOKIE = "kv_web_fixture_cookie_5f3a"
 
 def materialise(dest, version: str, port: int | None = None) -> Path:
     """Write version ``version`` of kv_web to ``dest`` (replaced), its libraries in ``_checkouts/``."""
-    if version not in CHAIN:
-        raise ValueError(f"no kv_web version {version}")
-    dest = Path(dest)
-    if dest.exists():
-        shutil.rmtree(dest)
-    shutil.copytree(SRC / "base", dest)
-    for v in CHAIN[1:CHAIN.index(version) + 1]:
-        shutil.copytree(SRC / "versions" / v, dest, dirs_exist_ok=True)
+    dest = overlay(SRC, CHAIN, version, dest, "kv_web")
     for name in ("rebar.config", "src/kv_web.app.src"):
         p = dest / name
         text = p.read_text()

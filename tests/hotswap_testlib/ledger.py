@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 import threading
 import time
 from pathlib import Path
+
+from .fixture_tree import overlay
 
 LEDGER_SRC = Path(__file__).resolve().parent.parent / "fixtures" / "ledger_app"
 CHAIN = ("1.0.0", "1.1.0", "1.2.0", "1.3.0", "1.3.1")
@@ -23,14 +24,7 @@ OLD_TIME = 978307200  # 2001-01-01: sources exported with their upstream dates (
 
 def materialise(dest, version: str, old_mtimes: bool = False) -> Path:
     """Write version ``version`` of the app to ``dest`` (a fresh directory)."""
-    if version not in CHAIN:
-        raise ValueError(f"no ledger version {version}")
-    dest = Path(dest)
-    if dest.exists():
-        shutil.rmtree(dest)
-    shutil.copytree(LEDGER_SRC / "base", dest)
-    for v in CHAIN[1:CHAIN.index(version) + 1]:
-        shutil.copytree(LEDGER_SRC / "versions" / v, dest, dirs_exist_ok=True)
+    dest = overlay(LEDGER_SRC, CHAIN, version, dest, "ledger")
     mix = dest / "mix.exs"
     mix.write_text(re.sub(r'@version "[^"]*"', f'@version "{version}"', mix.read_text()))
     if old_mtimes:

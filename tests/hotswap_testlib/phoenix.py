@@ -43,6 +43,8 @@ import time
 import uuid
 from pathlib import Path
 
+from .fixture_tree import overlay
+
 PHOENIX_SRC = Path(__file__).resolve().parent.parent / "fixtures" / "phoenix_app"
 LOCKS = PHOENIX_SRC / "locks"
 APP = "shop"
@@ -117,16 +119,9 @@ def materialise(dest, version: str, deps: str = "hex", server: str = "cowboy", p
     (``extras/pubsub_appup``) that loads Phoenix.PubSub.PG2 instead of updating it as a supervisor (PG2's init/1
     changed its argument shape in 2.2.0; generated appups now keep such a supervisor's specs, so the tests do
     not use it: an experiment aid)."""
-    if version not in CHAIN:
-        raise ValueError(f"no shop version {version}")
     if server not in SERVERS:
         raise ValueError(f"server must be one of {SERVERS}")
-    dest = Path(dest)
-    if dest.exists():
-        shutil.rmtree(dest)
-    shutil.copytree(PHOENIX_SRC / "base", dest)
-    for v in CHAIN[1:CHAIN.index(version) + 1]:
-        shutil.copytree(PHOENIX_SRC / "versions" / v, dest, dirs_exist_ok=True)
+    dest = overlay(PHOENIX_SRC, CHAIN, version, dest, "shop")
     if pubsub_appup and VERSION_SET[version] == "new":
         shutil.copytree(PHOENIX_SRC / "extras" / "pubsub_appup", dest, dirs_exist_ok=True)
     mix = dest / "mix.exs"

@@ -11,8 +11,9 @@ many times its appup restarted it) and BUMP.
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
+
+from .fixture_tree import overlay
 
 SRC = Path(__file__).resolve().parent.parent / "fixtures" / "shipped_appup_app"
 CHAIN = ("1.0.0", "1.1.0", "1.2.0")
@@ -23,14 +24,7 @@ BUILD_ENV = {"MIX_REBAR3": "/usr/bin/rebar3"}
 
 def materialise(dest, version: str) -> Path:
     """Write version ``version`` of the app to ``dest`` (a fresh directory)."""
-    if version not in CHAIN:
-        raise ValueError(f"no shipapp version {version}")
-    dest = Path(dest)
-    if dest.exists():
-        shutil.rmtree(dest)
-    shutil.copytree(SRC / "base", dest)
-    for v in CHAIN[1:CHAIN.index(version) + 1]:
-        shutil.copytree(SRC / "versions" / v, dest, dirs_exist_ok=True)
+    dest = overlay(SRC, CHAIN, version, dest, "shipapp")
     mix = dest / "mix.exs"
     mix.write_text(re.sub(r'@version "[^"]*"', f'@version "{version}"', mix.read_text()))
     return dest

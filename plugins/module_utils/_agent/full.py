@@ -13,8 +13,8 @@ from .files import (check_full_member, lchown_tree_at, rmtree, safe_extract, saf
 from .state import (check_first_install_root, drop_stale_staging, installed_by_agent, Lock, _make_permanent_offline,
                     _rel_libs, _releases_entry, running_and_permanent)
 from .reads import relup_edges
-from .packages import (copy_tree_nofollow, _lstat_at, move_in, open_verified, _referenced_libs, _space_free, _space_needed,
-                       _write_private)
+from .packages import (copy_tree_nofollow, _lstat_at, move_in, open_verified, package_rel, _referenced_libs, _space_free,
+                       _space_needed, _write_private)
 from .bins import save_bin, swap_bin
 from .health import parse_check
 from .service import _gate, start_node, start_timeout, stop_node
@@ -33,14 +33,7 @@ def stage_full(h, package, sha, vsn, owner):
             if need not in names:
                 raise PackageRefused(f"package refused: {need} missing (not a full `mix release` tarball of "
                                      f"{h.app} {vsn}); nothing changed")
-        relm = next(m for m, r in members if r == rel_name)
-        try:
-            rel = parse_rel(tf.extractfile(relm).read().decode("utf-8"))
-        except (TermError, ValueError, UnicodeDecodeError, AttributeError) as e:
-            raise PackageRefused(f"package refused: {rel_name} unreadable ({e}); nothing changed")
-        if rel["version"] != vsn or rel["name"] != h.app:
-            raise PackageRefused(f"package refused: {rel_name} describes {rel['name']} {rel['version']}, "
-                                 f"expected {h.app} {vsn}; nothing changed")
+        rel = package_rel(tf, members, rel_name, h.app, vsn)
         pkg_libs = {r.split("/")[1] for r in names if r.startswith("lib/")}
         h.ensure_hs()
         drop_stale_staging(h)

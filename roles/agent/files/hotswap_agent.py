@@ -2652,6 +2652,19 @@ def _remove_files_of(h, vsn, rels, lib_names):
     return removed
 
 
+def package_rel(tf, members, rel_name, app, vsn):
+    """The .rel member ``rel_name`` of an open package, parsed and checked to describe ``app`` ``vsn``."""
+    relm = next(m for m, r in members if r == rel_name)
+    try:
+        rel = parse_rel(tf.extractfile(relm).read().decode("utf-8"))
+    except (TermError, ValueError, UnicodeDecodeError, AttributeError) as e:
+        raise PackageRefused(f"package refused: {rel_name} unreadable ({e}); nothing changed")
+    if rel["version"] != vsn or rel["name"] != app:
+        raise PackageRefused(f"package refused: {rel_name} describes {rel['name']} {rel['version']}, "
+                             f"expected {app} {vsn}; nothing changed")
+    return rel
+
+
 def open_verified(package, sha, check):
     """Verify a package's sha256 FIRST, then open it and check every entry with ``check`` (which raises
     for an unsafe entry and returns the entry's path in the root, or None to skip it).
@@ -2693,14 +2706,7 @@ def prepare_unpack(h, package, sha, vsn, node_up, running=None):
             raise PackageRefused(f"package refused: {top_rel} missing (release_handler format); nothing changed")
         if not any(n.startswith(f"releases/{vsn}/") for n in names):
             raise PackageRefused(f"package refused: releases/{vsn}/ missing; nothing changed")
-        relm = next(m for m, rel in members if rel == top_rel)
-        try:
-            rel = parse_rel(tf.extractfile(relm).read().decode("utf-8"))
-        except (TermError, ValueError, UnicodeDecodeError, AttributeError) as e:
-            raise PackageRefused(f"package refused: {top_rel} unreadable ({e}); nothing changed")
-        if rel["version"] != vsn or rel["name"] != h.app:
-            raise PackageRefused(f"package refused: {top_rel} describes {rel['name']} {rel['version']}, "
-                                 f"expected {h.app} {vsn}; nothing changed")
+        rel = package_rel(tf, members, top_rel, h.app, vsn)
         if not os.path.isdir(h.p("erts-" + rel["erts"])):
             raise OpFailed(f"package needs ERTS {rel['erts']} which {h.root} lacks: not hot-upgradable, "
                            f"use the cold path; nothing changed")
@@ -3892,14 +3898,7 @@ def stage_full(h, package, sha, vsn, owner):
             if need not in names:
                 raise PackageRefused(f"package refused: {need} missing (not a full `mix release` tarball of "
                                      f"{h.app} {vsn}); nothing changed")
-        relm = next(m for m, r in members if r == rel_name)
-        try:
-            rel = parse_rel(tf.extractfile(relm).read().decode("utf-8"))
-        except (TermError, ValueError, UnicodeDecodeError, AttributeError) as e:
-            raise PackageRefused(f"package refused: {rel_name} unreadable ({e}); nothing changed")
-        if rel["version"] != vsn or rel["name"] != h.app:
-            raise PackageRefused(f"package refused: {rel_name} describes {rel['name']} {rel['version']}, "
-                                 f"expected {h.app} {vsn}; nothing changed")
+        rel = package_rel(tf, members, rel_name, h.app, vsn)
         pkg_libs = {r.split("/")[1] for r in names if r.startswith("lib/")}
         h.ensure_hs()
         drop_stale_staging(h)
