@@ -66,22 +66,23 @@ def _play(fleet, playbook, extra, **kw):
 
 class _Load:
     """On one target: PUTs on fresh connections (every acknowledged key remembered; ``writes=False``: none) and
-    one keep-alive connection, opened before the deploy, asked for /version every ``pace`` s."""
+    one keep-alive connection, opened before the deploy, asked for /version every ``pace`` s (Cowboy closes a connection after
+    1000 requests, and one idle for 5 s)."""
 
-    def __init__(self, fleet, host, tag, writes=True, pace=0.05):
+    def __init__(self, fleet, host, tag, writes=True, pace=0.1):
         self.addr, self.tag, self.pace = fleet.host(host).address, tag, pace
         self.acked, self.failed, self.versions, self.keepalive_errors, self.reconnects = [], [], [], [], 0
         self.stop_ev = threading.Event()
         self.conn = http.client.HTTPConnection(self.addr, PORT, timeout=10)
-        self.versions.append(self._get())
+        self.versions.append(self.get())
         assert self.versions[0][0] == 200, self.versions[0]
         self.threads = [threading.Thread(target=self._keepalive, daemon=True)]
         if writes:
             self.threads.append(threading.Thread(target=self._writes, daemon=True))
 
-    def _get(self):
+    def get(self, path="/version"):
         """(status, body, x-kv header, local port of the connection that carried it, reconnects so far)"""
-        self.conn.request("GET", "/version")
+        self.conn.request("GET", path)
         port = self.conn.sock.getsockname()[1]
         r = self.conn.getresponse()
         body = r.read().decode()
@@ -92,13 +93,13 @@ class _Load:
         (idempotent, as HTTP clients do); a second failure in a row is an error."""
         while not self.stop_ev.is_set():
             try:
-                self.versions.append(self._get())
+                self.versions.append(self.get())
             except (OSError, http.client.HTTPException) as e:
                 self.conn.close()
                 self.conn = http.client.HTTPConnection(self.addr, PORT, timeout=10)
                 self.reconnects += 1
                 try:
-                    self.versions.append(self._get())
+                    self.versions.append(self.get())
                 except (OSError, http.client.HTTPException) as e2:
                     self.keepalive_errors.append(f"{e!r}, then {e2!r}")
                     return
@@ -178,8 +179,10 @@ def test_a_hot_upgrade_of_every_library_under_load_keeps_state_and_an_open_conne
             _http(fleet, t, "PUT", f"/kv/seed{i}", body=b"x")
         before[t] = _status(fleet, t)
     loads = {t: _Load(fleet, t, "hot-" + t) for t in TARGETS}
-    # a second keep-alive client on target1, slower, left running into the rollback test
-    carry = env["carry"] = _Load(fleet, "target1", "carry", writes=False, pace=0.2).__enter__()
+    # two more keep-alive clients on target1, slower, left running into the rollback tests
+    # (paced well below Cowboy's max_keepalive, 1000 requests per connection, for the length of three tests)
+    carry = env["carry"] = _Load(fleet, "target1", "carry", writes=False, pace=0.5).__enter__()
+    env["busy"] = _Load(fleet, "target1", "busy", writes=False, pace=0.5).__enter__()
     for ld in loads.values():
         ld.__enter__()
     try:
@@ -229,6 +232,42 @@ def test_a_restart_after_the_hot_upgrade_boots_the_committed_release(fleet, env)
     st = _status(fleet, t)
     assert st["node_up"] and st["running"] == st["permanent"] == "1.1.0", st
     assert _http(fleet, t, "GET", "/version")[2] == b"1.1.0"
+
+
+def test_a_connection_on_superseded_code_still_serving_a_request_refuses_the_rollback(fleet, env):
+    """The "busy" client's connection, opened on 1.0.0, runs the cowboy_http 1.1.0 replaced: it is asked for a
+    slow answer, and a rollback meanwhile (old-code wait 1 s) is refused on target1 with nothing changed; the
+    slow request is answered."""
+    busy = env.pop("busy")
+    busy.stop_ev.set()
+    for th in busy.threads:
+        th.join(15)
+    assert not busy.keepalive_errors and len(busy.ports()) == 1, (busy.keepalive_errors, busy.ports())
+    before = _status(fleet, "target1")
+    slow = {}
+
+    def ask():
+        try:
+            busy.conn.sock.settimeout(40)
+            slow["answer"] = busy.get("/version?sleep=20000")
+        except (OSError, http.client.HTTPException) as e:
+            slow["error"] = repr(e)
+    th = threading.Thread(target=ask, daemon=True)
+    th.start()
+    try:
+        rc, out = _play(fleet, ROLLBACK, {"hotswap_app": APP, "hotswap_root": ROOT, "hotswap_service_manager": "daemon",
+                                          "hotswap_old_code_wait": 1}, limit="target1")
+    finally:
+        th.join(40)
+        busy.conn.close()
+    assert rc != 0 and "connection process(es) still run code an earlier upgrade replaced" in out, out[-3000:]
+    assert "Traceback" not in out
+    st = _status(fleet, "target1")
+    assert (st["running"], st["permanent"], st["os_pid"]) == ("1.1.0", "1.1.0", before["os_pid"]), st
+    assert slow.get("answer", (None,))[:3] == (200, "1.1.0", "1.1.0") and slow["answer"][3] == busy.ports()[0], slow
+    # nothing changed: not even the idle connection of the other client on superseded code was closed
+    carry = env["carry"]
+    assert len(carry.ports()) == 1 and not carry.keepalive_errors, (carry.ports(), carry.keepalive_errors)
 
 
 def test_rollback_goes_back_hot_with_state_and_status_reports_it(fleet, env):

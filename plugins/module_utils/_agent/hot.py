@@ -261,6 +261,7 @@ def do_revert(h, old, timeout, mode="hot", old_code=None):
         h.set_installed_record(None)
         return {"changed": True, "mode": "files", "reverted": True, "host_version": old, "node_up": False}
     hot_err = None
+    refusal = None
     try:
         if mode == "cold":
             raise OpFailed("cold revert requested")
@@ -268,18 +269,22 @@ def do_revert(h, old, timeout, mode="hot", old_code=None):
         r = h.rpc("revert", vsn=old, rehearse=True, timeout=timeout + 60 + 2 * (extra.get("old_code_wait_ms", 0) / 1000),
                   **extra)
         if old_code is not None and not r.get("ok") and r.get("old_code_procs"):
-            raise OpFailed(_old_code_refusal_msg(old, r, old_code.old_code_wait).replace("hot upgrade", "hot rollback"),
-                           stage="old_code", changed=False, reverted=False, host_version=r.get("running"),
-                           old_code_procs=r.get("old_code_procs"))
-        if r.get("ok") and not _verify_committed(h, old):
+            # refused before anything changed: raised below, never turned into a cold revert
+            refusal = OpFailed(_old_code_refusal_msg(old, r, old_code.old_code_wait).replace("hot upgrade", "hot rollback"),
+                               stage="old_code", changed=False, reverted=False, host_version=r.get("running"),
+                               old_code_procs=r.get("old_code_procs"))
+        elif r.get("ok") and not _verify_committed(h, old):
             boot_bin(h)
             h.set_installed_record(None)
             return {"changed": r.get("changed", True), "mode": "hot", "reverted": True,
                     "host_version": r.get("running"), "from": r.get("from"),
                     "install_ms": r.get("revert_install_ms"), "conns_closed": r.get("revert_conns_closed") or []}
-        hot_err = r.get("error") or "; ".join(_verify_committed(h, old))
+        else:
+            hot_err = r.get("error") or "; ".join(_verify_committed(h, old))
     except OpFailed as e:
         hot_err = e.msg
+    if refusal is not None:
+        raise refusal
     # cold: stop, fix start_erl.data / RELEASES, start
     frm = permanent_version(h.releases())
     stop_node(h)

@@ -718,7 +718,8 @@ HsResult =
             %% its state shaped for the old -- on the rehearsal's or the install's look at the tree.  Before
             %% either, its socket is quieted, the request in flight may end (old_code_wait_ms), and the connection
             %% is closed: an idle HTTP keep-alive connection, which clients reopen.  #{closed, busy}: busy
-            %% ones (a request still running) are closed too when `all`, else left to refuse the install.
+            %% ones (a request still running) are closed too when `all`, else they refuse the install and
+            %% no connection is closed.
             CloseJumpers = fun(JAll) ->
                 JAsked = Asked(Listeners()),
                 JOlds = case map_size(JAsked) of
@@ -743,7 +744,11 @@ HsResult =
                                       end
                                   end)()
                         end,
-                Closed = [JE || {JP, _} = JE <- Jumpers, is_process_alive(JP), JAll orelse not lists:keymember(JP, 1, JBusy)],
+                %% a busy one refuses the install (unless `all`): then nothing is closed either
+                Closed = case JBusy =:= [] orelse JAll of
+                             true -> [JE || {JP, _} = JE <- Jumpers, is_process_alive(JP)];
+                             false -> []
+                         end,
                 ClosedDescr = [DescribeProc(JP, JH) || {JP, JH} <- lists:sublist(Closed, 20)],
                 lists:foreach(fun({JP, _}) -> exit(JP, kill) end, Closed),
                 LoudSockets(JQuiet),
@@ -1184,6 +1189,7 @@ HsResult =
                             {_, false} ->
                                 #{<<"reverted">> => false, <<"old_code_procs">> => maps:get(<<"old_code_procs">>, Oc),
                                   <<"old_code_count">> => maps:get(<<"old_code_count">>, Oc),
+                                  <<"old_code_conns">> => maps:get(<<"old_code_conns">>, Oc, false),
                                   <<"revert_error">> => ProcsLine(maps:get(<<"old_code_procs">>, Oc),
                                                                   case maps:get(<<"old_code_conns">>, Oc, false) of
                                                                       true -> "are connections still serving a request on code an earlier upgrade replaced";
