@@ -480,6 +480,45 @@ def save_state_infos(lib_dirs, rel_dir, vdir):
     write_private(os.path.join(vdir, STATE_INFO), json.dumps(out, indent=1, sort_keys=True))
 
 
+REHEARSE_FILE = "hotswap_rehearse.config"
+
+
+def rehearse_plan(vdir, new_dir, vsn):
+    """{(direction, base): (modules to rehearse, passthrough modules)} for each edge of the relup in ``new_dir``, and
+    ``releases/VSN/hotswap_rehearse.config`` written with it for the node: of the modules whose ``code_change`` the
+    relup runs, those whose code_change returns the state it is given (``use GenServer``'s default, per the build's
+    debug info) need no rehearsal on the host; the others (custom, absent, or unknown without debug info) do."""
+    relup = os.path.join(new_dir, "releases", vsn, "relup")
+    if not os.path.exists(relup):
+        return {}
+    with open(relup, encoding="utf-8") as f:
+        [(_v, ups, downs)] = erlterms.parse_terms(f.read())
+    try:
+        with open(os.path.join(vdir, STATE_INFO)) as f:
+            infos = json.load(f)
+    except (OSError, ValueError):
+        infos = {}
+    cc = {}
+    for app in infos.values():
+        for mod, info in (app.get("modules") or {}).items():
+            cc[mod] = info.get("code_change")
+    out, terms = {}, []
+    for direction, entries in (("up", ups), ("down", downs)):
+        for base, _descr, instrs in entries:
+            mods = []
+            for i in instrs:
+                if isinstance(i, tuple) and i and i[0] == "code_change":
+                    mods += [m[0] if isinstance(m, tuple) else m for m in i[-1]]
+            mods = sorted(set(str(m) for m in mods))
+            keep = [m for m in mods if cc.get(m) != "passthrough"]
+            out[(direction, str(base))] = (keep, [m for m in mods if m not in keep])
+            terms.append((erlterms.Atom(direction), str(base), [erlterms.Atom(m) for m in keep]))
+    # like the relup beside it: part of the release, read by the node (its user), nothing secret
+    with open(os.path.join(new_dir, "releases", vsn, REHEARSE_FILE), "w", encoding="utf-8") as f:
+        f.write(erlterms.format_term((erlterms.Atom("rehearse"), terms)) + ".\n")
+    return out
+
+
 def load_state_infos(vdir, name, vsn):
     """{module: StateInfo} of application ``name`` at ``vsn`` from ``vdir/state-info.json`` ({} when absent)."""
     try:
@@ -1190,8 +1229,10 @@ class Builder(object):
         if os.path.exists(relup):
             os.unlink(relup)
         hot = [p for p in plans if p.hot]
+        rehearse = {}
         if hot:
             self.make_relup(vsn, hot, new_dir)
+            rehearse = rehearse_plan(vdir, new_dir, vsn)
         edges = []
         for p in plans:
             e = {"from": p.base, "verdict": "hot" if p.hot else "cold", "reasons": p.reasons,
@@ -1213,6 +1254,9 @@ class Builder(object):
                     "loaded": sorted(m for a in p.app_edges for m in a.loaded),
                     "consolidated": p.consolidated_up,
                 }
+                # the modules whose code_change the node rehearses in a scratch VM before the install (none: no VM)
+                keep, passthrough = rehearse.get(("up", p.base), ([], []))
+                e["rehearse"] = {"modules": keep, "passthrough": passthrough}
             edges.append(e)
         manifest["edges"] = edges
         artifacts = dict(manifest["artifacts"])

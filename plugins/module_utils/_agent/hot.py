@@ -106,7 +106,8 @@ def _after_failure(h, old, err, rh_pid_before=None, wait_s=60, pid_before=None):
 def _rehearsal_fields(r):
     """The rehearsal's figures from a node result, for the agent's JSON."""
     out = {"rehearse_ms": r.get("rehearse_ms"), "rehearsal_warnings": r.get("rehearsal_warnings") or [],
-           "rehearsed": r.get("rehearsed") or []}
+           "rehearsed": r.get("rehearsed") or [], "rehearsal_peer": bool(r.get("rehearsal_peer")),
+           "rehearse_skipped": r.get("rehearse_skipped") or 0}
     if r.get("rehearsal_failures"):
         out["rehearsal_failures"] = r["rehearsal_failures"]
     return out

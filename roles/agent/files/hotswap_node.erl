@@ -823,7 +823,7 @@ HsResult =
                             true -> FindEdge(RRunning, RVsn);
                             false -> nil
                         end,
-                Changes = case REdge of
+                AllChanges = case REdge of
                               {EMode, EInstrs} ->
                                   [{Or(CM, EMode), CMod, CExtra}
                                    || I <- EInstrs,
@@ -835,7 +835,25 @@ HsResult =
                                       {CMod, CExtra} <- CMods];
                               nil -> []
                           end,
-                Done = fun(Res) -> Res#{<<"rehearse_ms">> => ((Now(microsecond) - TR) div 100) / 10} end,
+                %% the build lists, per edge, the modules whose code_change does something: one that returns the
+                %% state it is given (as `use GenServer` writes it) needs no rehearsal, and an edge with none
+                %% starts no scratch VM (releases/V/hotswap_rehearse.config, V the release whose relup holds it)
+                Changes = case REdge of
+                              {RMode, _} when AllChanges =/= [] ->
+                                  {RDir, ROther} = case RMode of up -> {RVsn, RRunning}; _ -> {RRunning, RVsn} end,
+                                  case Consult1(Path([RelDir, RDir, "hotswap_rehearse.config"])) of
+                                      {ok, {rehearse, REdges}} when is_list(REdges) ->
+                                          case [RMs || {RM, RV, RMs} <- REdges, RM =:= RMode, is_list(RV), is_list(RMs),
+                                                       Chars(RV) =:= Chars(ROther)] of
+                                              [Keep | _] -> [KC || {_, KMod, _} = KC <- AllChanges, lists:member(KMod, Keep)];
+                                              [] -> AllChanges
+                                          end;
+                                      _ -> AllChanges
+                                  end;
+                              _ -> AllChanges
+                          end,
+                Done = fun(Res) -> Res#{<<"rehearse_ms">> => ((Now(microsecond) - TR) div 100) / 10,
+                                        <<"rehearse_skipped">> => length(AllChanges) - length(Changes)} end,
                 case Changes of
                     [] ->
                         Done(#{<<"ok">> => true, <<"rehearsed">> => [], <<"warnings">> => [], <<"peer">> => false});
@@ -1258,6 +1276,7 @@ HsResult =
                               <<"rehearsal_warnings">> => maps:get(<<"warnings">>, Rh, nil),
                               <<"rehearsed">> => maps:get(<<"rehearsed">>, Rh, nil),
                               <<"rehearsal_peer">> => maps:get(<<"peer">>, Rh, nil),
+                              <<"rehearse_skipped">> => maps:get(<<"rehearse_skipped">>, Rh, nil),
                               <<"old_code_ms">> => maps:get(<<"old_code_ms">>, Oc, nil),
                               <<"old_code_waited">> => maps:get(<<"old_code_waited">>, Oc, nil),
                               <<"old_code_count">> => maps:get(<<"old_code_count">>, Oc, nil),

@@ -966,7 +966,7 @@ def test_relup_loads_of_sys_process_modules_go_after_the_last_look_at_the_tree(t
             return tuple(term(y) for y in x)
         if isinstance(x, list):
             return [term(y) for y in x]
-        return erlterms.Atom(x)
+        return A(x)
     relup = ("2", [("1", [], term(script))], [("1", [], term(script))])
     (tmp_path / "relup").write_text(erlterms.format_term(relup) + ".\n")
     code = 'Paths = ["%s"], Out = "%s", Good = [x],\n%s\nhalt(0).' % (ebin, tmp_path, _build.RELUP_DEFER_ERL)
@@ -1024,3 +1024,23 @@ def test_a_rebar3_projects_appup_src_becomes_the_applications_own_appup(tmp_path
     (src / "src" / "sample.appup.src").write_text('{"1.1.0", [], [].\n')
     with pytest.raises(_build.BuildError, match=r"src/sample.appup.src does not evaluate to an appup"):
         builder.compile_appup_srcs(str(src), rel)
+
+
+def test_the_rehearsal_plan_leaves_out_code_changes_that_return_the_state_they_are_given(tmp_path):
+    """Of the modules whose code_change a relup edge runs, one whose code_change is a passthrough (per the build's
+    debug info) is not rehearsed; a custom one, or one the build knows nothing about, is. The node reads the plan
+    from releases/VSN/hotswap_rehearse.config."""
+    new = tmp_path / "release"
+    (new / "releases" / "2.0.0").mkdir(parents=True)
+    up = [A("point_of_no_return"), (A("suspend"), [A("store")]), (A("code_change"), A("up"), [(A("store"), [])]),
+          (A("code_change"), A("up"), [(A("Elixir.Plug.Upload"), []), (A("cowboy_clock"), [])])]
+    down = [(A("code_change"), A("down"), [(A("store"), [])])]
+    (new / "releases" / "2.0.0" / "relup").write_text(erlterms.format_term(("2.0.0", [("1.0.0", [], up)], [("1.0.0", [], down)])) + ".\n")
+    (tmp_path / _build.STATE_INFO).write_text(json.dumps({
+        "app": {"vsn": "2.0.0", "modules": {"store": {"code_change": "custom"}}},
+        "plug": {"vsn": "1.19.2", "modules": {"Elixir.Plug.Upload": {"code_change": "passthrough"}}}}))
+    plan = _build.rehearse_plan(str(tmp_path), str(new), "2.0.0")
+    assert plan == {("up", "1.0.0"): (["cowboy_clock", "store"], ["Elixir.Plug.Upload"]),
+                    ("down", "1.0.0"): (["store"], [])}
+    [(tag, edges)] = erlterms.parse_terms((new / "releases" / "2.0.0" / _build.REHEARSE_FILE).read_text())
+    assert tag == "rehearse" and edges == [("up", "1.0.0", ["cowboy_clock", "store"]), ("down", "1.0.0", ["store"])]
