@@ -11,6 +11,13 @@ APT_PKGS    := python3 python3-venv erlang-nox erlang-dev erlang-src elixir reba
                openssh-client iproute2 util-linux procps git shellcheck systemd debootstrap ca-certificates
 PY_PKGS     := ansible-core==2.19.14 ansible-lint==26.10.1 pytest==9.2.0 hypothesis==6.170.17 \
                jinja2==3.1.6 packaging==26.4
+# The collection checks' tools (galaxy-importer, antsibull-docs, ansible-builder) live in a venv of their own,
+# so their dependencies never move the pins above; the same ansible-core and ansible-lint as .venv. It sits
+# under .venv (like the collection link) because .venv is already ignored by git, ansible-lint and the
+# collection build (galaxy.yml build_ignore).
+TOOLS_VENV  := $(VENV)/tools
+TOOLS_PKGS  := ansible-core==2.19.14 ansible-lint==26.10.1 galaxy-importer==0.4.44 antsibull-docs==2.28.0 \
+               ansible-builder==3.2.0
 export ANSIBLE_COLLECTIONS_PATH := $(COLL_ROOT)
 export PYTHONPATH := $(COLL_ROOT):$(CURDIR)/tests
 
@@ -31,10 +38,11 @@ setup: ## install what is missing: apt packages, the .venv, the collection link 
 	@mkdir -p $(HOME)/.ansible/test/cache && cp tests/tools/get_pip_stub.py $(HOME)/.ansible/test/cache/get_pip_24_2.py
 	@mkdir -p $(dir $(COLL_LINK)) && ln -sfn $(CURDIR) $(COLL_LINK)
 
-test: setup ## the whole suite: unit + integration (real nodes, real fleet), sanity, lint
+test: setup ## the whole suite: unit + integration (real nodes, real fleet), sanity, lint, collection checks
 	@t=$$SECONDS; $(VENV)/bin/pytest tests/unit tests/integration; rc=$$?; echo "test: pytest took $$((SECONDS - t)) s"; exit $$rc
 	@t=$$SECONDS; $(MAKE) --no-print-directory sanity; rc=$$?; echo "test: sanity took $$((SECONDS - t)) s"; exit $$rc
 	@t=$$SECONDS; $(MAKE) --no-print-directory lint; rc=$$?; echo "test: ansible-lint took $$((SECONDS - t)) s"; exit $$rc
+	@t=$$SECONDS; $(MAKE) --no-print-directory collection-checks; rc=$$?; echo "test: collection checks took $$((SECONDS - t)) s"; exit $$rc
 
 unit: setup ## fast unit tests only
 	$(VENV)/bin/pytest -m "not integration" tests/unit
@@ -49,6 +57,15 @@ sanity: setup ## ansible-test sanity on a copy of the tracked files laid out as 
 
 lint: setup ## ansible-lint, production profile
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH ansible-lint --profile production
+
+collection-checks: setup ## galaxy-importer, antsibull-docs lint and ansible-builder create on the built collection (tools in .venv/tools)
+	@if ! $(TOOLS_VENV)/bin/python -c 'import sys' 2>/dev/null; then rm -rf $(TOOLS_VENV) && /usr/bin/python3 -m venv $(TOOLS_VENV) || python3 -m venv $(TOOLS_VENV); fi
+	@if [ "$$(cat $(TOOLS_VENV)/pins 2>/dev/null)" != "$(TOOLS_PKGS)" ] || \
+	    ! $(TOOLS_VENV)/bin/python -c 'import galaxy_importer, antsibull_docs, ansible_builder' 2>/dev/null; then \
+	  echo "pip: installing into $(TOOLS_VENV): $(TOOLS_PKGS)"; \
+	  $(TOOLS_VENV)/bin/python -m pip install -q --disable-pip-version-check $(TOOLS_PKGS) && echo "$(TOOLS_PKGS)" > $(TOOLS_VENV)/pins; \
+	fi
+	bash tests/tools/collection_checks.sh $(CURDIR)/$(TOOLS_VENV)/bin
 
 demo: setup ## local demo fleet: build, first install, hot upgrade under load, cold deploy, rollback, status
 	$(PY) tests/hotswap_testlib/demo.py
@@ -65,4 +82,4 @@ fresh-check: ## on a new Debian 12 root (debootstrap): README setup, make unit, 
 clean: ## remove build output (not the venv)
 	rm -rf tests/output .hotswap-demo .pytest_cache
 
-.PHONY: help setup test unit sanity lint demo agent bench fresh-check clean
+.PHONY: help setup test unit sanity lint collection-checks demo agent bench fresh-check clean
