@@ -113,8 +113,8 @@ def test_hooks_run_around_the_build_and_each_hosts_release_task_with_its_plan(fl
         lines = _log(fleet, h)
         assert [(x["stage"], x["host"]) for x in lines] == [("before_upgrade", h), ("after_upgrade", h)], (h, lines)
         before, after = lines
-        assert (before["from"], before["to"], before["action"], before["loses_state"]) == (None, "1.0.0", "install",
-                                                                                          False), before
+        assert (before["from"], before["to"], before["action"], before["loses_state"]) == (
+            None, "1.0.0", "install", False), before
         assert (before["app"], before["root"], before["state"]) == ("sample", ROOT, "deployed"), before
         assert (after["action"], after["changed"], after["host_version"], after["state_lost"]) == (
             "install", True, "1.0.0", False), after
@@ -124,8 +124,8 @@ def test_hooks_run_around_the_build_and_each_hosts_release_task_with_its_plan(fl
     pids = {h: _status(fleet, h)["os_pid"] for h in TARGETS}
     rc, out = _play(fleet, env["extra"]("2.0.0", hotswap_mode="hot"), check=True, diff=True)
     assert rc == 0, out[-4000:]
-    assert [(x["stage"], x["check_mode"]) for x in _log(fleet, "build1")] == [("before_build", True),
-                                                                            ("after_build", True)]
+    assert [(x["stage"], x["check_mode"]) for x in _log(fleet, "build1")] == [
+        ("before_build", True), ("after_build", True)]
     for h in TARGETS:
         lines = _log(fleet, h)
         assert [(x["stage"], x["check_mode"], x["from"], x["to"], x["action"]) for x in lines] == [
@@ -169,3 +169,20 @@ def test_a_failing_before_upgrade_hook_stops_its_host_before_anything_changes(fl
     s3 = _status(fleet, "target3")
     assert (s3["running"], s3["os_pid"]) == ("1.0.0", before["target3"]["os_pid"]), s3
     assert "target2" in out and "FAILED" in out, out[-3000:]
+
+
+def test_a_failing_after_upgrade_hook_fails_its_host_which_stays_on_the_new_release(fleet, env):
+    (env["tmp"] / "after_fail_on_target2.yml").write_text(
+        "---" + FAIL_ON_TARGET2.replace("before-upgrade", "after-upgrade"))
+    before = {h: _status(fleet, h) for h in TARGETS}
+    rc, out = _play(fleet, env["extra"]("2.0.0", hotswap_mode="hot",
+                                        hotswap_after_upgrade_tasks_file=str(env["tmp"] / "after_fail_on_target2.yml")))
+    assert rc != 0 and parse_recap(out)["target2"]["failed"] == 1, out[-4000:]
+    assert ("target2: the after-upgrade hook failed (Refuse target2: the after-upgrade hook says no to target2); "
+            "the upgrade itself succeeded and the host runs 2.0.0") in out, out[-4000:]
+    assert _log(fleet, "target1") == []                    # nothing to do there: no hook
+    assert [x["stage"] for x in _log(fleet, "target2")] == ["before_upgrade", "after_upgrade"]
+    s2 = _status(fleet, "target2")                         # moved hot, committed: the hook's failure undoes nothing
+    assert (s2["running"], s2["permanent"], s2["os_pid"]) == ("2.0.0", "2.0.0", before["target2"]["os_pid"]), s2
+    assert _log(fleet, "target3") == []                    # the rollout stopped
+    assert _status(fleet, "target3")["running"] == "1.0.0"
