@@ -186,3 +186,18 @@ def test_a_failing_after_upgrade_hook_fails_its_host_which_stays_on_the_new_rele
     assert (s2["running"], s2["permanent"], s2["os_pid"]) == ("2.0.0", "2.0.0", before["target2"]["os_pid"]), s2
     assert _log(fleet, "target3") == []                    # the rollout stopped
     assert _status(fleet, "target3")["running"] == "1.0.0"
+
+
+def test_rollback_yml_runs_the_upgrade_hooks_around_its_release_task(fleet, env):
+    pid = _status(fleet, "target1")["os_pid"]
+    extra = {k: v for k, v in env["extra"]("1.0.0").items() if "build" not in k and k != "hotswap_source"}
+    rc, out, err = run_playbook(fleet, os.path.join(REPO, "playbooks", "rollback.yml"),
+                                dict(extra, hotswap_target_hosts="target1"), timeout=600)
+    assert rc == 0, (out + err)[-4000:]
+    lines = _log(fleet, "target1")
+    assert [(x["stage"], x["state"], x["from"], x["to"], x["action"]) for x in lines] == [
+        ("before_upgrade", "rolled_back", "2.0.0", "1.0.0", "hot"),
+        ("after_upgrade", "rolled_back", "2.0.0", "1.0.0", "hot")], lines
+    assert (lines[1]["changed"], lines[1]["host_version"], lines[1]["state_lost"]) == (True, "1.0.0", False), lines
+    s = _status(fleet, "target1")
+    assert (s["running"], s["permanent"], s["os_pid"]) == ("1.0.0", "1.0.0", pid), s
