@@ -9,7 +9,7 @@ __metaclass__ = type
 DOCUMENTATION = r"""
 name: host_plan
 short_description: What the release task will do on one host, before it does it
-version_added: 0.4.0
+version_added: 0.1.0
 description:
   - Takes the hostvars of one target host (with the C(hotswap_host) facts gathered by the agent role) and plans
     the host the way the release task will (the same function), on the controller, without touching the host.
