@@ -81,8 +81,12 @@ def run(reps: int = 2, max_hosts: int = 20) -> dict:
             subprocess.run(["ssh", *D._ssh_opts(bf), base_host, "true"], check=True, timeout=30,  # pylint: disable=protected-access
                            stdin=subprocess.DEVNULL)
             for i in range(reps):
+                m0, c0 = D.machine_cpu(), D.children_cpu()
                 total, _copy = D.baseline_once(bf, base_host, pkg)
+                ctl = D.children_cpu() - c0
                 res["baseline"].append(total)
+                res.setdefault("baseline_cpu", []).append(
+                    {"controller": ctl, "hosts": max(0.0, D.machine_cpu() - m0 - ctl - bg * total)})
                 D.baseline_reset(bf, base_host)
                 for settle in (0, 3):
                     r = _deploy(bf, play_hosts[:1], f"1 host settle {settle}", i + 1, settle, bg)
@@ -117,6 +121,10 @@ def summarise(res: dict) -> dict:
                      "controller_cpu_s": statistics.median(r["controller"] for r in rs),
                      "hosts_cpu_s": statistics.median(r["hosts"] for r in rs),
                      "x_baseline": C.ratio(statistics.median(r["wall"] for r in rs), base)})
+    bcpu = res.get("baseline_cpu") or [{"controller": 0.0, "hosts": 0.0}]
+    rows.insert(0, {"hosts": "baseline, 1", "runs": len(res["baseline"]), "wall_s": base,
+                    "controller_cpu_s": statistics.median(b["controller"] for b in bcpu),
+                    "hosts_cpu_s": statistics.median(b["hosts"] for b in bcpu), "x_baseline": 1.0})
     return {"rows": rows, "fits": fits, "baseline": base, "one_settle0": one0, "one_settle3": one3,
             "goals": {"controller": fits["controller"][0] <= GOAL_CONTROLLER_PER_HOST,
                       "hosts": fits["hosts"][0] <= GOAL_HOST_PER_DEPLOY,
