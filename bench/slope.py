@@ -7,7 +7,9 @@ runs 1.0.0 first; 2.0.0 is published once, so no measured deploy builds anything
   N hosts     ``deploy.yml`` 1.0.0 -> 2.0.0 (``hotswap_mode=hot``, one batch: ``hotswap_serial: [100%]``) on
               N = 1, 5, 10, 20 hosts, ``--reps`` times each (reset between runs: the agent's hot rollback,
               untimed).  The settle window (``hotswap_settle_seconds``) is 0 here: it is waiting, not work.
-  settle      1 host with the default settle window (3 s) beside 1 host with 0, for the ratio.
+  settle      1 host with the default settle window (the role's ``hotswap_settle_seconds``) beside 1 host with 0.
+  one task    ``status.yml`` (one ``beam.hotswap.facts`` task per host: one Ansible task, one ssh exec) on 1 and on
+              every play host: the controller's CPU per host for one task, the unit the deploy's slope is made of.
   CPU         controller: CPU-s of this process's children (ansible-playbook, its forks and ssh clients);
               hosts: CPU-s of the whole machine minus the controller's minus the idle fleet's background
               (measured before), i.e. what the hosts' sshd, agents and nodes used.
@@ -23,6 +25,7 @@ Goals: controller <= 0.08 CPU-s per extra host; host side <= 0.15 CPU-s per hot 
 from __future__ import annotations
 
 import argparse
+import re
 import os
 import statistics
 import subprocess
@@ -36,6 +39,14 @@ import deploy_time as D  # noqa: E402
 GOAL_CONTROLLER_PER_HOST = 0.08
 GOAL_HOST_PER_DEPLOY = 0.15
 GOAL_VS_BASELINE = 1.25
+
+
+def default_settle() -> float:
+    """The upgrade role's default settle window (roles/upgrade/defaults/main.yml)."""
+    text = (Path(__file__).resolve().parents[1] / "roles" / "upgrade" / "defaults" / "main.yml").read_text()
+    return float(re.search(r"^hotswap_settle_seconds:\s*([0-9.]+)", text, re.M).group(1))
+
+
 SIZES = (1, 5, 10, 20)
 
 
@@ -46,6 +57,14 @@ def fit(points):
     sxx = sum((x - mx) ** 2 for x in xs)
     slope = sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else 0.0
     return slope, my - slope * mx
+
+
+def _status(bf, hosts, i):
+    """Controller CPU-s of ``status.yml`` (one read task per host) on ``hosts``."""
+    c0 = D.children_cpu()
+    bf.playbook(C.STATUS, {"hotswap_app": "sample", "hotswap_target_hosts": ",".join(hosts)},
+                f"status-{len(hosts)}-{i}")
+    return {"n": len(hosts), "controller": D.children_cpu() - c0}
 
 
 def _deploy(bf, hosts, label, i, settle, bg):
@@ -75,7 +94,8 @@ def run(reps: int = 2, max_hosts: int = 20) -> dict:
         bg = res["background_cpu_per_s"] = D.background_cpu_rate()
         C.log(f"  idle fleet: {bg:.2f} CPU-s/s")
 
-        # 1 host: baseline, settle 0 and settle 3 interleaved (the same load on this shared machine)
+        # 1 host: baseline, settle 0 and the default settle interleaved (the same load on this shared machine)
+        dflt = res["default_settle"] = default_settle()
         D.BASE_CM.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             subprocess.run(["ssh", *D._ssh_opts(bf), base_host, "true"], check=True, timeout=30,  # pylint: disable=protected-access
@@ -88,15 +108,19 @@ def run(reps: int = 2, max_hosts: int = 20) -> dict:
                 res.setdefault("baseline_cpu", []).append(
                     {"controller": ctl, "hosts": max(0.0, D.machine_cpu() - m0 - ctl - bg * total)})
                 D.baseline_reset(bf, base_host)
-                for settle in (0, 3):
+                for settle in (0, dflt):
                     r = _deploy(bf, play_hosts[:1], f"1 host settle {settle}", i + 1, settle, bg)
                     res["runs"].append(r)
                     D.reset(bf, play_hosts[:1])
                 C.log(f"  #{i + 1}: baseline {total:.2f}s, 1 host {res['runs'][-2]['wall']:.2f}s (settle 0), "
-                      f"{res['runs'][-1]['wall']:.2f}s (settle 3)")
+                      f"{res['runs'][-1]['wall']:.2f}s (settle {dflt:g})")
         finally:
             subprocess.run(["ssh", *D._ssh_opts(bf), "-O", "exit", base_host], capture_output=True,  # pylint: disable=protected-access
                            timeout=30, stdin=subprocess.DEVNULL, check=False)
+
+        for i in range(reps):
+            for hs in (play_hosts[:1], play_hosts):
+                res.setdefault("status", []).append(_status(bf, hs, i + 1))
 
         for n in sizes[1:]:
             for i in range(reps):
@@ -113,7 +137,8 @@ def summarise(res: dict) -> dict:
     fits = {k: fit([(r["n"], r[k]) for r in zero]) for k in ("wall", "controller", "hosts")}
     base = statistics.median(res["baseline"])
     one0 = statistics.median(r["wall"] for r in zero if r["n"] == 1)
-    one3 = statistics.median(r["wall"] for r in res["runs"] if r["n"] == 1 and r["settle"] == 3)
+    dflt = res.get("default_settle", 3)
+    one3 = statistics.median(r["wall"] for r in res["runs"] if r["n"] == 1 and r["settle"] == dflt)
     rows = []
     for n in res["sizes"]:
         rs = [r for r in zero if r["n"] == n]
@@ -125,7 +150,9 @@ def summarise(res: dict) -> dict:
     rows.insert(0, {"hosts": "baseline, 1", "runs": len(res["baseline"]), "wall_s": base,
                     "controller_cpu_s": statistics.median(b["controller"] for b in bcpu),
                     "hosts_cpu_s": statistics.median(b["hosts"] for b in bcpu), "x_baseline": 1.0})
-    return {"rows": rows, "fits": fits, "baseline": base, "one_settle0": one0, "one_settle3": one3,
+    st = res.get("status") or []
+    one_task = fit([(r["n"], r["controller"]) for r in st])[0] if len({r["n"] for r in st}) > 1 else None
+    return {"rows": rows, "fits": fits, "baseline": base, "one_settle0": one0, "one_settle3": one3, "one_task": one_task,
             "goals": {"controller": fits["controller"][0] <= GOAL_CONTROLLER_PER_HOST,
                       "hosts": fits["hosts"][0] <= GOAL_HOST_PER_DEPLOY,
                       "one_vs_base": one0 / base <= GOAL_VS_BASELINE}}
@@ -142,9 +169,13 @@ def report(res: dict) -> str:
                f"host (goal <= {GOAL_CONTROLLER_PER_HOST}: {'met' if g['controller'] else 'NOT met'}); hosts "
                f"{hi:.2f} CPU-s + {hs:.3f} CPU-s per hot deploy (goal <= {GOAL_HOST_PER_DEPLOY}: "
                f"{'met' if g['hosts'] else 'NOT met'})")
+    if s["one_task"] is not None:
+        out.append(f"one read task per host (status.yml: one Ansible task, one ssh exec): controller {s['one_task']:.3f} "
+                   f"CPU-s per extra host, i.e. the deploy costs {cs / s['one_task']:.1f} such tasks per host" if s["one_task"] > 0
+                   else "one read task per host: no measurable slope")
     out.append(f"1 host: baseline (scp + tar + 3 ssh rpc) {s['baseline']:.2f}s; deploy.yml {s['one_settle0']:.2f}s with settle 0 "
                f"= {s['one_settle0'] / s['baseline']:.2f}x (goal <= {GOAL_VS_BASELINE}: "
-               f"{'met' if g['one_vs_base'] else 'NOT met'}), {s['one_settle3']:.2f}s with the default settle 3 s "
+               f"{'met' if g['one_vs_base'] else 'NOT met'}), {s['one_settle3']:.2f}s with the default settle {res.get('default_settle', 3):g} s "
                f"= {s['one_settle3'] / s['baseline']:.2f}x")
     return "\n".join(out)
 

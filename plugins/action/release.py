@@ -26,7 +26,7 @@ from ansible_collections.beam.hotswap.plugins.module_utils._agent import fingerp
 from ansible_collections.beam.hotswap.plugins.module_utils._agent.files import sha256_file
 from ansible_collections.beam.hotswap.plugins.module_utils._agent.names import state_dir
 from ansible_collections.beam.hotswap.plugins.module_utils._agent_client import AgentError, check_root, state_key
-from ansible_collections.beam.hotswap.plugins.plugin_utils._agent_direct import run_agent
+from ansible_collections.beam.hotswap.plugins.plugin_utils._agent_direct import facts as agent_facts, run_agent
 
 
 class ActionModule(ActionBase):
@@ -34,6 +34,20 @@ class ActionModule(ActionBase):
     # False: no remote temp dir up front (ActionBase would make and remove one on every run, two
     # extra ssh round-trips); one is made only when a file is actually uploaded through become.
     TRANSFERS_FILES = False
+
+    def _ensure_agent(self, params, task_vars, result):
+        """Install or update the reload agent when the facts say the host's copy is missing or differs (or there
+        are no facts), before anything else; the host's refreshed facts, or None when there was nothing to do."""
+        known = (task_vars.get("ansible_facts") or {}).get("hotswap_host") or {}
+        if known.get("agent_current"):
+            return None
+        res = agent_facts(self, task_vars, dict(app=params["app"], root=params["root"], install_agent=True))
+        if res.get("failed") or not (res.get("ansible_facts") or {}).get("hotswap_host"):
+            raise AnsibleActionFail("installing the reload agent failed before anything else was done (%s): the host "
+                                    "still runs %s, its release untouched"
+                                    % (res.get("msg") or "no answer", known.get("running") or "what it ran"))
+        result["agent_installed"] = res.get("agent_installed") or []
+        return res["ansible_facts"]["hotswap_host"]
 
     def _host_status(self, args, task_vars):
         facts = (task_vars.get("ansible_facts") or {}).get("hotswap_host")
@@ -103,6 +117,9 @@ class ActionModule(ActionBase):
         have_facts = bool((task_vars.get("ansible_facts") or {}).get("hotswap_host"))
         params = None if self._task.check_mode else self._params(args)
         try:
+            fresh = None if params is None else self._ensure_agent(params, task_vars, result)
+            if fresh is not None and have_facts:
+                task_vars = dict(task_vars, ansible_facts=dict(task_vars["ansible_facts"], hotswap_host=fresh))
             if params is None or (params["state"] == "rolled_back" and not have_facts):
                 result.update(self._execute_module(module_name="beam.hotswap.release", module_args=args,
                                                    task_vars=task_vars))
@@ -136,4 +153,6 @@ class ActionModule(ActionBase):
             result.update(failed=True, msg=to_text(e))
         finally:
             self._remove_tmp_path(self._connection._shell.tmpdir)
+            if result.get("agent_installed"):
+                result["changed"] = True  # the agent's files changed on the host, whatever the release did
         return result

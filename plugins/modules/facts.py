@@ -19,8 +19,9 @@ description:
     agent (or with another version of it) is read the same way and nothing is left behind when the run stops
     later (a failed build, a wrong C(hotswap_app)).
   - C(hotswap_host.agent_current) says whether the agent installed in C(PARENT/.hotswap/NAME/) is the one this
-    collection ships; role C(beam.hotswap.upgrade) installs it with O(install_agent=true) only when it is not,
-    right before the release task (the action plugin sends checksums first and the files only when needed).
+    collection ships; the action of M(beam.hotswap.release) installs it (this module with O(install_agent=true))
+    only when it is not, before anything else (the action plugin sends checksums first and the files only when
+    needed, or at once when the facts already say the host's copy differs).
   - When the installed agent is the expected one, the action plugin reads the same facts by running it
     directly (one ssh command, no module payload); this module runs when the agent is missing, of another
     version, must be installed, or cannot answer.

@@ -20,7 +20,9 @@ description:
     which release the host ended on.
   - With O(state=rolled_back) the host returns to O(version) (default the release it ran before) using
     only what it holds, that is the running release's relup down edge when there is one, a cold switch otherwise.
-  - The action plugin of the same name uploads the package the plan needs, only when the host lacks it.
+  - The action plugin of the same name first installs or updates the reload agent where the host's facts say
+    it is missing or differs (with M(beam.hotswap.facts), the files at once; nothing in check mode), then
+    uploads the package the plan needs, only when the host lacks it.
   - When the host's facts are known (role C(beam.hotswap.agent) gathers them), the action plugin plans from
     them and has the installed agent carry the plan out directly (one ssh command, no module payload),
     telling it the state it planned from; if the host changed in between, the agent refuses and this
@@ -80,8 +82,10 @@ options:
         up, its OS process alive, before the health check runs once more. A node that dies or fails is brought back to the
         release it had (over the relup while it runs, else that release made permanent again and started
         cold) and the task fails. V(0) turns the watch off.
+      - The default outlasts the time a node takes to die of a process whose new code raises every second (under OTP's
+        and Elixir's default restart intensities, C(bench/settle_death.py)).
     type: float
-    default: 3.0
+    default: 6.0
   old_code:
     description:
       - What to do about processes that still execute code a hot upgrade (or hot rollback) replaces, e.g. a
@@ -191,6 +195,13 @@ reverted:
   description: True when a failure made the agent return the host to its previous release.
   returned: on failure
   type: bool
+agent_installed:
+  description: The agent's files the action wrote on the host before anything else (its copy was missing or
+    differed); a change of its own, so the task reports C(changed).
+  returned: when the action installed or updated the agent
+  type: list
+  elements: str
+  sample: [agent.py, node.erl]
 timing:
   description: The agent's figures in one line.
   returned: when the agent ran

@@ -105,7 +105,7 @@ TASK_OPTIONS = (
     # no_log: a URL may carry a token; the controller hands it to the agent on stdin, never on a command line
     ("health_check", {"type": "str", "no_log": True}, "--check", "check", str, None),
     # after a hot commit (and prune) the node must stay up and healthy this long; 0 = no watch
-    ("settle_seconds", {"type": "float", "default": 3.0}, "--settle", "settle", float, 0.0),
+    ("settle_seconds", {"type": "float", "default": 6.0}, "--settle", "settle", float, 0.0),
     # processes executing code a hot upgrade replaces (a purge would kill them): refuse, or let them die
     ("old_code", {"type": "str", "default": "refuse", "choices": ["refuse", "kill"]},
      "--old-code", "old_code", str, "refuse"),

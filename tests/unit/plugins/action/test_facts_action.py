@@ -6,6 +6,7 @@ from unittest import mock
 import pytest
 
 from ansible_collections.beam.hotswap.plugins.action import facts as action_mod
+from ansible_collections.beam.hotswap.plugins.plugin_utils import _agent_direct
 from hotswap_testlib.action_harness import make_action, run_action
 
 from ansible_collections.beam.hotswap.plugins.module_utils._agent.names import state_dir
@@ -43,7 +44,7 @@ ROWS = [
 @pytest.mark.parametrize("case, args, answer, check, results, runs, content", ROWS, ids=[r[0] for r in ROWS])
 def test_facts_action_paths(case, args, answer, check, results, runs, content):
     a = make_action(action_mod.ActionModule, args, check_mode=check, module_results=results)
-    with mock.patch.object(action_mod, "run_agent", return_value=answer) as agent:
+    with mock.patch.object(_agent_direct, "run_agent", return_value=answer) as agent:
         res = run_action(a)
     assert len(a.module_calls) == runs, case
     if runs == 0:
@@ -58,7 +59,7 @@ def test_facts_action_paths(case, args, answer, check, results, runs, content):
 
 def test_direct_read_asks_the_agent_to_compare_its_own_checksums():
     a = make_action(action_mod.ActionModule, ARGS)
-    with mock.patch.object(action_mod, "run_agent", return_value=(0, dict(STATUS, agent_current=True), "")) as agent:
+    with mock.patch.object(_agent_direct, "run_agent", return_value=(0, dict(STATUS, agent_current=True), "")) as agent:
         run_action(a)
     command, extra = agent.call_args[0][5], agent.call_args[0][6]
     assert command == "facts" and extra[0] == "--expect-agent" and "agent.py=" in extra[1] and "node.erl=" in extra[1]
@@ -68,7 +69,7 @@ def test_direct_read_asks_the_agent_to_compare_its_own_checksums():
 def test_install_when_the_facts_said_the_agent_differs_is_one_module_run(check):
     a = make_action(action_mod.ActionModule, ARGS, check_mode=check, module_results=[{"changed": not check}])
     facts = {"ansible_facts": {"hotswap_host": dict(STATUS, agent_current=False)}}
-    with mock.patch.object(action_mod, "run_agent", return_value=(0, dict(STATUS, agent_current=False), "")) as agent:
+    with mock.patch.object(_agent_direct, "run_agent", return_value=(0, dict(STATUS, agent_current=False), "")) as agent:
         run_action(a, facts)
     files = a.module_calls[-1]["args"]["agent_files"]
     assert all(("content" in f) != check for f in files.values())
@@ -77,7 +78,7 @@ def test_install_when_the_facts_said_the_agent_differs_is_one_module_run(check):
 
 def test_gathering_asks_the_installed_agent_for_its_checksums_too():
     a = make_action(action_mod.ActionModule, {"app": "demo", "root": "/opt/demo"})
-    with mock.patch.object(action_mod, "run_agent", return_value=(0, dict(STATUS, agent_current=True), "")) as agent:
+    with mock.patch.object(_agent_direct, "run_agent", return_value=(0, dict(STATUS, agent_current=True), "")) as agent:
         res = run_action(a)
     assert agent.call_args[0][6][0] == "--expect-agent" and not a.module_calls
     assert res["ansible_facts"]["hotswap_host"]["agent_current"] is True
@@ -117,8 +118,8 @@ def test_installing_the_agent_replaces_an_older_agents_node_exs(tmp_path):
     (hs / "agent.py").write_text('"""old"""\nAGENT_VERSION = "1.2.0"\n')
     (hs / "node.exs").write_text("hs_out = 1\n")
     files = {}
-    for src, dest, mode in action_mod.AGENT_FILES:
-        with open(action_mod.AGENT_DIR + "/" + src, "rb") as f:
+    for src, dest, mode in _agent_direct.AGENT_FILES:
+        with open(_agent_direct.AGENT_DIR + "/" + src, "rb") as f:
             body = f.read()
         files[dest] = {"sha256": hashlib.sha256(body).hexdigest(), "mode": mode,
                        "content": base64.b64encode(body).decode("ascii")}

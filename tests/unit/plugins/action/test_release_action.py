@@ -12,16 +12,19 @@ MANIFEST = {"schema": 1, "app": "demo", "version": "2.0.0", "edges": [{"from": "
             "artifacts": {"release": {"file": "r.tar.gz", "sha256": SHA_R},
                           "upgrade": {"file": "u.tar.gz", "sha256": SHA_U}}}
 FACTS = {"installed": True, "node_up": True, "running": "1.0.0", "permanent": "1.0.0", "packages": {},
-         "releases": [{"version": "1.0.0"}], "relup_down": [], "fingerprint": {}}
+         "releases": [{"version": "1.0.0"}], "relup_down": [], "fingerprint": {}, "agent_current": True}
 
 
-def _run(args, facts=None, answer=(0, {"host_version": "2.0.0"}, ""), **kw):
+def _run(args, facts=None, answer=(0, {"host_version": "2.0.0"}, ""), installed=None, **kw):
     a = make_action(action_mod.ActionModule, args, module_results=[{"changed": True, "via": "module"}], **kw)
     a._upload = mock.MagicMock(return_value="/opt/demo/.hotswap/.upload-x.part")
     a._local_artifact = mock.MagicMock(return_value="/tmp/u.tar.gz")
     task_vars = {"ansible_facts": {"hotswap_host": facts}} if facts else {}
-    with mock.patch.object(action_mod, "run_agent", return_value=answer) as agent:
+    with mock.patch.object(action_mod, "run_agent", return_value=answer) as agent, \
+            mock.patch.object(action_mod, "agent_facts", return_value=installed or {"ansible_facts": {"hotswap_host": FACTS}}) \
+            as install:
         res = run_action(a, task_vars)
+    a.install = install
     return a, agent, res
 
 
@@ -66,3 +69,44 @@ def test_a_failed_direct_run_fails_the_task_with_the_agents_words():
     a, agent, res = _run(BASE, FACTS, answer=(1, {"msg": "health check failed", "reverted": True, "host_version": "1.0.0"}, ""))
     assert res["failed"] and res["reverted"] and "health check failed" in res["msg"]
     assert not a.module_calls
+
+
+def _run_installing(facts, installed, **kw):
+    """_run with the agent's install (the facts path of beam.hotswap.facts) replaced by a recorder."""
+    a, agent, res = _run(BASE, facts, installed=installed, **kw)
+    return a.install, a, agent, res
+
+
+def test_an_outdated_agent_is_installed_first_and_the_plan_made_from_the_fresh_facts():
+    fresh = dict(FACTS, agent_current=True, packages={SHA_U: "u.tar.gz"})
+    install, a, agent, res = _run_installing(dict(FACTS, agent_current=False),
+                                             {"changed": True, "agent_installed": ["agent.py"],
+                                              "ansible_facts": {"hotswap_host": fresh}})
+    assert install.call_args[0][2] == {"app": "demo", "root": "/opt/demo", "install_agent": True}
+    assert agent.called and not a.module_calls and res["agent_installed"] == ["agent.py"] and res["changed"]
+    assert not a._upload.called  # the fresh facts say the host holds the package
+
+
+def test_a_current_agent_costs_nothing_more():
+    install, _a, agent, res = _run_installing(FACTS, None)
+    assert not install.called and agent.called and "agent_installed" not in res
+
+
+def test_a_failed_agent_install_fails_the_task_before_anything_else():
+    install, a, agent, res = _run_installing(dict(FACTS, agent_current=False), {"failed": True, "msg": "disk full"})
+    assert install.called and not agent.called and not a.module_calls and not a._upload.called
+    assert res["failed"] and "installing the reload agent failed" in res["msg"] and "disk full" in res["msg"]
+    assert "still runs 1.0.0" in res["msg"]
+
+
+def test_check_mode_installs_nothing():
+    install, a, _agent, _res = _run_installing(dict(FACTS, agent_current=False), None, check_mode=True)
+    assert not install.called and a.module_calls
+
+
+def test_an_agent_update_alone_is_a_change():
+    on2 = dict(FACTS, running="2.0.0", permanent="2.0.0", releases=[{"version": "1.0.0"}, {"version": "2.0.0"}])
+    install, _a, _agent, res = _run_installing(dict(on2, agent_current=False),
+                                               {"agent_installed": ["agent.py"], "ansible_facts": {"hotswap_host": on2}},
+                                               answer=(0, {"host_version": "2.0.0", "changed": False}, ""))
+    assert install.called and res["changed"] is True and res["agent_installed"] == ["agent.py"], res
