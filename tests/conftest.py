@@ -11,6 +11,12 @@ if COLLECTIONS_ROOT.is_dir() and str(COLLECTIONS_ROOT) not in sys.path:
     sys.path.insert(0, str(COLLECTIONS_ROOT))
 os.environ.setdefault("ANSIBLE_COLLECTIONS_PATH", str(COLLECTIONS_ROOT))
 
+# deploy.yml / rollback.yml runs without the settle window unless a test sets hotswap_settle_seconds
+# (hotswap_testlib/ansible_run.py says which tests do, and why)
+from hotswap_testlib import ansible_run  # noqa: E402  (tests/ is on sys.path: pytest.ini pythonpath)
+
+ansible_run.SETTLE_UNLESS_SET = 0
+
 pytest_plugins = [
     "hotswap_testlib.pytest_sample",
     "hotswap_testlib.pytest_fleet",

@@ -122,7 +122,8 @@ def test_with_old_code_kill_the_acceptor_is_restarted_on_the_new_code_or_the_hos
     before = _statuses(fleet)
     ticks = int(_ask(fleet, "target1", "TICKS"))
     with _Loads(fleet, "kill") as loads:
-        rc, out, err = _deploy(fleet, env["extra"]("1.1.0", hotswap_old_code="kill"))
+        # the role's default settle window: a node that dies after its commit must fail the play
+        rc, out, err = _deploy(fleet, env["extra"]("1.1.0", hotswap_old_code="kill", hotswap_settle_seconds=6))
     if rc != 0:
         recap = parse_recap(out)
         failed = [t for t in TARGETS if recap.get(t, {}).get("failed")]
