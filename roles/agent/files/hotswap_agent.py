@@ -1407,6 +1407,28 @@ def daemon_env(root, relx):
 # the live node, with values passed as Erlang literals.
 # ==================================================================================================
 
+NEED_SCRIPT = "hotswap:need-node-script"  # a node's answer when it does not hold this node.erl parsed
+
+
+def erl_call_expr(head, key, script):
+    """The expression erl_call evaluates in the node: ``head`` (``Hs = ARGS.``) followed by node.erl, which the
+    node keeps parsed in a persistent term under ``key`` (its checksum). ``script`` None: send only the head; a
+    node that does not hold that node.erl parsed yet answers NEED_SCRIPT.  The texts travel base64-encoded
+    (plain ASCII in erl_call's input), and so does the JSON answer, as a charlist, whatever erl_call's term
+    printer does; exprs/3 skips erl_eval's erl_lint pass over the whole script (most of the time of a short op)."""
+    def b64(text):
+        return base64.b64encode(text.encode("utf-8")).decode("ascii")
+    parse = ("fun(HsB) -> {ok, HsT, _} = erl_scan:string(unicode:characters_to_list(base64:decode(HsB))), "
+             "{ok, HsE} = erl_parse:parse_exprs(HsT), HsE end")
+    load = ("need" if script is None else
+            "begin HsE1 = HsParse(<<\"%s\">>), [persistent_term:erase(HsOK) || {{hotswap_node, _} = HsOK, _} "
+            "<- persistent_term:get(), HsOK =/= HsK], persistent_term:put(HsK, HsE1), HsE1 end" % b64(script))
+    return ("HsParse = %s, HsK = {hotswap_node, <<\"%s\">>}, "
+            "HsN = case persistent_term:get(HsK, nil) of nil -> %s; HsE0 -> HsE0 end, "
+            "case HsN of need -> \"%s\"; _ -> {value, HsR, _} = erl_eval:exprs(HsParse(<<\"%s\">>) ++ HsN, [], none), "
+            "binary_to_list(base64:encode(HsR)) end.\n" % (parse, key, load, NEED_SCRIPT, b64(head)))
+
+
 def erl_lit(v):
     """Python value -> Erlang literal: str as a UTF-8 binary (the text stays ASCII: every other character
     is escaped), None as the atom nil, bool, int, list, dict (keys as binaries)."""
@@ -1808,9 +1830,12 @@ class Host:
                 os.fchown(fh.fileno(), uid, gid)
         os.replace(tmp, f)
 
-    def _run_erl_call(self, target, code, timeout):
-        """Evaluate the Erlang expression sequence `code` in the node through erl_call (erl_eval: nothing
-        compiled, no Elixir needed).
+    def _run_erl_call(self, target, head, key, script, timeout):
+        """Evaluate ``head`` (an expression sequence, here ``Hs = ARGS.``) followed by node.erl in the node through
+        erl_call (erl_eval: nothing compiled, no Elixir needed).  The node keeps node.erl parsed in a persistent
+        term under its checksum ``key``: parsing it costs the node more CPU than most operations it runs, so it
+        is sent and parsed only when the node does not hold it yet (``script`` None: the call answers
+        NEED_SCRIPT instead, and the caller sends it).
         The cookie goes in a private ~/.erlang.cookie, never on a command line."""
         erl_call, flag, node, cookie = target
         kw = {"env": {"HOME": self.hs, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}, "cwd": "/"}
@@ -1822,11 +1847,8 @@ class Host:
             self._cookie_for(cookie, pw.pw_uid, pw.pw_gid)
         else:
             self._cookie_for(cookie, None, None)
-        # the JSON comes back base64-encoded as a charlist: plain ASCII whatever erl_call's term printer does;
-        # exprs/3 skips erl_eval's erl_lint pass over the whole script (most of the time of a short op)
-        expr = ("{ok, HsT, _} = erl_scan:string(unicode:characters_to_list(base64:decode(<<\"%s\">>))), "
-                "{ok, HsE} = erl_parse:parse_exprs(HsT), {value, HsR, _} = erl_eval:exprs(HsE, [], none), "
-                "binary_to_list(base64:encode(HsR)).\n" % base64.b64encode(code.encode("utf-8")).decode("ascii"))
+
+        expr = erl_call_expr(head, key, script)
         # a client node name of our own: two erl_calls on one host must not collide
         p = subprocess.run([erl_call, flag, node, "-h", f"hotswap_{os.getpid()}_{os.urandom(3).hex()}",
                             "-e", "-timeout", str(int(timeout))],
@@ -1834,8 +1856,8 @@ class Host:
         m = re.fullmatch(r'\{ok, *(?:"([A-Za-z0-9+/=]*)"|\[([0-9,\s]*)\])\}\s*', p.stdout)
         if m and p.returncode == 0:
             try:
-                b64 = m.group(1) if m.group(1) is not None else bytes(int(x) for x in m.group(2).split(",") if x.strip())
-                p.stdout = "HOTSWAP_RESULT " + base64.b64decode(b64).decode("utf-8") + "\n"
+                b = m.group(1) if m.group(1) is not None else bytes(int(x) for x in m.group(2).split(",") if x.strip())
+                p.stdout = "HOTSWAP_RESULT " + base64.b64decode(b).decode("utf-8") + "\n"
             except ValueError:
                 pass
         return p
@@ -1846,7 +1868,9 @@ class Host:
         Transport: erl_call, run as the node's user with the cookie in a file (never `bin/APP rpc`, which
         puts the cookie on a command line every user of the host can read)."""
         args = dict(args, op=op, app=self.app)
-        code = "Hs = " + erl_lit(args) + ",\n" + self.node_erl()
+        head = "Hs = " + erl_lit(args) + "."
+        script = self.node_erl()
+        key = hashlib.sha256(script.encode("utf-8")).hexdigest()[:32]
         t0 = now_ms()
         self.rpc_calls += 1
         try:
@@ -1854,7 +1878,9 @@ class Host:
             if target is None:
                 raise OpFailed(f"cannot reach node {self.node_name()} ({op}): no erl_call in {self.root}/erts-*/bin "
                                f"or on PATH, no cookie, or RELEASE_DISTRIBUTION=none", rpc_transport=True)
-            p = self._run_erl_call(target, code, timeout)
+            p = self._run_erl_call(target, head, key, None, timeout)
+            if p.returncode == 0 and f'"{NEED_SCRIPT}"' in p.stdout:  # the node does not hold this node.erl yet
+                p = self._run_erl_call(target, head, key, script, timeout)
             if p.returncode != 0 and "failed to connect" in p.stderr:
                 raise OpFailed(f"erl_call could not connect to node {target[2]} ({op}): {p.stderr.strip()[-300:]}",
                                rpc_transport=True)

@@ -103,3 +103,25 @@ def test_node_script_dump_releases_and_an_exception_as_json():
     assert r["ok"] is True and r["releases"][0]["status"] == "permanent" and r["releases"][0]["libs"]
     r = _node_eval({"op": "remove", "app": "sasl", "remove": 5})
     assert r["ok"] is False and "bad generator 5" in r["error"]
+
+
+def test_erl_call_expression_parses_node_erl_once_per_node(tmp_path):
+    """What erl_call sends: without the script, a VM that has not parsed this node.erl answers NEED_SCRIPT; with
+    it, the VM parses and keeps it (persistent_term, under its checksum) and answers; after that the head alone is
+    answered from the kept parse.  Evaluated as erl_call does, three times in one plain VM."""
+    script = NODE_ERL.read_text(encoding="utf-8")
+    head = "Hs = " + ag.erl_lit({"op": "info", "app": "sasl"}) + "."
+    key = "k" * 32
+    calls = [ag.erl_call_expr(head, key, None), ag.erl_call_expr(head, key, script), ag.erl_call_expr(head, key, None)]
+    assert base64.b64encode(script.encode()).decode() not in calls[0] + calls[2]
+    for i, c in enumerate(calls):
+        (tmp_path / ("call%d" % i)).write_text(c)
+    evals = " ".join(
+        '{ok, B%d} = file:read_file("%s"), {ok, T%d, _} = erl_scan:string(binary_to_list(B%d)), '
+        '{ok, E%d} = erl_parse:parse_exprs(T%d), {value, R%d, _} = erl_eval:exprs(E%d, []), io:format("~s~n", [R%d]),'
+        % (i, tmp_path / ("call%d" % i), i, i, i, i, i, i, i) for i in range(len(calls)))
+    out = _erl(evals + " halt().", "-boot", "start_sasl", "-sasl", "sasl_error_logger", "false",
+               "-kernel", "logger_level", "critical").split()
+    assert out[0] == ag.NEED_SCRIPT, out
+    first, again = (json.loads(base64.b64decode(x).decode("utf-8")) for x in out[1:3])
+    assert first["ok"] is True and again["ok"] is True and again["running"] == first["running"]
