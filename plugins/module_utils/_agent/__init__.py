@@ -27,5 +27,5 @@ Source layout: this package's modules, each owning one concern, in the order the
 file a host receives, roles/agent/files/hotswap_agent.py (`make agent`).
 """
 
-MODULES = ("errors", "options", "names", "erlterms", "files", "fingerprint", "layout", "relx", "host", "state", "reads", "packages",
+MODULES = ("errors", "options", "names", "erlterms", "files", "fingerprint", "layout", "relx", "nodecall", "host", "state", "reads", "packages",
            "bins", "prune", "health", "service", "hot", "full", "cli")

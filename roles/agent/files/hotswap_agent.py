@@ -1401,10 +1401,9 @@ def daemon_env(root, relx):
 
 
 # ==================================================================================================
-# host.py
-# One release root on one host (`Host`): its paths and records (RELEASES, start_erl.data, releases/),
-# the run user, and the node transport: erl_call running node.erl (an erl_eval expression sequence) on
-# the live node, with values passed as Erlang literals.
+# nodecall.py
+# What travels to the node: Python values as Erlang literals, and the expression erl_call evaluates there
+# (node.erl, kept parsed by the node, after the call's arguments).
 # ==================================================================================================
 
 NEED_SCRIPT = "hotswap:need-node-script"  # a node's answer when it does not hold this node.erl parsed
@@ -1456,6 +1455,13 @@ def erl_lit(v):
         return "#{" + ", ".join(erl_lit(str(k)) + " => " + erl_lit(x) for k, x in v.items()) + "}"
     raise BadInput(f"cannot pass {type(v).__name__} to the node")
 
+
+# ==================================================================================================
+# host.py
+# One release root on one host (`Host`): its paths and records (RELEASES, start_erl.data, releases/),
+# the run user, and the node transport: erl_call running node.erl (an erl_eval expression sequence) on
+# the live node, with values passed as Erlang literals.
+# ==================================================================================================
 
 def _is_beam(args):
     """An Erlang VM's command line: argv[0] is beam.smp, or the program name erlexec gave it (relx sets it
