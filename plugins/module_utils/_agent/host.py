@@ -21,6 +21,7 @@ from .layout import check_parents, legacy_file, migrate_legacy, mkdir_private
 from .nodecall import erl_call_expr, erl_lit, NEED_SCRIPT
 from .relx import is_relx, vm_args
 
+
 def _is_beam(args):
     """An Erlang VM's command line: argv[0] is beam.smp, or the program name erlexec gave it (relx sets it
     to its start script) followed by erlexec's own -root/-bindir/-progname arguments."""
