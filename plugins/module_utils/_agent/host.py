@@ -460,7 +460,9 @@ class Host:
                 except ValueError:
                     break
         # what the call printed, without the node script it may echo back (one long base64 line)
-        said = [re.sub(r"[A-Za-z0-9+/=]{40,}", "...", x) for x in (p.stdout + "\n" + p.stderr).splitlines()
+        # erl_call echoes the expression it sent (the call's code, not news to anyone): only its verdict is kept
+        said = [re.sub(r"[A-Za-z0-9+/=]{40,}", "...", re.sub(r"(evaluating input failed):.*", r"\1", x))
+                for x in (p.stdout + "\n" + p.stderr).splitlines()
                 if x.strip() and not re.fullmatch(r"[A-Za-z0-9+/=]{40,}", x.strip())]
         tail = "\n".join(said).strip()[-600:] or "no output"
         raise OpFailed(f"erl_call ({op}) gave no result (exit {p.returncode}): {tail}",

@@ -41,6 +41,9 @@ def _recover_dead_node(h, old, err, timeout=60, when="before the upgrade was com
     h.set_installed_record(None)
     repaired = []
     try:
+        # release_handler writes start_erl.data, then RELEASES in place (truncated first): a node killed in
+        # between leaves RELEASES empty; rebuilt from the releases on disk, OLD is found and made permanent again
+        repaired += repair_releases(h, up=False)
         rels = h.releases() or []
     except OpFailed:
         rels = []

@@ -66,6 +66,25 @@ def test_repair_boot_files_rebuilds_corrupt_releases_from_disk(tmp_path):
     assert list(hs_dir(tmp_path).glob("RELEASES.damaged-*"))
 
 
+def test_a_node_killed_between_start_erl_data_and_releases_is_brought_back_to_the_old_release(tmp_path, monkeypatch):
+    """make_permanent writes start_erl.data, then RELEASES in place (truncated first): a node killed in between
+    leaves start_erl.data naming the new release and RELEASES empty. Recovering the dead node rebuilds RELEASES
+    from disk and makes the release it had permanent again before starting it (never the new one)."""
+    _disk_release(tmp_path, "1.0.0")
+    _disk_release(tmp_path, "2.0.0")
+    h = ag.Host(str(tmp_path), "demo")
+    (tmp_path / "releases" / "RELEASES").write_text("")
+    (tmp_path / "releases" / "start_erl.data").write_text("13.1.5 2.0.0\n")
+    started = []
+    monkeypatch.setattr(ag, "boot_bin", lambda host: None)
+    monkeypatch.setattr(ag, "start_node", lambda host, t: started.append(host.start_erl()["version"]) or
+                        {"running": host.start_erl()["version"], "os_pid": 1})
+    out = ag._recover_dead_node(h, "1.0.0", "killed")
+    assert started == ["1.0.0"] and out["reverted"] is True and out["host_version"] == "1.0.0", out
+    assert next(r["version"] for r in h.releases() if r["status"] == "permanent") == "1.0.0"
+    assert any("RELEASES" in r for r in out["repaired"]) and any("1.0.0 made permanent" in r for r in out["repaired"])
+
+
 def test_status_reports_corrupt_releases(tmp_path):
     (tmp_path / "releases").mkdir()
     (tmp_path / "releases" / "RELEASES").write_text("not erlang [")
